@@ -1,0 +1,32 @@
+"""Test setup: nnU-Net's folders point into a per-session temporary folder *before* vfscreen/nnunetv2 are imported,
+so tests never touch a user's data. Heavy tests share session-scoped fixtures."""
+import os
+import tempfile
+from pathlib import Path
+
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="vfscreen_tests_"))
+for _variable, _sub in (("nnUNet_raw", "raw"), ("nnUNet_preprocessed", "preprocessed"), ("nnUNet_results", "results")):
+    os.environ[_variable] = str(_SESSION_HOME / _sub)
+    (_SESSION_HOME / _sub).mkdir(parents=True, exist_ok=True)
+os.environ.setdefault("nnUNet_compile", "f")
+os.environ.setdefault("nnUNet_n_proc_DA", "0")
+os.environ["VFSCREEN_QUIET"] = "1"
+
+import pytest  # noqa: E402
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+EXAMPLE_CT = SHARED_DATA / "totalsegmentator_example_ct.nii.gz"
+
+
+@pytest.fixture(scope="session")
+def session_home() -> Path:
+    return _SESSION_HOME
+
+
+@pytest.fixture
+def example_ct() -> Path:
+    """The real abdominal CT of the TotalSegmentator project's tests (Apache-2.0), from ../shared/data."""
+    if not EXAMPLE_CT.is_file():
+        pytest.skip(f"real example CT not available ({EXAMPLE_CT} is absent; it lives in ../shared/data)")
+    return EXAMPLE_CT

@@ -1,0 +1,4 @@
+"""vfscreen: screen CT scans for vertebral fractures (segment, label, grade on the Genant scale, measure heights)."""
+from vfscreen import paths  # noqa: F401  (must run before nnunetv2 is imported anywhere)
+
+__version__ = "0.1.0"

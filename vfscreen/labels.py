@@ -1,0 +1,92 @@
+"""Vertebra identities: VerSe ids, names, and nnU-Net's consecutive class ids. The one mapping used everywhere.
+
+VerSe convention: 1-7 = C1-C7, 8-19 = T1-T12, 20-25 = L1-L6, 28 = T13 (26 sacrum and 27 coccyx are not vertebrae
+that vfscreen grades and are not part of the mapping). nnU-Net needs consecutive class ids, so every vfscreen dataset
+uses the same fixed table: class ids 1..26 in anatomical (cranio-caudal) order, T13 between T12 and L1. A model
+trained on one dataset therefore speaks the same label language as every other, and "consecutive along the spine"
+is simply "consecutive class ids".
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+# VerSe ids in cranio-caudal order.
+SPINE_ORDER: tuple[int, ...] = tuple(range(1, 20)) + (28,) + tuple(range(20, 26))
+
+VERSE_NAMES: dict[int, str] = {
+    **{i: f"C{i}" for i in range(1, 8)},
+    **{i: f"T{i - 7}" for i in range(8, 20)},
+    **{i: f"L{i - 19}" for i in range(20, 26)},
+    28: "T13",
+}
+NAME_TO_VERSE: dict[str, int] = {name: verse_id for verse_id, name in VERSE_NAMES.items()}
+
+VERSE_TO_CLASS: dict[int, int] = {verse_id: class_id for class_id, verse_id in enumerate(SPINE_ORDER, start=1)}
+CLASS_TO_VERSE: dict[int, int] = {class_id: verse_id for verse_id, class_id in VERSE_TO_CLASS.items()}
+NUM_CLASSES = len(SPINE_ORDER) + 1  # with background
+
+MAX_VERSE_ID = 28  # the mask channel of the grader is binary mask * verse_id / MAX_VERSE_ID (authors' code)
+
+# Look-up tables for whole arrays (index = input value).
+_VERSE_TO_CLASS_LUT = np.zeros(MAX_VERSE_ID + 1, dtype=np.uint8)
+_CLASS_TO_VERSE_LUT = np.zeros(NUM_CLASSES, dtype=np.uint8)
+for _verse_id, _class_id in VERSE_TO_CLASS.items():
+    _VERSE_TO_CLASS_LUT[_verse_id] = _class_id
+    _CLASS_TO_VERSE_LUT[_class_id] = _verse_id
+
+
+def is_vertebra(verse_id: int) -> bool:
+    return int(verse_id) in VERSE_NAMES
+
+
+def name_of(verse_id: int) -> str:
+    """'L1' for 20. Raises ValueError for ids that are not vertebrae."""
+    try:
+        return VERSE_NAMES[int(verse_id)]
+    except KeyError:
+        raise ValueError(f"{verse_id} is not a VerSe vertebra id (1-25 or 28)") from None
+
+
+def parse_vertebra(value) -> int:
+    """VerSe id from an id (20, '20') or a name ('L1', 'l1', ' T13 '). Raises ValueError otherwise."""
+    text = str(value).strip()
+    if re.fullmatch(r"\d+", text):
+        verse_id = int(text)
+        if verse_id in VERSE_NAMES:
+            return verse_id
+    elif text.upper() in NAME_TO_VERSE:
+        return NAME_TO_VERSE[text.upper()]
+    raise ValueError(f"{value!r} is not a vertebra (expected a VerSe id 1-25/28 or a name like 'L1', 'T12', 'C7')")
+
+
+def spine_position(verse_id: int) -> int:
+    """0-based cranio-caudal rank: C1 -> 0, T12 -> 18, T13 -> 19, L1 -> 20."""
+    return VERSE_TO_CLASS[int(verse_id)] - 1
+
+
+def verse_to_class(verse_array: np.ndarray) -> np.ndarray:
+    """Map a VerSe-id label array to nnU-Net class ids. Raises ValueError on values that are not vertebrae."""
+    values = np.unique(verse_array)
+    unknown = [int(v) for v in values if v != 0 and int(v) not in VERSE_TO_CLASS]
+    if unknown:
+        raise ValueError(f"label values {unknown} are not VerSe vertebra ids (1-25, 28)")
+    return _VERSE_TO_CLASS_LUT[verse_array.astype(np.int64)]
+
+
+def class_to_verse(class_array: np.ndarray) -> np.ndarray:
+    """Map nnU-Net class ids back to VerSe ids. Raises ValueError on values outside 0..NUM_CLASSES-1."""
+    if class_array.size and (class_array.min() < 0 or class_array.max() >= NUM_CLASSES):
+        raise ValueError(f"class ids must lie in 0..{NUM_CLASSES - 1}")
+    return _CLASS_TO_VERSE_LUT[class_array.astype(np.int64)]
+
+
+def nnunet_labels_dict() -> dict[str, int]:
+    """The ``labels`` entry of an nnU-Net ``dataset.json``: background + every vertebra, consecutive ids."""
+    return {"background": 0, **{VERSE_NAMES[verse_id]: VERSE_TO_CLASS[verse_id] for verse_id in SPINE_ORDER}}
+
+
+def verse_ids_dict() -> dict[str, int]:
+    """Class id (as a JSON key) -> VerSe id, stored in ``dataset.json`` under ``vfscreen.verse_ids``."""
+    return {str(class_id): verse_id for class_id, verse_id in CLASS_TO_VERSE.items()}
