@@ -1,0 +1,112 @@
+"""The label-consistency chain model on hand-made component/probability tables and on a tiny label volume."""
+import numpy as np
+import SimpleITK as sitk
+
+from vfscreen.inference.label_consistency import ChainModel, assign_labels, make_labels_consistent
+from vfscreen.labels import NUM_CLASSES, VERSE_TO_CLASS, NAME_TO_VERSE
+
+K = NUM_CLASSES - 1
+
+
+def cls(name: str) -> int:
+    return VERSE_TO_CLASS[NAME_TO_VERSE[name]]
+
+
+def table(rows: list[dict[str, float]]) -> np.ndarray:
+    """Probability rows over classes 1..K; unspecified mass spread evenly."""
+    result = np.zeros((len(rows), K))
+    for row_index, row in enumerate(rows):
+        rest = (1.0 - sum(row.values())) / (K - len(row))
+        result[row_index] = rest
+        for name, probability in row.items():
+            result[row_index, cls(name) - 1] = probability
+    return result
+
+
+def names(new_class) -> list:
+    inverse = {class_id: name for name, class_id in ((n, cls(n)) for n in NAME_TO_VERSE)}
+    return [inverse.get(int(c), None) for c in new_class]
+
+
+def test_clean_sequence_is_kept_with_high_confidence():
+    probabilities = table([{"T11": 0.9}, {"T12": 0.9}, {"L1": 0.9}, {"L2": 0.9}])
+    new_class, confidence, marginals = assign_labels(probabilities)
+    assert names(new_class) == ["T11", "T12", "L1", "L2"]
+    assert np.all(confidence > 0.9)
+    np.testing.assert_allclose(marginals.sum(axis=1), 1.0, atol=1e-9)
+
+
+def test_swapped_labels_are_reordered():
+    # the network says L2 above L1, but weakly; neighbours are certain
+    probabilities = table([{"T12": 0.95}, {"L2": 0.55, "L1": 0.4}, {"L1": 0.55, "L2": 0.4}, {"L3": 0.95}])
+    new_class, confidence, _ = assign_labels(probabilities)
+    assert names(new_class) == ["T12", "L1", "L2", "L3"]
+    # the chain's evidence from the neighbours makes the corrected labels more certain than the network was
+    assert confidence[1] > 0.4 and confidence[2] > 0.4
+    # without confident neighbours the same two components stay ambiguous
+    alone, alone_confidence, _ = assign_labels(probabilities[1:3])
+    assert alone_confidence.max() < confidence[1:3].min()
+
+
+def test_duplicated_label_is_resolved_by_its_neighbours():
+    # two components both most likely "L2", the lower one has some L3 evidence and L4 follows
+    probabilities = table([{"L1": 0.9}, {"L2": 0.8}, {"L2": 0.6, "L3": 0.35}, {"L4": 0.9}])
+    new_class, _, _ = assign_labels(probabilities)
+    assert names(new_class) == ["L1", "L2", "L3", "L4"]
+    assert len(set(new_class[new_class > 0])) == len(new_class[new_class > 0])
+
+
+def test_missing_vertebra_leaves_a_gap_and_t13_is_optional():
+    # L2 missing (e.g. not segmented): labels skip it instead of shifting the confident ones
+    probabilities = table([{"T12": 0.9}, {"L1": 0.9}, {"L3": 0.9}, {"L4": 0.9}])
+    new_class, _, _ = assign_labels(probabilities)
+    assert names(new_class) == ["T12", "L1", "L3", "L4"]
+    # T12 -> L1 without T13 is normal anatomy: it must cost nothing
+    free = assign_labels(table([{"T12": 0.9}, {"L1": 0.9}]))[1]
+    assert free.min() > 0.95
+
+
+def test_component_matching_nothing_is_dropped():
+    model = ChainModel(drop_probability=1e-2)
+    # the middle component claims C3 between two lumbar vertebrae: impossible order -> dropped
+    probabilities = table([{"L1": 0.95}, {"C3": 0.97}, {"L2": 0.95}])
+    new_class, confidence, marginals = assign_labels(probabilities, model)
+    assert names(new_class) == ["L1", None, "L2"]
+    assert new_class[1] == 0 and confidence[1] > 0.5 and marginals[1, 0] == confidence[1]
+
+
+def test_empty_table():
+    new_class, confidence, marginals = assign_labels(np.zeros((0, K)))
+    assert new_class.shape == (0,) and marginals.shape == (0, K + 1)
+
+
+def _volume_with_blocks(labels_top_down, direction_flip=False):
+    """Stacked 6x8x8-voxel blocks along the array's first axis with the given class ids; optional fragment."""
+    array = np.zeros((8 * len(labels_top_down) + 4, 12, 12), np.uint8)
+    for position, class_id in enumerate(labels_top_down):
+        array[2 + 8 * position: 2 + 8 * position + 6, 2:10, 2:10] = class_id
+    array[0, 0, 0] = cls("C1")  # a one-voxel fragment
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((1.5, 1.5, 2.0))
+    # array axis 0 (k) points to world -z (feet) in this image: first block is the most cranial
+    image.SetDirection((1, 0, 0, 0, -1, 0, 0, 0, -1) if not direction_flip else (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    return array, image
+
+
+def test_volume_duplicate_is_relabelled_and_fragment_dropped():
+    array, image = _volume_with_blocks([cls("L1"), cls("L2"), cls("L2"), cls("L4")])
+    verse_map, components = make_labels_consistent(array, image, min_volume_mm3=10.0)
+    assert [c.class_id for c in components] == [cls("L1"), cls("L2"), cls("L2"), cls("L4")]
+    # one-hot-ish evidence (0.9): the duplicate is relabelled L3 or dropped, never kept as a second L2
+    values = [int(np.unique(verse_map[2 + 8 * p: 8 + 8 * p, 2:10, 2:10])[0]) for p in range(4)]
+    kept = [v for v in values if v]
+    assert len(kept) == len(set(kept)) and values[0] == NAME_TO_VERSE["L1"] and values[3] == NAME_TO_VERSE["L4"]
+    assert verse_map[0, 0, 0] == 0  # fragment dropped
+
+
+def test_volume_order_follows_world_not_array():
+    # same array, but now array axis 0 points to the head: the last block is the most cranial
+    array, image = _volume_with_blocks([cls("L3"), cls("L2"), cls("L1")], direction_flip=True)
+    verse_map, components = make_labels_consistent(array, image, min_volume_mm3=10.0)
+    assert [c.new_class_id for c in components] == [cls("L1"), cls("L2"), cls("L3")]
+    assert verse_map[4, 5, 5] == NAME_TO_VERSE["L3"]

@@ -1,0 +1,216 @@
+"""Anatomically consistent vertebra labels: connected components + an exact chain model along the spine.
+
+The segmentation network labels every voxel with an nnU-Net class id (1..26 = C1..L6 in cranio-caudal order, T13 = 20,
+see :mod:`vfscreen.labels`). Its mistakes are mostly *sequence* mistakes: a vertebra labelled like its neighbour
+(duplicate), two neighbours swapped, one label split over two vertebrae. SpineCLUE (Zhang et al. 2024) fixes them by
+passing messages between neighbouring vertebrae. Here the same idea is done exactly: the components, ordered along the
+spine, form a chain; each component is either dropped or given a label, the kept labels must increase strictly from
+head to feet, a skipped (missing) vertebra costs ``log(skip_probability)`` and a dropped component costs
+``log(drop_probability)``; the network's mean class probabilities of each component are the evidence. Viterbi gives the
+best labelling and forward-backward gives each component's posterior probability of its label (``label_confidence``).
+
+T13 (class 20) and L6 (class 26) are anatomical variants: skipping T13 between T12 and L1 costs nothing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+from scipy.special import logsumexp
+
+from vfscreen.inference.geometry import array_indices_to_world, voxel_volume_mm3
+from vfscreen.labels import CLASS_TO_VERSE, NUM_CLASSES, VERSE_TO_CLASS
+
+NUM_VERTEBRA_CLASSES = NUM_CLASSES - 1  # K = 26 vertebra classes, ids 1..K
+OPTIONAL_CLASSES = frozenset({VERSE_TO_CLASS[28]})  # T13: its absence is normal anatomy
+_IMPOSSIBLE = -np.inf
+_PROBABILITY_FLOOR = 1e-6
+
+
+@dataclass
+class Component:
+    """One connected component of one predicted class."""
+
+    index: int  # 1-based id in the component map
+    class_id: int  # the network's class (argmax) for these voxels
+    volume_mm3: float
+    centroid_mm: np.ndarray  # (3,) world (LPS)
+    class_probabilities: np.ndarray  # (K,) mean network probability of classes 1..K over the component, sums to 1
+    new_class_id: int = 0  # after the chain model; 0 = dropped
+    label_confidence: float = 0.0  # posterior probability of new_class_id (of being dropped when dropped)
+
+
+@dataclass
+class ChainModel:
+    """Priors of the chain model (probabilities; used as log-potentials)."""
+
+    drop_probability: float = 1e-2  # a component that fits nowhere (false positive, fragment) is dropped
+    skip_probability: float = 5e-2  # per vertebra missing between two kept components
+    probability_floor: float = _PROBABILITY_FLOOR
+
+
+def _skipped_mandatory(previous_class: np.ndarray, next_class: np.ndarray) -> np.ndarray:
+    """Number of non-optional classes strictly between two class ids (broadcasting arrays)."""
+    skipped = next_class - previous_class - 1
+    for optional in OPTIONAL_CLASSES:
+        skipped = skipped - ((previous_class < optional) & (optional < next_class))
+    return skipped
+
+
+def _transition_log_matrix(num_classes: int, model: ChainModel) -> np.ndarray:
+    """(S, S) log transition potentials between states; state = 2 * last_kept_class + kept (last_kept_class 0 = none).
+
+    kept=1: this component holds ``last_kept_class``; kept=0: this component is dropped, the last class carries on.
+    """
+    num_states = 2 * (num_classes + 1)
+    transition = np.full((num_states, num_states), _IMPOSSIBLE)
+    classes = np.arange(num_classes + 1)
+    previous, following = np.meshgrid(classes, classes, indexing="ij")
+    skipped = _skipped_mandatory(previous, following)
+    keep_potential = np.where(following > previous, np.maximum(skipped, 0) * np.log(model.skip_probability),
+                              _IMPOSSIBLE)
+    keep_potential[0, :] = np.where(classes > 0, 0.0, _IMPOSSIBLE)  # the field of view may start at any vertebra
+    for previous_kept in (0, 1):
+        rows = 2 * classes + previous_kept
+        transition[np.ix_(rows, 2 * classes + 1)] = keep_potential
+        transition[rows, 2 * classes] = 0.0  # drop: last kept class unchanged
+    transition[:, 1] = _IMPOSSIBLE  # state (class 0, kept) does not exist
+    return transition
+
+
+def _emission_log_table(class_probabilities: np.ndarray, model: ChainModel) -> np.ndarray:
+    """(N, S) log evidence of each state for each component."""
+    num_components, num_classes = class_probabilities.shape
+    emission = np.full((num_components, 2 * (num_classes + 1)), np.log(model.drop_probability))
+    emission[:, 1] = _IMPOSSIBLE
+    emission[:, 3::2] = np.log(np.maximum(class_probabilities, model.probability_floor))
+    return emission
+
+
+def assign_labels(class_probabilities: np.ndarray, model: ChainModel | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact MAP labelling of components ordered head -> feet.
+
+    class_probabilities: (N, K) probability of classes 1..K per component, rows in cranio-caudal order.
+    Returns (new_class (N,) int, 0 = dropped; confidence (N,) posterior of the chosen state;
+    marginals (N, K + 1) posterior of [dropped, class 1, ..., class K]).
+    """
+    model = model or ChainModel()
+    class_probabilities = np.asarray(class_probabilities, dtype=float)
+    num_components, num_classes = class_probabilities.shape if class_probabilities.ndim == 2 else (0, 0)
+    if num_components == 0:
+        return np.zeros(0, int), np.zeros(0), np.zeros((0, NUM_VERTEBRA_CLASSES + 1))
+    transition = _transition_log_matrix(num_classes, model)
+    emission = _emission_log_table(class_probabilities, model)
+    start = transition[0]  # from state (no class yet, dropped) = before the first component
+
+    # Viterbi
+    score = start + emission[0]
+    backpointers = np.zeros((num_components, transition.shape[0]), dtype=int)
+    for position in range(1, num_components):
+        candidates = score[:, None] + transition
+        backpointers[position] = np.argmax(candidates, axis=0)
+        score = candidates[backpointers[position], np.arange(transition.shape[0])] + emission[position]
+    states = np.zeros(num_components, dtype=int)
+    states[-1] = int(np.argmax(score))
+    for position in range(num_components - 1, 0, -1):
+        states[position - 1] = backpointers[position, states[position]]
+
+    # forward-backward (sum-product) for posterior marginals
+    forward = np.zeros_like(emission)
+    forward[0] = start + emission[0]
+    for position in range(1, num_components):
+        forward[position] = logsumexp(forward[position - 1][:, None] + transition, axis=0) + emission[position]
+    backward = np.zeros_like(emission)
+    for position in range(num_components - 2, -1, -1):
+        backward[position] = logsumexp(transition + (emission[position + 1] + backward[position + 1])[None, :], axis=1)
+    log_evidence = logsumexp(forward[-1])
+    state_posterior = np.exp(forward + backward - log_evidence)  # (N, S)
+
+    new_class = np.where(states % 2 == 1, states // 2, 0)
+    confidence = state_posterior[np.arange(num_components), states]
+    confidence = np.where(new_class > 0, confidence, state_posterior[:, 0::2].sum(axis=1))
+    marginals = np.concatenate([state_posterior[:, 0::2].sum(axis=1, keepdims=True), state_posterior[:, 3::2]], axis=1)
+    return new_class, np.clip(confidence, 0.0, 1.0), marginals
+
+
+def find_components(class_map: np.ndarray, reference: sitk.Image, probabilities: np.ndarray | None = None,
+                    min_volume_mm3: float = 200.0, min_fraction: float = 0.1
+                    ) -> tuple[np.ndarray, list[Component]]:
+    """Connected components of every class; tiny fragments are dropped.
+
+    class_map: (Z, Y, X) nnU-Net class ids on ``reference``'s grid. probabilities: (K + 1, Z, Y, X) softmax incl.
+    background, or None (then each component's own class gets probability 0.9). A component is a fragment when it is
+    smaller than ``min_volume_mm3`` or than ``min_fraction`` x the median volume of the largest component per class.
+    Returns (component map (Z, Y, X) int32 with ids 1..N of kept components, components sorted head -> feet).
+    """
+    structure = np.ones((3, 3, 3), dtype=bool)
+    voxel_mm3 = voxel_volume_mm3(reference)
+    candidates = []  # (class_id, bbox, local component mask)
+    for class_id, bbox in enumerate(ndimage.find_objects(class_map.astype(np.int32)), start=1):
+        if bbox is None or class_id > NUM_VERTEBRA_CLASSES:
+            continue
+        pieces, count = ndimage.label(class_map[bbox] == class_id, structure=structure)
+        for piece, piece_bbox in enumerate(ndimage.find_objects(pieces), start=1):
+            local = tuple(slice(outer.start + inner.start, outer.start + inner.stop)
+                          for outer, inner in zip(bbox, piece_bbox))
+            candidates.append((class_id, local, pieces[piece_bbox] == piece))
+    if not candidates:
+        return np.zeros(class_map.shape, np.int32), []
+    volumes = np.array([mask.sum() * voxel_mm3 for _, _, mask in candidates])
+    largest_per_class = {}
+    for (class_id, _, _), volume in zip(candidates, volumes):
+        largest_per_class[class_id] = max(volume, largest_per_class.get(class_id, 0.0))
+    threshold = max(min_volume_mm3, min_fraction * float(np.median(list(largest_per_class.values()))))
+
+    components = []
+    kept_voxels = []
+    for (class_id, bbox, mask), volume in zip(candidates, volumes):
+        if volume < threshold:
+            continue
+        local_indices = np.argwhere(mask)
+        indices = local_indices + np.array([box.start for box in bbox])
+        centroid = array_indices_to_world(reference, indices.mean(axis=0, keepdims=True))[0]
+        if probabilities is not None:
+            voxel_probabilities = probabilities[1:, indices[:, 0], indices[:, 1], indices[:, 2]].astype(np.float64)
+            class_probabilities = voxel_probabilities.mean(axis=1)
+        else:
+            class_probabilities = np.full(NUM_VERTEBRA_CLASSES, 0.1 / (NUM_VERTEBRA_CLASSES - 1))
+            class_probabilities[class_id - 1] = 0.9
+        class_probabilities = class_probabilities / max(class_probabilities.sum(), 1e-12)
+        components.append(Component(0, class_id, float(volume), centroid, class_probabilities))
+        kept_voxels.append(indices)
+    # head -> feet: decreasing world z (LPS +z = superior; valid for any image orientation)
+    order = np.argsort([-component.centroid_mm[2] for component in components], kind="stable")
+    component_map = np.zeros(class_map.shape, np.int32)
+    sorted_components = []
+    for new_index, position in enumerate(order, start=1):
+        component = components[position]
+        component.index = new_index
+        voxels = kept_voxels[position]
+        component_map[voxels[:, 0], voxels[:, 1], voxels[:, 2]] = new_index
+        sorted_components.append(component)
+    return component_map, sorted_components
+
+
+def make_labels_consistent(class_map: np.ndarray, reference: sitk.Image, probabilities: np.ndarray | None = None,
+                           model: ChainModel | None = None, **fragment_options
+                           ) -> tuple[np.ndarray, list[Component]]:
+    """Unique, anatomically ordered vertebra labels.
+
+    Returns (verse_map (Z, Y, X) uint8 in **VerSe ids**, 0 = background / dropped; the components with
+    ``new_class_id`` and ``label_confidence`` filled in, head -> feet).
+    """
+    component_map, components = find_components(class_map, reference, probabilities, **fragment_options)
+    if not components:
+        return np.zeros(class_map.shape, np.uint8), []
+    table = np.stack([component.class_probabilities for component in components])
+    new_class, confidence, _ = assign_labels(table, model)
+    component_to_verse = np.zeros(len(components) + 1, dtype=np.uint8)
+    for component, class_id, score in zip(components, new_class, confidence):
+        component.new_class_id = int(class_id)
+        component.label_confidence = float(score)
+        component_to_verse[component.index] = CLASS_TO_VERSE[int(class_id)] if class_id > 0 else 0
+    return component_to_verse[component_map], components

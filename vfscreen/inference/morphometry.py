@@ -1,0 +1,213 @@
+"""Genant morphometry from a vertebra label mask (Pisov et al. 2020's interpretable index, without keypoints).
+
+Per vertebra:
+1. local frame: the spine axis ``u`` (head -> feet) from the centroids of the neighbouring vertebrae (one neighbour:
+   towards it; no neighbour: the vertebra's principal axis closest to the patient's head-feet axis), the anterior
+   direction ``a`` = the patient's anterior (world -y, LPS) made perpendicular to ``u``, and the lateral ``l = u x a``;
+2. vertebral body: in a mid-line strip, walking from the most anterior voxel backwards, the first gap of at least
+   ``min_canal_gap_mm`` is the spinal canal; everything anterior to it is the body (pedicles, lamina, processes and
+   the canal excluded). Without a gap (a body-only mask) the whole mask is the body;
+3. mid-sagittal plane: the (u, a) plane through the body's lateral centre;
+4. heights: anterior / middle / posterior columns in that plane, centred ``MEASUREMENT_INSET`` of the body depth inside
+   the anterior and posterior walls and at mid-depth. A column's height along ``u`` is estimated by a lattice ratio:
+   (mask voxels in the column prism) / (all grid voxels in the prism) x (length of the prism), which averages the
+   voxel staircase of any grid orientation instead of quantising to one voxel;
+5. G = min / max and the Genant grade via :mod:`vfscreen.genant`. Vertebrae whose mask touches the border of the
+   image are ``truncated`` and not measured.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from vfscreen.genant import genant_ratio, grade_from_heights
+from vfscreen.inference.geometry import (WORLD_ANTERIOR, WORLD_SUPERIOR, array_indices_to_world, touches_border,
+                                         voxel_shadow_mm)
+from vfscreen.labels import MAX_VERSE_ID, is_vertebra, spine_position
+
+MEASUREMENT_INSET = 0.15  # anterior / posterior columns lie 15 % of the body depth inside the walls
+MIN_BODY_VOXELS = 20
+HEIGHT_NAMES = ("anterior", "middle", "posterior")
+
+
+@dataclass
+class VertebraMorphometry:
+    label: int  # VerSe id
+    centroid_mm: np.ndarray  # (3,) world (LPS) centroid of the whole vertebra
+    truncated: bool
+    spine_axis: np.ndarray  # (3,) unit, head -> feet
+    anterior_axis: np.ndarray  # (3,) unit, perpendicular to spine_axis
+    body_centroid_mm: np.ndarray | None = None  # (3,) centroid of the isolated vertebral body
+    heights_mm: dict | None = None  # {"anterior", "middle", "posterior"} in mm
+    genant_ratio: float | None = None
+    morph_grade: int | None = None
+    # (3, 2, 3): per height, the (cranial, caudal) end points in world mm - lines a ruler can check
+    height_endpoints_mm: np.ndarray | None = None
+    note: str = ""  # why a vertebra was not measured
+    extra: dict = field(default_factory=dict)
+
+
+def _unit(vector: np.ndarray) -> np.ndarray:
+    return vector / max(float(np.linalg.norm(vector)), 1e-12)
+
+
+def _principal_axis_near_superior(points_mm: np.ndarray) -> np.ndarray:
+    """Eigenvector of the point cloud's covariance closest to the patient's head-feet axis, pointing to the feet."""
+    centred = points_mm - points_mm.mean(axis=0)
+    _, vectors = np.linalg.eigh(centred.T @ centred)
+    best = vectors[:, int(np.argmax(np.abs(vectors.T @ WORLD_SUPERIOR)))]
+    return _unit(-best if best @ WORLD_SUPERIOR > 0 else best)
+
+
+def spine_axes(centroids_mm: dict[int, np.ndarray], points_mm: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+    """Local head -> feet axis per vertebra from neighbouring centroids (labels ordered anatomically)."""
+    ordered = sorted(centroids_mm, key=spine_position)
+    axes = {}
+    for position, label in enumerate(ordered):
+        previous_centroid = centroids_mm[ordered[position - 1]] if position > 0 else centroids_mm[label]
+        next_centroid = centroids_mm[ordered[position + 1]] if position + 1 < len(ordered) else centroids_mm[label]
+        if len(ordered) == 1 or np.linalg.norm(next_centroid - previous_centroid) < 1e-6:
+            axes[label] = _principal_axis_near_superior(points_mm[label])
+        else:
+            axes[label] = _unit(next_centroid - previous_centroid)
+    return axes
+
+
+def _anterior_direction(spine_axis: np.ndarray) -> np.ndarray:
+    anterior = WORLD_ANTERIOR - (WORLD_ANTERIOR @ spine_axis) * spine_axis
+    if np.linalg.norm(anterior) < 0.3:  # spine nearly antero-posterior: no meaningful sagittal frame
+        raise ValueError("the spine axis is almost antero-posterior")
+    return _unit(anterior)
+
+
+def _body_posterior_limit(anterior_mm: np.ndarray, lateral_mm: np.ndarray, bin_mm: float, strip_half_mm: float,
+                          min_gap_mm: float) -> float | None:
+    """Anterior coordinate where the spinal canal begins (walking backwards along the mid-line), None without canal."""
+    in_strip = np.abs(lateral_mm) <= strip_half_mm
+    if not in_strip.any():
+        return None
+    coordinates = anterior_mm[in_strip]
+    front = coordinates.max()
+    bins = np.floor((front - coordinates) / bin_mm).astype(int)  # 0 = most anterior bin
+    occupied = np.zeros(bins.max() + 1, dtype=bool)
+    occupied[bins] = True
+    min_gap_bins = max(2, int(np.ceil(min_gap_mm / bin_mm)))
+    empty_run = 0
+    for bin_index, is_occupied in enumerate(occupied):
+        if is_occupied:
+            empty_run = 0
+            continue
+        empty_run += 1
+        if empty_run >= min_gap_bins:
+            gap_start = bin_index - empty_run + 1
+            return front - gap_start * bin_mm
+    return None
+
+
+def _column_height(local_mask: np.ndarray, local_grid: np.ndarray, anterior_mm: float, lateral_mm: float,
+                   half_width_mm: float, half_thickness_mm: float, margin_mm: float):
+    """Height along u of the mask inside a prism around the line (a, l); lattice-ratio estimate.
+
+    local_mask: (M, 3) mask voxel coordinates (u, a, l); local_grid: (G, 3) all grid voxel coordinates (u, a, l).
+    Returns (height_mm, centre_u_mm) or None when the column holds no mask voxel.
+    """
+    def in_prism(coordinates):
+        return ((np.abs(coordinates[:, 1] - anterior_mm) <= half_width_mm)
+                & (np.abs(coordinates[:, 2] - lateral_mm) <= half_thickness_mm))
+
+    mask_in = local_mask[in_prism(local_mask)]
+    if len(mask_in) == 0:
+        return None
+    low, high = mask_in[:, 0].min() - margin_mm, mask_in[:, 0].max() + margin_mm
+    grid_in = local_grid[in_prism(local_grid)]
+    grid_count = np.count_nonzero((grid_in[:, 0] >= low) & (grid_in[:, 0] <= high))
+    height = len(mask_in) / max(grid_count, 1) * (high - low)
+    return float(height), float(mask_in[:, 0].mean())
+
+
+def measure_vertebra(verse_map: np.ndarray, reference: sitk.Image, label: int, bbox: tuple[slice, ...],
+                     centroid_mm: np.ndarray, spine_axis: np.ndarray, min_canal_gap_mm: float = 4.0
+                     ) -> VertebraMorphometry:
+    """Measure one vertebra (see the module docstring). ``bbox``: numpy slices of the label in ``verse_map``."""
+    truncated = touches_border(verse_map.shape, bbox)
+    try:
+        anterior_axis = _anterior_direction(spine_axis)
+    except ValueError as error:
+        return VertebraMorphometry(label, centroid_mm, truncated, spine_axis, WORLD_ANTERIOR.copy(), note=str(error))
+    result = VertebraMorphometry(label, centroid_mm, truncated, spine_axis, anterior_axis)
+    if truncated:
+        result.note = "cut by the field of view: not measured"
+        return result
+    lateral_axis = np.cross(spine_axis, anterior_axis)
+    frame = np.stack([spine_axis, anterior_axis, lateral_axis], axis=1)  # world -> (u, a, l)
+    shadows = [voxel_shadow_mm(reference, axis) for axis in (spine_axis, anterior_axis, lateral_axis)]
+
+    # grow the box so every column's prism (mask extent + one voxel shadow along u) lies inside it
+    pads = [int(np.ceil(2 * shadows[0] / spacing)) + 1 for spacing in reversed(reference.GetSpacing())]
+    grown = tuple(slice(max(box.start - pad, 0), min(box.stop + pad, size))
+                  for box, size, pad in zip(bbox, verse_map.shape, pads))
+    grid_indices = np.indices([box.stop - box.start for box in grown]).reshape(3, -1).T
+    grid_indices = grid_indices + np.array([box.start for box in grown])
+    local_grid = (array_indices_to_world(reference, grid_indices) - centroid_mm) @ frame  # (G, 3) (u, a, l)
+    is_mask = (verse_map[grown] == label).reshape(-1)
+    local_mask = local_grid[is_mask]
+
+    posterior_limit = _body_posterior_limit(local_mask[:, 1], local_mask[:, 2], bin_mm=max(shadows[1], 0.5),
+                                            strip_half_mm=max(3.0, shadows[2]), min_gap_mm=min_canal_gap_mm)
+    body = local_mask if posterior_limit is None else local_mask[local_mask[:, 1] >= posterior_limit]
+    result.extra["canal_found"] = posterior_limit is not None
+    if len(body) < MIN_BODY_VOXELS:
+        result.note = "vertebral body too small to measure"
+        return result
+    lateral_centre = float(np.median(body[:, 2]))
+    body_centre_local = np.array([body[:, 0].mean(), body[:, 1].mean(), lateral_centre])
+    result.body_centroid_mm = centroid_mm + frame @ body_centre_local
+
+    half_thickness = max(3.0, shadows[2])
+    slab = body[np.abs(body[:, 2] - lateral_centre) <= half_thickness]
+    # depth at mid-height: a slightly tilted axis must not lengthen the body by the endplates' corners
+    mid_height = np.abs(slab[:, 0] - np.median(slab[:, 0])) <= max(shadows[0], 0.15 * np.ptp(slab[:, 0]))
+    slab = slab[mid_height] if np.count_nonzero(mid_height) >= MIN_BODY_VOXELS // 2 else slab
+    front = slab[:, 1].max() + shadows[1] / 2
+    back = slab[:, 1].min() - shadows[1] / 2
+    depth = front - back
+    half_width = min(max(1.5, shadows[1]), MEASUREMENT_INSET * depth)
+    positions = (front - MEASUREMENT_INSET * depth, (front + back) / 2, back + MEASUREMENT_INSET * depth)
+    local_grid_body = local_grid if posterior_limit is None else local_grid[local_grid[:, 1] >= posterior_limit]
+    heights, endpoints = {}, []
+    for name, position in zip(HEIGHT_NAMES, positions):
+        column = _column_height(body, local_grid_body, position, lateral_centre, half_width, half_thickness,
+                                margin_mm=shadows[0])
+        if column is None:
+            result.note = f"no body voxels at the {name} measurement column"
+            return result
+        height, centre_u = column
+        heights[name] = round(height, 2)
+        endpoints.append([centroid_mm + frame @ np.array([centre_u + sign * height / 2, position, lateral_centre])
+                          for sign in (-1, 1)])
+    result.heights_mm = heights
+    result.height_endpoints_mm = np.asarray(endpoints)
+    result.genant_ratio = round(genant_ratio(heights["anterior"], heights["middle"], heights["posterior"]), 4)
+    result.morph_grade = grade_from_heights(heights["anterior"], heights["middle"], heights["posterior"])
+    result.extra["depth_mm"] = round(float(depth), 2)
+    return result
+
+
+def measure_vertebrae(verse_map: np.ndarray, reference: sitk.Image, min_canal_gap_mm: float = 4.0
+                      ) -> dict[int, VertebraMorphometry]:
+    """Morphometry of every vertebra in a VerSe-id label array (Z, Y, X) on ``reference``'s grid."""
+    boxes = ndimage.find_objects(verse_map.astype(np.int32), max_label=MAX_VERSE_ID)
+    centroids, points = {}, {}
+    for label, bbox in enumerate(boxes, start=1):
+        if bbox is None or not is_vertebra(label):
+            continue
+        indices = np.argwhere(verse_map[bbox] == label) + np.array([box.start for box in bbox])
+        points[label] = array_indices_to_world(reference, indices)
+        centroids[label] = points[label].mean(axis=0)
+    axes = spine_axes(centroids, points)
+    return {label: measure_vertebra(verse_map, reference, label, boxes[label - 1], centroids[label], axes[label],
+                                    min_canal_gap_mm)
+            for label in sorted(centroids, key=spine_position)}
