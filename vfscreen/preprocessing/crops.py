@@ -16,7 +16,8 @@ Channels of ``VertebraCrop.data`` (float32, shape (C, D, H, W), C = len(windows)
 one per window (bone W1500/L400, soft tissue W200/L40), each clipped to [level - width/2, level + width/2] and mapped
 to [0, 1]; last channel = binary mask of THIS vertebra * (VerSe id / MAX_VERSE_ID) ("label_modulated") or the plain
 binary mask ("binary"). CT is resampled linearly (outside the field of view = air, -1024 HU, i.e. 0 after windowing),
-the mask with nearest neighbour.
+the mask by thresholding its linear interpolation at 0.5 (a nearest-neighbour
+equivalent without nearest neighbour's orientation-dependent tie-breaking).
 
 Array order vs. plan order: plans store ``patch_size`` as [x, y, z] (SimpleITK order); arrays are (D, H, W) =
 (z, y, x). :func:`patch_shape` converts; :func:`place_in_patch` takes the array-order shape.
@@ -39,6 +40,7 @@ CANONICAL_DIRECTION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 AIR_HU = -1024.0
 CROP_MODES = ("fit", "spacing")
 MASK_CHANNELS = ("label_modulated", "binary")
+MASK_TIE_GUARD = 1e-4  # interpolated mask weights within this of 0.5 count as outside (exact ties)
 CROP_ALGORITHM_VERSION = 1  # bump when the crop arrays change for an unchanged plan (invalidates stored crops)
 
 
@@ -228,12 +230,16 @@ def _crop_one(ct: sitk.Image, ct_array: np.ndarray, label_array: np.ndarray, box
     reference.SetSpacing([spacing] * 3)
     reference.SetDirection(CANONICAL_DIRECTION)
     hounsfield = _resample_roi(ct_array[roi].astype(np.float32), ct, roi_origin, reference, sitk.sitkLinear, AIR_HU)
-    mask = _resample_roi(roi_mask.astype(np.uint8), ct, roi_origin, reference, sitk.sitkNearestNeighbor, 0)
+    # The mask: linear interpolation of the binary mask, then > 0.5 (+ a guard for rounding). Unlike nearest
+    # neighbour, whose ties round towards +index, this is symmetric, so the mask does not depend on the input's
+    # axis directions when crop voxel centres fall exactly on input voxel faces (common on round-number grids).
+    mask_weight = _resample_roi(roi_mask.astype(np.float32), ct, roi_origin, reference, sitk.sitkLinear, 0.0)
+    mask = mask_weight > 0.5 + MASK_TIE_GUARD
 
     mask_scale = label / vertebra_labels.MAX_VERSE_ID \
         if crop_plan.get("mask_channel", "label_modulated") == "label_modulated" else 1.0
     channels = [apply_window(hounsfield, w["width"], w["level"]) for w in crop_plan["windows"]]
-    channels.append((mask > 0.5).astype(np.float32) * np.float32(mask_scale))
+    channels.append(mask.astype(np.float32) * np.float32(mask_scale))
 
     return VertebraCrop(
         label=int(label), data=np.stack(channels).astype(np.float32, copy=False), truncated=truncated,
