@@ -1,0 +1,1 @@
+"""Training: the nnU-Net segmentation stage and the SupCon grader (vfscreen_train)."""

@@ -1,0 +1,151 @@
+"""``vfscreen_train DATASET CONFIG FOLD``: the nnU-Net segmentation stage and the SupCon grader of one fold.
+
+    vfscreen_train 501 3d fold0                       # segmentation (unless a model exists), then the grader
+    vfscreen_train 501 3d 0 --stage grader --loss ce  # the paper's cross-entropy baseline grader only
+    vfscreen_train 501 3d 0 --stage grader --c        # continue an interrupted grader training
+    torchrun --nproc_per_node=2 -m vfscreen.training.cli 501 3d 0 --stage grader     # distributed data parallel
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import os
+import re
+from pathlib import Path
+
+from vfscreen.errors import ConfigError, cli_entry
+
+STAGES = ("seg", "grader", "both")
+
+
+def parse_fold(text: str):
+    """'fold0' / 'fold_0' / '0' -> 0; 'all' / 'fold_all' -> 'all'."""
+    match = re.fullmatch(r"(?:fold_?)?(\d+|all)", str(text).strip().lower())
+    if not match:
+        raise ConfigError(f"fold {text!r} is not understood (use e.g. fold0, 0 or all)")
+    return "all" if match.group(1) == "all" else int(match.group(1))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vfscreen_train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset", help="dataset id or name, e.g. 501 or Dataset501_SyntheticSpine")
+    parser.add_argument("configuration", help="vfscreen configuration in the plans, e.g. 3d")
+    parser.add_argument("fold", help="fold0, 0, ... or all")
+    parser.add_argument("--stage", choices=STAGES, default="both",
+                        help="seg: nnU-Net segmentation only; grader: grader only; both (default): segmentation "
+                             "unless a usable model exists, then the grader")
+    parser.add_argument("--loss", choices=("supcon", "ce"), default=None,
+                        help="grader loss (default: the plans'; ce = the paper's baseline, saved separately)")
+    parser.add_argument("-device", "--device", choices=("cpu", "cuda", "mps"), default=None,
+                        help="default: the device the plans were made for")
+    parser.add_argument("--c", action="store_true", help="continue from the latest checkpoints")
+    parser.add_argument("--pretrained-seg", metavar="MODEL_FOLDER", default=None,
+                        help="use an existing vertebra nnU-Net model folder instead of training segmentation")
+    parser.add_argument("--npz", action="store_true", help="segmentation: also save validation softmax (nnU-Net)")
+    parser.add_argument("--num-workers", type=int, default=None,
+                        help="grader data-augmentation worker processes (default: the plans')")
+    parser.add_argument("--verbose", action="store_true", help="show tracebacks")
+    return parser
+
+
+def _load_plans(dataset_name: str) -> dict:
+    hint = f"run vfscreen_plan_and_preprocess -d {dataset_name[7:10]} first"
+    try:
+        from vfscreen.experiment_planning.plans import load_plans
+    except ImportError:
+        raise ConfigError(f"plans of {dataset_name} cannot be read (vfscreen.experiment_planning is not installed); "
+                          f"{hint}") from None
+    return load_plans(dataset_name)
+
+
+def _segmentation_model_folder(dataset_name: str, segmentation_plan: dict) -> Path:
+    from vfscreen.paths import nnUNet_results
+
+    return nnUNet_results / dataset_name / (f"{segmentation_plan['trainer']}__"
+                                            f"{segmentation_plan['nnunet_plans_identifier']}__"
+                                            f"{segmentation_plan['nnunet_configuration']}")
+
+
+def _check_pretrained_segmentation(model_folder: str, fold) -> Path:
+    folder = Path(model_folder).expanduser().resolve()
+    fold_name = "fold_all" if fold == "all" else f"fold_{fold}"
+    candidates = [folder / fold_name / "checkpoint_final.pth", folder / "checkpoint_final.pth"]
+    if not (folder / "plans.json").is_file() or not any(c.is_file() for c in candidates):
+        raise ConfigError(f"--pretrained-seg {folder} is not a usable nnU-Net model folder (needs plans.json and "
+                          f"{fold_name}/checkpoint_final.pth)")
+    return folder
+
+
+def run_segmentation_stage(dataset_name: str, configuration: str, fold, plans: dict, args, stage: str) -> None:
+    from vfscreen.training.grader.ddp import launched_by_torchrun
+
+    segmentation_plan = plans["configurations"][configuration].get("segmentation")
+    if segmentation_plan is None:
+        raise ConfigError(f"the plans of {dataset_name} have no segmentation stage for {configuration!r}")
+    fold_name = "fold_all" if fold == "all" else f"fold_{fold}"
+    existing = _segmentation_model_folder(dataset_name, segmentation_plan) / fold_name / "checkpoint_final.pth"
+    if stage == "both" and existing.is_file():
+        print(f"vfscreen: segmentation model {existing.parent} exists; skipping segmentation training")
+        return
+    if launched_by_torchrun():
+        raise ConfigError("run the segmentation stage without torchrun (nnU-Net starts its own processes); "
+                          "use torchrun only with --stage grader")
+    try:
+        from vfscreen.training.segmentation import train_segmentation
+    except ImportError:
+        raise ConfigError("the segmentation stage (vfscreen.training.segmentation) is not available in this "
+                          "installation; use --stage grader or --pretrained-seg") from None
+    offered = {"dataset_name": dataset_name, "configuration": configuration, "fold": fold, "plans": plans,
+               "device": args.device, "continue_training": args.c, "npz": args.npz,
+               "export_validation_probabilities": args.npz}
+    accepted = inspect.signature(train_segmentation).parameters
+    train_segmentation(**{name: value for name, value in offered.items() if name in accepted})
+
+
+def run(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from vfscreen.dataset import resolve_dataset_name
+    from vfscreen.training.grader.ddp import launched_by_torchrun
+
+    dataset_name = resolve_dataset_name(args.dataset)
+    fold = parse_fold(args.fold)
+    plans = _load_plans(dataset_name)
+    if args.configuration not in plans.get("configurations", {}):
+        raise ConfigError(f"configuration {args.configuration!r} is not in the plans of {dataset_name} "
+                          f"(available: {sorted(plans.get('configurations', {}))})")
+    args.device = args.device or plans.get("device", {}).get("type", "cpu")
+    if args.device not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"unknown device {args.device!r} in the plans (use -device cpu|cuda|mps)")
+    grader_setup = None
+    if args.stage in ("grader", "both"):
+        from vfscreen.training.grader.trainer import prepare_grader_training
+
+        grader_setup = prepare_grader_training(dataset_name, args.configuration, fold, plans, args.loss,
+                                               args.device, int(os.environ.get("LOCAL_RANK", "0")))
+    else:
+        from vfscreen.training.grader.trainer import resolve_device
+
+        resolve_device(args.device)
+    if args.pretrained_seg:
+        folder = _check_pretrained_segmentation(args.pretrained_seg, fold)
+        print(f"vfscreen: using the segmentation model {folder}; no segmentation training")
+    elif args.stage in ("seg", "both"):
+        run_segmentation_stage(dataset_name, args.configuration, fold, plans, args, args.stage)
+    if grader_setup is not None:
+        import torch
+
+        from vfscreen.training.grader.trainer import train_grader
+
+        if grader_setup.device.type == "cpu":
+            threads = int(plans.get("device", {}).get("num_threads") or torch.get_num_threads())
+            world_size = int(os.environ.get("WORLD_SIZE", "1")) if launched_by_torchrun() else 1
+            torch.set_num_threads(max(1, threads // world_size))
+        train_grader(grader_setup, continue_training=args.c, num_workers=args.num_workers)
+    return 0
+
+
+main = cli_entry(run)
+
+if __name__ == "__main__":
+    main()

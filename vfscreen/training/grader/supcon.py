@@ -1,0 +1,59 @@
+"""Supervised contrastive loss (Khosla et al., NeurIPS 2020; eq. 1 of Wei et al. 2022), SupContrast-style.
+
+Every view of every sample is an anchor ("all" contrast mode). For anchor i, the positives P(i) are all other views
+whose sample has the same label (always including the other view(s) of i itself, so a class with a single sample in
+the batch still has positives); the denominator runs over every view except i:
+
+    L = mean_i  -1/|P(i)| * sum_{p in P(i)} log( exp(z_i.z_p / tau) / sum_{k != i} exp(z_i.z_k / tau) )
+
+The paper writes a sum over anchors; we average (as SupContrast does), which only rescales the loss by the batch
+size. Anchors without any positive (only possible with a single view) are left out of the mean.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class SupConLoss(nn.Module):
+    def __init__(self, temperature: float = 0.07):
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"SupCon temperature must be > 0, got {temperature}")
+        self.temperature = float(temperature)
+
+    def forward(self, projections: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """projections: (B, V, P) L2-normalised embeddings, V views of each of B samples; labels: (B,) int.
+
+        Returns a scalar tensor.
+        """
+        if projections.ndim != 3:
+            raise ValueError(f"projections must be (batch, views, dim), got shape {tuple(projections.shape)}")
+        batch_size, num_views, _ = projections.shape
+        if labels.shape != (batch_size,):
+            raise ValueError(f"labels must be ({batch_size},), got shape {tuple(labels.shape)}")
+        device = projections.device
+        # anchors: (N, P) with N = V * B, ordered view-major (all samples of view 0, then view 1, ...)
+        anchors = torch.cat(torch.unbind(projections.float(), dim=1), dim=0)
+        anchor_labels = labels.repeat(num_views)  # (N,)
+        num_anchors = anchors.shape[0]
+
+        similarity = anchors @ anchors.T / self.temperature  # (N, N)
+        # subtract each row's maximum for numerical stability (cancels in the log-ratio)
+        similarity = similarity - similarity.max(dim=1, keepdim=True).values.detach()
+
+        not_self = ~torch.eye(num_anchors, dtype=torch.bool, device=device)  # (N, N)
+        positive = (anchor_labels[:, None] == anchor_labels[None, :]) & not_self  # (N, N)
+
+        # log of the denominator sum_{k != i} exp(s_ik): (N, 1)
+        log_denominator = torch.logsumexp(similarity.masked_fill(~not_self, float("-inf")), dim=1, keepdim=True)
+        log_probability = similarity - log_denominator  # (N, N)
+
+        num_positives = positive.sum(dim=1)  # (N,)
+        has_positive = num_positives > 0  # (N,)
+        sum_log_probability_positive = (log_probability * positive).sum(dim=1)  # (N,)
+        mean_log_probability_positive = (sum_log_probability_positive[has_positive]
+                                         / num_positives[has_positive])  # (N',)
+        if mean_log_probability_positive.numel() == 0:
+            return projections.sum() * 0.0  # no anchor has a positive: nothing to learn, keep the graph
+        return -mean_log_probability_positive.mean()

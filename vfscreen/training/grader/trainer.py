@@ -1,0 +1,366 @@
+"""Fold-wise training of the SupCon grader (Wei et al. 2022) from the plans, on any device, resumable, DDP-ready.
+
+    setup = prepare_grader_training("Dataset501_SyntheticSpine", "3d", 0, plans, device="cpu")   # validates only
+    train_grader(setup)                                                                       # trains, writes
+
+Output: ``nnUNet_results/<Dataset>/vfscreen_grader__<plans>__<config>/fold_<k>/`` (``vfscreen_graderCE`` for the
+cross-entropy baseline, so it never overwrites a SupCon model): checkpoint_{latest,best,final}.pth, plans.json,
+training_log.txt, progress.png, validation/{metrics.json,predictions.csv}.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from vfscreen import __version__
+from vfscreen.errors import ConfigError
+from vfscreen.paths import nnUNet_preprocessed, nnUNet_results
+from vfscreen.preprocessing.crops import patch_shape
+from vfscreen.training.grader import ddp
+from vfscreen.training.grader.augmentation import GraderAugmentation, check_augmentation_plan
+from vfscreen.training.grader.checkpoint import PLANS_COPY, checkpoint_path, load_checkpoint, restore_rng_state, \
+    save_checkpoint
+from vfscreen.training.grader.data import (PREPROCESS_HINT, TrainingViews, ValidationPatches, crops_folder,
+                                           fold_case_ids, make_loader, read_crops_table, select_fold)
+from vfscreen.training.grader.network import LOSS_NAMES, build_grader
+from vfscreen.training.grader.progress import PROGRESS_PLOT, TrainingLog, plot_progress
+from vfscreen.training.grader.sampler import PerClassBatchSampler
+from vfscreen.training.grader.supcon import SupConLoss
+from vfscreen.training.grader.validation import grading_metrics, predictions_table
+from vfscreen.utils.atomic import atomic_write_csv, atomic_write_json
+
+TRAINER_NAMES = {"supcon": "vfscreen_grader", "ce": "vfscreen_graderCE"}
+_GRADER_KEYS = ("crop", "network", "loss", "sampler", "optimizer", "num_epochs", "validate_every", "augmentation")
+
+
+def grader_model_folder(dataset_name: str, plans_name: str, configuration: str, loss_name: str = "supcon") -> Path:
+    return nnUNet_results / dataset_name / f"{TRAINER_NAMES[loss_name]}__{plans_name}__{configuration}"
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """'cpu' | 'cuda' | 'mps' -> torch.device; ConfigError if this machine does not have it."""
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("device 'cuda' requested but no CUDA GPU is available here (use -device cpu)")
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    if name == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ConfigError("device 'mps' requested but Apple MPS is not available here (use -device cpu)")
+        return torch.device("mps")
+    raise ConfigError(f"unknown device {name!r} (choose cpu, cuda or mps)")
+
+
+@dataclass
+class GraderSetup:
+    dataset_name: str
+    configuration: str
+    fold: object  # int or "all"
+    loss_name: str
+    device: torch.device
+    plans: dict
+    grader_plan: dict
+    train_rows: pd.DataFrame
+    val_rows: pd.DataFrame
+    fold_folder: Path
+
+
+def prepare_grader_training(dataset_name: str, configuration: str, fold, plans: dict, loss_name: str | None = None,
+                            device: str = "cpu", local_rank: int = 0) -> GraderSetup:
+    """Check plans, crops, fold and device; read the fold's crops. Writes nothing."""
+    dataset_id = dataset_name[len("Dataset"):len("Dataset") + 3] if dataset_name.startswith("Dataset") else dataset_name
+    hint = PREPROCESS_HINT.format(dataset_id=int(dataset_id) if dataset_id.isdigit() else dataset_name)
+    configurations = plans.get("configurations", {})
+    if configuration not in configurations or "grader" not in configurations[configuration]:
+        raise ConfigError(f"configuration {configuration!r} has no grader in the plans of {dataset_name} "
+                          f"(available: {sorted(configurations)}); {hint}")
+    grader_plan = configurations[configuration]["grader"]
+    missing = [key for key in _GRADER_KEYS if key not in grader_plan]
+    if missing:
+        raise ConfigError(f"grader plan of {dataset_name}/{configuration} lacks {missing}; {hint}")
+    check_augmentation_plan(grader_plan["augmentation"])
+    loss_name = loss_name or grader_plan["loss"].get("name", "supcon")
+    if loss_name not in LOSS_NAMES:
+        raise ConfigError(f"unknown grader loss {loss_name!r} (choose from {', '.join(LOSS_NAMES)})")
+    torch_device = resolve_device(device, local_rank)
+    preprocessed = nnUNet_preprocessed / dataset_name
+    table = read_crops_table(crops_folder(preprocessed, configuration), hint)
+    train_cases, val_cases = fold_case_ids(table, preprocessed / "splits_final.json", fold,
+                                           int(plans.get("num_folds", 5)))
+    train_rows, val_rows = select_fold(table, train_cases, val_cases, bool(grader_plan["crop"].get("use_truncated")),
+                                       fold, int(grader_plan["network"].get("num_classes", 4)))
+    fold_name = "fold_all" if fold == "all" else f"fold_{fold}"
+    fold_folder = grader_model_folder(dataset_name, plans.get("plans_name", "vfscreenPlans"), configuration,
+                                      loss_name) / fold_name
+    return GraderSetup(dataset_name, configuration, fold, loss_name, torch_device, plans, grader_plan, train_rows,
+                       val_rows, fold_folder)
+
+
+def _learning_rate(optimizer_plan: dict, epoch: int, num_epochs: int) -> float:
+    """Step decay: lr * factor ** (number of decay points, as fractions of training, already passed)."""
+    passed = sum(epoch >= round(fraction * num_epochs) for fraction in optimizer_plan.get("lr_decay_at", []))
+    return float(optimizer_plan["lr"]) * float(optimizer_plan.get("lr_decay_factor", 0.1)) ** passed
+
+
+def _new_history() -> dict:
+    keys = ("epoch", "train_loss", "train_supcon", "train_ce", "learning_rate", "epoch_seconds", "data_wait_seconds",
+            "samples_per_second", "val_epoch", "val_loss", "val_macro_f1", "val_auroc")
+    return {key: [] for key in keys}
+
+
+class GraderTrainer:
+    def __init__(self, setup: GraderSetup, num_workers: int | None = None, show_progress: bool = True):
+        self.setup = setup
+        self.plan = setup.grader_plan
+        self.context = ddp.init_distributed(setup.device.type)
+        self.log = TrainingLog(setup.fold_folder, enabled=self.context.is_main, echo=show_progress)
+        self.show_progress = show_progress and self.context.is_main
+        self.device = setup.device
+        self.num_epochs = int(self.plan["num_epochs"])
+        self.validate_every = max(1, int(self.plan["validate_every"]))
+        self.num_views = int(self.plan["sampler"].get("views", 2))
+        self.seed = int(setup.plans.get("seed", 12345))
+        crop_plan = self.plan["crop"]
+        self.patch_size = patch_shape(crop_plan)  # array order (D, H, W)
+        self.num_image_channels = len(crop_plan["windows"])
+        self.input_channels = self.num_image_channels + (crop_plan.get("mask_channel", "label_modulated") != "none")
+        self.num_workers = int(self.plan.get("num_workers", 0) if num_workers is None else num_workers)
+        self.use_amp = self.device.type == "cuda"
+
+        torch.manual_seed(self.seed)
+        network = build_grader(self.plan["network"], setup.loss_name, self.input_channels).to(self.device)
+        self.network = ddp.wrap_model(network, self.context, self.device,
+                                      find_unused_parameters=(setup.loss_name == "ce"))
+        optimizer_plan = self.plan["optimizer"]
+        if optimizer_plan.get("name", "sgd") != "sgd":
+            raise ConfigError(f"grader optimizer {optimizer_plan.get('name')!r} is not supported (only sgd)")
+        self.optimizer = torch.optim.SGD(network.parameters(), lr=float(optimizer_plan["lr"]),
+                                         momentum=float(optimizer_plan.get("momentum", 0.9)),
+                                         weight_decay=float(optimizer_plan.get("weight_decay", 1e-4)))
+        self.grad_scaler = torch.amp.GradScaler("cuda") if self.use_amp else None
+        self.supcon = SupConLoss(float(self.plan["loss"].get("temperature", 0.07)))
+        self.sampler = self._make_sampler()
+        augmentation = GraderAugmentation(self.plan["augmentation"], self.patch_size, self.num_image_channels)
+        self.train_loader = make_loader(
+            TrainingViews(setup.train_rows["path"], setup.train_rows["grade"], augmentation, self.num_views),
+            self.num_workers, pin_memory=self.use_amp, batch_sampler=self.sampler)
+        val_indices = list(range(self.context.rank, len(setup.val_rows), self.context.world_size))
+        self.val_indices = val_indices
+        self.val_loader = make_loader(
+            ValidationPatches(setup.val_rows["path"].iloc[val_indices], self.patch_size), 0, pin_memory=False,
+            batch_size=max(1, int(self.plan["sampler"]["samples_per_class"]) * 4))
+        self.start_epoch = 0
+        self.best_macro_f1 = None
+        self.history = _new_history()
+
+    def _make_sampler(self) -> PerClassBatchSampler:
+        samples_per_class = int(self.plan["sampler"]["samples_per_class"])
+        try:
+            return PerClassBatchSampler(self.setup.train_rows["grade"].to_numpy(), samples_per_class, self.seed,
+                                        int(self.plan["network"].get("num_classes", 4)),
+                                        self.context.world_size, self.context.rank)
+        except ValueError as error:
+            raise ConfigError(f"fold {self.setup.fold}: cannot form balanced batches: {error}; lower "
+                              "sampler.samples_per_class in the plans or use fewer processes") from None
+
+    # ------------------------------------------------------------------ state
+    def _metadata(self, epoch: int) -> dict:
+        setup = self.setup
+        return {"dataset_name": setup.dataset_name, "configuration": setup.configuration, "fold": setup.fold,
+                "loss": setup.loss_name, "epoch": epoch, "num_epochs": self.num_epochs, "seed": self.seed,
+                "network_plan": self.plan["network"], "patch_size": list(self.patch_size),
+                "patch_size_order": "D, H, W (array order; the plan's crop.patch_size is x, y, z)",
+                "input_channels": self.input_channels, "crop_plan": self.plan["crop"],
+                "num_views": self.num_views, "world_size": self.context.world_size,
+                "best_macro_f1": self.best_macro_f1, "history": self.history, "vfscreen_version": __version__}
+
+    def _expected_metadata(self) -> dict:
+        setup = self.setup
+        return {"dataset_name": setup.dataset_name, "configuration": setup.configuration, "fold": setup.fold,
+                "loss": setup.loss_name, "network_plan": self.plan["network"], "seed": self.seed}
+
+    def _save(self, which: str, epoch: int) -> None:
+        if self.context.is_main:
+            save_checkpoint(checkpoint_path(self.setup.fold_folder, which), ddp.unwrap_model(self.network),
+                            self.optimizer, self.grad_scaler, self._metadata(epoch))
+
+    def resume(self) -> bool:
+        """Load checkpoint_latest.pth; False (fresh start) if there is none. ConfigError if corrupt/foreign."""
+        path = checkpoint_path(self.setup.fold_folder, "latest")
+        if not path.is_file():
+            return False
+        checkpoint = load_checkpoint(path, self._expected_metadata())
+        ddp.unwrap_model(self.network).load_state_dict(checkpoint["network_weights"])
+        self.optimizer.load_state_dict(checkpoint["optimizer_state"])
+        if self.grad_scaler is not None and checkpoint["grad_scaler_state"]:
+            self.grad_scaler.load_state_dict(checkpoint["grad_scaler_state"])
+        restore_rng_state(checkpoint["rng_state"])
+        metadata = checkpoint["metadata"]
+        self.start_epoch = int(metadata["epoch"])
+        self.best_macro_f1 = metadata["best_macro_f1"]
+        self.history = metadata["history"]
+        return True
+
+    # ------------------------------------------------------------------ epochs
+    def train_epoch(self, epoch: int) -> None:
+        learning_rate = _learning_rate(self.plan["optimizer"], epoch, self.num_epochs)
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate
+        self.network.train()
+        self.sampler.set_epoch(epoch)
+        totals = {"loss": 0.0, "supcon": 0.0, "ce": 0.0}
+        num_batches, num_samples, data_wait = 0, 0, 0.0
+        started = time.perf_counter()
+        batches = iter(self.train_loader)
+        progress = tqdm(total=len(self.sampler), desc=f"epoch {epoch + 1}/{self.num_epochs}",
+                        disable=not self.show_progress, leave=False)
+        while True:
+            waited = time.perf_counter()
+            try:
+                views, grades = next(batches)  # views: (B, V, 3, *patch), grades: (B,)
+            except StopIteration:
+                break
+            data_wait += time.perf_counter() - waited
+            losses = self._train_step(views, grades)
+            for key in totals:
+                totals[key] += losses[key]
+            num_batches += 1
+            num_samples += views.shape[0] * views.shape[1]
+            progress.update()
+            progress.set_postfix(loss=f"{losses['loss']:.4f}")
+        progress.close()
+        seconds = time.perf_counter() - started
+        means = {key: ddp.mean_over_ranks(value / max(1, num_batches), self.context) for key, value in totals.items()}
+        samples_per_second = ddp.mean_over_ranks(num_samples / seconds, self.context) * self.context.world_size
+        self.history["epoch"].append(epoch + 1)
+        self.history["train_loss"].append(means["loss"])
+        self.history["train_supcon"].append(means["supcon"] if self.setup.loss_name == "supcon" else None)
+        self.history["train_ce"].append(means["ce"])
+        self.history["learning_rate"].append(learning_rate)
+        self.history["epoch_seconds"].append(seconds)
+        self.history["data_wait_seconds"].append(data_wait)
+        self.history["samples_per_second"].append(samples_per_second)
+        self.log(f"epoch {epoch + 1}/{self.num_epochs}: loss {means['loss']:.4f} (SupCon {means['supcon']:.4f}, "
+                 f"CE {means['ce']:.4f}), lr {learning_rate:g}, {num_batches} batches, {seconds:.1f} s, "
+                 f"{samples_per_second:.1f} views/s, waiting for data {data_wait:.2f} s "
+                 f"({100 * data_wait / max(seconds, 1e-9):.0f} %)")
+
+    def _train_step(self, views: torch.Tensor, grades: torch.Tensor) -> dict:
+        batch_size, num_views = views.shape[:2]
+        # view-major stacking: (V * B, 3, *patch)
+        inputs = views.transpose(0, 1).reshape(num_views * batch_size, *views.shape[2:])
+        inputs = inputs.to(self.device, non_blocking=True)
+        grades = grades.to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+            _, logits, projection = self.network(inputs)  # (V*B, 4), (V*B, P)
+        projection = projection.float().reshape(num_views, batch_size, -1).transpose(0, 1)  # (B, V, P)
+        ce_loss = F.cross_entropy(logits.float(), grades.repeat(num_views))
+        supcon_loss = self.supcon(projection, grades) if self.setup.loss_name == "supcon" else None
+        loss = ce_loss + supcon_loss if supcon_loss is not None else ce_loss
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        return {"loss": float(loss.detach()), "ce": float(ce_loss.detach()),
+                "supcon": float(supcon_loss.detach()) if supcon_loss is not None else 0.0}
+
+    @torch.no_grad()
+    def validate(self, epoch: int) -> dict:
+        """Predict the fold's validation vertebrae (sharded over ranks); rank 0 computes metrics and writes them."""
+        self.network.eval()
+        probabilities, positions = [], []
+        for patches, indices in self.val_loader:  # patches: (b, 3, *patch)
+            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+                _, logits, _ = ddp.unwrap_model(self.network)(patches.to(self.device))
+            probabilities.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+            positions.extend(self.val_indices[int(i)] for i in indices)
+        local = (positions, np.concatenate(probabilities) if probabilities else np.zeros((0, 4)))
+        gathered = ddp.gather_to_all(local, self.context)
+        order = np.concatenate([np.asarray(p, dtype=int) for p, _ in gathered])
+        all_probabilities = np.concatenate([q for _, q in gathered])[np.argsort(order)]  # (N_val, 4)
+        rows = self.setup.val_rows
+        true_grades = rows["grade"].to_numpy(dtype=np.int64, copy=True)
+        metrics = grading_metrics(true_grades, all_probabilities)
+        val_loss = float(F.nll_loss(torch.log(torch.from_numpy(all_probabilities).clamp_min(1e-12)),
+                                    torch.from_numpy(true_grades)))
+        metrics.update({"epoch": epoch + 1, "validation_ce_loss": val_loss, "fold": self.setup.fold,
+                        "loss": self.setup.loss_name, "dataset_name": self.setup.dataset_name})
+        self.history["val_epoch"].append(epoch + 1)
+        self.history["val_loss"].append(val_loss)
+        self.history["val_macro_f1"].append(metrics["multiclass"]["macro_f1"])
+        self.history["val_auroc"].append(metrics["binary"]["auroc"])
+        if self.context.is_main:
+            folder = self.setup.fold_folder / "validation"
+            atomic_write_json(folder / "metrics.json", metrics)
+            atomic_write_csv(folder / "predictions.csv", predictions_table(rows, all_probabilities))
+        auroc = metrics["binary"]["auroc"]
+        self.log(f"validation after epoch {epoch + 1}: macro-F1 {metrics['multiclass']['macro_f1']:.3f}, AUROC "
+                 f"{'n/a' if auroc is None else f'{auroc:.3f}'}, CE {val_loss:.4f} ({len(rows)} vertebrae)")
+        return metrics
+
+    # ------------------------------------------------------------------ run
+    def run(self, stop_after_epoch: int | None = None) -> dict | None:
+        """Train from ``self.start_epoch``; ``stop_after_epoch`` ends early after that many epochs (as if killed)."""
+        setup = self.setup
+        train_counts = np.bincount(setup.train_rows["grade"], minlength=4).tolist()
+        self.log(f"grader {setup.loss_name} {setup.dataset_name} {setup.configuration} fold {setup.fold} on "
+                 f"{self.device} x{self.context.world_size}: {len(setup.train_rows)} training crops per grade "
+                 f"{train_counts}, {len(setup.val_rows)} validation crops, {len(self.sampler)} batches/epoch, "
+                 f"{self.num_workers} data worker(s), epochs {self.start_epoch + 1}-{self.num_epochs}")
+        metrics = None
+        for epoch in range(self.start_epoch, self.num_epochs):
+            self.train_epoch(epoch)
+            last = epoch + 1 == self.num_epochs
+            if last or (epoch + 1) % self.validate_every == 0:
+                metrics = self.validate(epoch)
+                macro_f1 = metrics["multiclass"]["macro_f1"]
+                if self.best_macro_f1 is None or macro_f1 > self.best_macro_f1:
+                    self.best_macro_f1 = macro_f1
+                    self._save("best", epoch + 1)
+                    self.log(f"new best validation macro-F1 {macro_f1:.3f}: checkpoint_best.pth")
+            self._save("latest", epoch + 1)
+            if self.context.is_main:
+                plot_progress(self.history, setup.fold_folder / PROGRESS_PLOT)
+            if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and not last:
+                self.log(f"stopping after epoch {epoch + 1} as requested")
+                return None
+        self._save("final", self.num_epochs)
+        self.log(f"training done: checkpoint_final.pth in {setup.fold_folder}")
+        return metrics
+
+
+def train_grader(setup: GraderSetup, continue_training: bool = False, num_workers: int | None = None,
+                 stop_after_epoch: int | None = None, show_progress: bool = True) -> dict | None:
+    """Train one fold. Returns the final validation metrics (None if stopped early or already finished)."""
+    fold_folder = setup.fold_folder
+    final = checkpoint_path(fold_folder, "final")
+    if final.is_file() and not continue_training:
+        raise ConfigError(f"{fold_folder} already holds a trained grader (checkpoint_final.pth); delete that folder "
+                          "to retrain it, or pass --c")
+    if continue_training and final.is_file():
+        load_checkpoint(final)  # refuse a corrupt final checkpoint rather than report success
+        print(f"vfscreen: {fold_folder} is already trained (checkpoint_final.pth); nothing to do")
+        return None
+    trainer = GraderTrainer(setup, num_workers=num_workers, show_progress=show_progress)
+    try:
+        if continue_training and not trainer.resume():
+            trainer.log("no checkpoint_latest.pth to continue from: starting a new training")
+        elif not continue_training:
+            ddp.barrier(trainer.context)
+        if trainer.context.is_main:
+            atomic_write_json(fold_folder / PLANS_COPY, setup.plans)
+        return trainer.run(stop_after_epoch=stop_after_epoch)
+    finally:
+        ddp.shutdown(trainer.context)
