@@ -6,7 +6,7 @@ from scipy import ndimage
 
 from vfscreen.errors import ConfigError, InputError
 from vfscreen.labels import MAX_VERSE_ID
-from vfscreen.preprocessing.crops import (CANONICAL_DIRECTION, apply_window, extract_vertebra_crops,
+from vfscreen.preprocessing.crops import (CANONICAL_DIRECTION, apply_window, extract_vertebra_crops, num_channels,
                                           paste_crop_to_image, paste_crops_to_image, patch_shape, place_in_patch,
                                           take_from_patch)
 
@@ -99,12 +99,14 @@ def test_crop_channels_windows_and_label_modulated_mask(anisotropic_lps):
 
 
 @pytest.mark.parametrize("orientation", ["PIR", "RAS", "ASL"])
-def test_same_anatomy_in_another_orientation_gives_the_same_crop(anisotropic_lps, orientation):
+@pytest.mark.parametrize("plan", [crop_plan(), crop_plan(mode="spacing", spacing_mm=2.0, margin_mm=3.0)],
+                         ids=["fit", "spacing-with-ties"])  # 2 mm crop voxels on a 1.5/1.25/2 mm grid: exact ties
+def test_same_anatomy_in_another_orientation_gives_the_same_crop(anisotropic_lps, orientation, plan):
     ct, verse_labels = anisotropic_lps
     reoriented_ct, reoriented_labels = sitk.DICOMOrient(ct, orientation), sitk.DICOMOrient(verse_labels, orientation)
     assert reoriented_ct.GetDirection() != ct.GetDirection()
-    reference = by_label(extract_vertebra_crops(ct, verse_labels, crop_plan()))
-    other = by_label(extract_vertebra_crops(reoriented_ct, reoriented_labels, crop_plan()))
+    reference = by_label(extract_vertebra_crops(ct, verse_labels, plan))
+    other = by_label(extract_vertebra_crops(reoriented_ct, reoriented_labels, plan))
     for label in reference:
         assert other[label].data.shape == reference[label].data.shape
         np.testing.assert_allclose(other[label].data, reference[label].data, atol=1e-4)
@@ -230,3 +232,31 @@ def test_bad_inputs_give_clear_errors(anisotropic_lps):
             extract_vertebra_crops(ct, verse_labels, {**crop_plan(), field: value})
     with pytest.raises(ConfigError, match="spacing_mm"):
         extract_vertebra_crops(ct, verse_labels, crop_plan(mode="spacing", spacing_mm=None))
+
+
+@pytest.mark.parametrize("mask_channel, expected_channels", [("binary", 3), ("none", 2)])
+def test_binary_and_no_mask_channel(anisotropic_lps, mask_channel, expected_channels):
+    ct, verse_labels = anisotropic_lps
+    plan = crop_plan(mask_channel=mask_channel)
+    crop = extract_vertebra_crops(ct, verse_labels, plan, labels=[L2])[0]
+    assert crop.data.shape[0] == expected_channels == num_channels(plan)
+    if mask_channel == "binary":
+        np.testing.assert_array_equal(np.unique(crop.data[2]), [0.0, 1.0])
+
+
+def test_real_ct_crop_and_paste_back(example_ct):
+    """The real 3 mm RAS int32 CT with a box 'vertebra' around its brightest bone: crop, then paste back."""
+    ct = sitk.ReadImage(str(example_ct))
+    hounsfield = sitk.GetArrayViewFromImage(ct)
+    centre = np.unravel_index(np.argmax(ndimage.uniform_filter(hounsfield.astype(np.float32), 5)), hounsfield.shape)
+    label_array = np.zeros(hounsfield.shape, dtype=np.uint8)
+    label_array[tuple(slice(max(c - 4, 0), c + 4) for c in centre)] = L1
+    verse_labels = sitk.GetImageFromArray(label_array)
+    verse_labels.CopyInformation(ct)
+    crop = extract_vertebra_crops(ct, verse_labels, crop_plan(mode="fit", patch_size=(32, 32, 32)))[0]
+    assert max(crop.shape) == 32 and crop.data[0][crop.data[2] > 0].mean() > 0.3  # bright bone inside the box
+    pasted = paste_crop_to_image((crop.data[2] > 0).astype(np.float32), crop, ct, sitk.sitkNearestNeighbor)
+    assert pasted.GetOrigin() == ct.GetOrigin() and pasted.GetDirection() == ct.GetDirection()
+    back = sitk.GetArrayFromImage(pasted) > 0.5
+    truth = label_array > 0
+    assert 2 * (back & truth).sum() / (back.sum() + truth.sum()) > 0.9

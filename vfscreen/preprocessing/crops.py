@@ -14,10 +14,12 @@ Grid sizes:
 
 Channels of ``VertebraCrop.data`` (float32, shape (C, D, H, W), C = len(windows) + 1 = 3 for the standard plan):
 one per window (bone W1500/L400, soft tissue W200/L40), each clipped to [level - width/2, level + width/2] and mapped
-to [0, 1]; last channel = binary mask of THIS vertebra * (VerSe id / MAX_VERSE_ID) ("label_modulated") or the plain
-binary mask ("binary"). CT is resampled linearly (outside the field of view = air, -1024 HU, i.e. 0 after windowing),
-the mask by thresholding its linear interpolation at 0.5 (a nearest-neighbour
-equivalent without nearest neighbour's orientation-dependent tie-breaking).
+to [0, 1]; last channel = binary mask of THIS vertebra * (VerSe id / MAX_VERSE_ID) ("label_modulated", the paper's),
+the plain binary mask ("binary"), or none ("none", an ablation; see :func:`num_channels`). CT is resampled linearly
+(outside the field of view = air, -1024 HU, i.e. 0 after windowing); the mask is its linear interpolation
+thresholded at 0.5 (nearest-neighbour-like, but without nearest neighbour's tie-breaking towards +index, which would
+make the mask depend on the input's axis directions when crop voxel centres fall exactly on input voxel faces).
+The mask channel holds only THIS vertebra; neighbours appear in the CT channels of the margin.
 
 Array order vs. plan order: plans store ``patch_size`` as [x, y, z] (SimpleITK order); arrays are (D, H, W) =
 (z, y, x). :func:`patch_shape` converts; :func:`place_in_patch` takes the array-order shape.
@@ -39,7 +41,7 @@ CANONICAL_ORIENTATION = "LPS"
 CANONICAL_DIRECTION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 AIR_HU = -1024.0
 CROP_MODES = ("fit", "spacing")
-MASK_CHANNELS = ("label_modulated", "binary")
+MASK_CHANNELS = ("label_modulated", "binary", "none")
 MASK_TIE_GUARD = 1e-4  # interpolated mask weights within this of 0.5 count as outside (exact ties)
 CROP_ALGORITHM_VERSION = 1  # bump when the crop arrays change for an unchanged plan (invalidates stored crops)
 
@@ -99,7 +101,8 @@ def patch_shape(crop_plan: dict) -> tuple[int, int, int]:
 
 
 def num_channels(crop_plan: dict) -> int:
-    return len(crop_plan["windows"]) + 1
+    """Channels of a crop: one per window, plus the mask channel unless mask_channel is "none"."""
+    return len(crop_plan["windows"]) + (crop_plan.get("mask_channel", "label_modulated") != "none")
 
 
 # --------------------------------------------------------------------------------------------------- the crop
@@ -137,7 +140,7 @@ class VertebraCrop:
         return tuple(self.data.shape[1:])
 
     def grid_image(self, values: np.ndarray | None = None) -> sitk.Image:
-        """A SimpleITK image on the crop grid holding ``values`` ((D, H, W); default: the mask channel)."""
+        """A SimpleITK image on the crop grid holding ``values`` ((D, H, W); default: the last channel)."""
         values = self.data[-1] if values is None else np.asarray(values)
         if values.shape != self.shape:
             raise ValueError(f"values of shape {values.shape} do not match the crop grid {self.shape} (D, H, W)")
@@ -216,30 +219,33 @@ def _crop_one(ct: sitk.Image, ct_array: np.ndarray, label_array: np.ndarray, box
     grid_size = np.minimum(patch_xyz, np.maximum(1, np.round(extent_mm / spacing).astype(int)))
     grid_origin = centre_mm - (grid_size - 1) / 2.0 * spacing  # voxel centres symmetric about the box centre
 
-    # The input region needed to interpolate the crop grid (+1 voxel), copied from the array view.
+    # The input region needed to interpolate the crop grid (+1 voxel), copied from the array view. Where it leaves
+    # the image it gets one layer of air (mask: background) voxels, so that sampling near the image border blends
+    # the edge voxel with air symmetrically (ITK's own half-voxel border test is half-open, i.e. asymmetric).
     grid_corners = _box_corners(grid_origin - spacing / 2.0, grid_origin + (grid_size - 0.5) * spacing)
     index = np.array([ct.TransformPhysicalPointToContinuousIndex(c.tolist()) for c in grid_corners])
-    roi_start = np.clip(np.floor(index.min(axis=0)).astype(int) - 1, 0, size_xyz - 1)
-    roi_stop = np.clip(np.ceil(index.max(axis=0)).astype(int) + 2, roi_start + 1, size_xyz)
-    roi = tuple(slice(a, b) for a, b in zip(reversed(roi_start), reversed(roi_stop)))  # (z, y, x)
+    roi_start = np.clip(np.floor(index.min(axis=0)).astype(int) - 1, -1, size_xyz)
+    roi_stop = np.clip(np.ceil(index.max(axis=0)).astype(int) + 2, roi_start + 1, size_xyz + 1)
     roi_origin = ct.TransformIndexToPhysicalPoint([int(i) for i in roi_start])
-    roi_mask = label_array[roi] == label
+    roi_hounsfield = _padded_region(ct_array, roi_start, roi_stop, AIR_HU, np.float32)
+    roi_mask = _padded_region(label_array, roi_start, roi_stop, 0, label_array.dtype) == label
 
     reference = sitk.Image([int(s) for s in grid_size], sitk.sitkFloat32)
     reference.SetOrigin(grid_origin.tolist())
     reference.SetSpacing([spacing] * 3)
     reference.SetDirection(CANONICAL_DIRECTION)
-    hounsfield = _resample_roi(ct_array[roi].astype(np.float32), ct, roi_origin, reference, sitk.sitkLinear, AIR_HU)
+    hounsfield = _resample_roi(roi_hounsfield, ct, roi_origin, reference, sitk.sitkLinear, AIR_HU)
     # The mask: linear interpolation of the binary mask, then > 0.5 (+ a guard for rounding). Unlike nearest
     # neighbour, whose ties round towards +index, this is symmetric, so the mask does not depend on the input's
     # axis directions when crop voxel centres fall exactly on input voxel faces (common on round-number grids).
     mask_weight = _resample_roi(roi_mask.astype(np.float32), ct, roi_origin, reference, sitk.sitkLinear, 0.0)
     mask = mask_weight > 0.5 + MASK_TIE_GUARD
 
-    mask_scale = label / vertebra_labels.MAX_VERSE_ID \
-        if crop_plan.get("mask_channel", "label_modulated") == "label_modulated" else 1.0
     channels = [apply_window(hounsfield, w["width"], w["level"]) for w in crop_plan["windows"]]
-    channels.append(mask.astype(np.float32) * np.float32(mask_scale))
+    mask_channel = crop_plan.get("mask_channel", "label_modulated")
+    if mask_channel != "none":
+        mask_scale = label / vertebra_labels.MAX_VERSE_ID if mask_channel == "label_modulated" else 1.0
+        channels.append(mask.astype(np.float32) * np.float32(mask_scale))
 
     return VertebraCrop(
         label=int(label), data=np.stack(channels).astype(np.float32, copy=False), truncated=truncated,
@@ -248,6 +254,18 @@ def _crop_one(ct: sitk.Image, ct_array: np.ndarray, label_array: np.ndarray, box
         direction=CANONICAL_DIRECTION,
         centroid_mm=tuple(float(v) for v in voxel_world.mean(axis=0)),
         voxel_count=int(vertebra_mask.sum()))
+
+
+def _padded_region(array_zyx: np.ndarray, start_xyz, stop_xyz, fill_value, dtype) -> np.ndarray:
+    """array[start:stop] (SimpleITK-order bounds, may reach outside the array) with ``fill_value`` outside."""
+    start_zyx, stop_zyx = np.asarray(start_xyz)[::-1], np.asarray(stop_xyz)[::-1]
+    region = np.full(tuple(stop_zyx - start_zyx), fill_value, dtype=dtype)
+    inner_start = np.maximum(start_zyx, 0)
+    inner_stop = np.minimum(stop_zyx, array_zyx.shape)
+    if np.all(inner_stop > inner_start):
+        region[tuple(slice(a - s, b - s) for a, b, s in zip(inner_start, inner_stop, start_zyx))] = \
+            array_zyx[tuple(slice(a, b) for a, b in zip(inner_start, inner_stop))]
+    return region
 
 
 def _box_corners(low, high) -> np.ndarray:
