@@ -1,0 +1,208 @@
+"""vfscreen_predict's outputs with a fake segmenter and grader injected through the API (no trained model needed)."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+
+from vfscreen.errors import ConfigError
+from vfscreen.inference import outputs
+from vfscreen.inference.predict import Models, list_cases, predict, split_cases
+from vfscreen.labels import NAME_TO_VERSE, VERSE_TO_CLASS
+
+CROP_PLAN = {"mode": "fit", "patch_size": [16, 16, 16], "margin_mm": 4.0, "use_truncated": False,
+             "windows": [{"name": "bone", "width": 1500, "level": 400},
+                         {"name": "soft_tissue", "width": 200, "level": 40}],
+             "mask_channel": "label_modulated"}
+FIRST_NAME = "T12"
+FRACTURED = "L1"  # the fake grader calls L1 a G2 fracture
+
+
+def make_ct(path, direction=(1, 0, 0, 0, 1, 0, 0, 0, 1), num_vertebrae=3, bone=True):
+    """Tiny CT: body of soft tissue in air, ``num_vertebrae`` bony blocks stacked head (+z) to feet."""
+    array = np.full((48, 28, 24), -1000, np.int16)  # (z, y, x)
+    array[:, 3:25, 3:21] = 40
+    if bone:
+        for index in range(num_vertebrae):
+            top = 46 - 12 - 14 * index  # array index z grows to the head for the identity direction
+            array[top:top + 10, 8:18, 7:17] = 700
+            array[top + 2:top + 8, 10:16, 9:15] = 250
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((1.5, 1.5, 2.0))
+    image.SetOrigin((-10.0, 20.0, -40.0))
+    image.SetDirection(direction)
+    sitk.WriteImage(image, str(path))
+    return image
+
+
+def fake_segmenter(image):
+    """Bone above 200 HU, components labelled head -> feet starting at T12 (T13 skipped)."""
+    from scipy import ndimage
+
+    from vfscreen.inference.geometry import array_indices_to_world
+
+    array = sitk.GetArrayFromImage(image)
+    components, count = ndimage.label(array > 200)
+    heights = [array_indices_to_world(image, np.argwhere(components == c).mean(0, keepdims=True))[0, 2]
+               for c in range(1, count + 1)]
+    class_map = np.zeros(array.shape, np.uint8)
+    names = ["T12", "L1", "L2", "L3", "L4"]
+    for rank, component in enumerate(np.argsort(heights)[::-1]):
+        class_map[components == component + 1] = VERSE_TO_CLASS[NAME_TO_VERSE[names[rank]]]
+    return class_map, None
+
+
+class FakeGrader:
+    crop_plan = CROP_PLAN
+    patch_size = (16, 16, 16)
+
+    def __init__(self):
+        self.calls = 0
+
+    def fold_probabilities(self, patches):
+        self.calls += 1
+        labels = np.round(patches[:, 2].max(axis=(1, 2, 3)) * 28).astype(int)  # mask channel = label / 28
+        per_fold = []
+        for fold_shift in (0.0, 0.1):
+            rows = []
+            for label in labels:
+                if label == NAME_TO_VERSE[FRACTURED]:
+                    rows.append([0.1 + fold_shift, 0.1, 0.7 - fold_shift, 0.1])
+                else:
+                    rows.append([0.85 - fold_shift, 0.1 + fold_shift, 0.03, 0.02])
+            per_fold.append(rows)
+        return np.asarray(per_fold)  # (2 folds, B, 4)
+
+
+def fake_models():
+    return Models(segmenter=fake_segmenter, grader=FakeGrader(), info={"dataset": "fake", "grader": {"folds": [0, 1]}})
+
+
+@pytest.fixture
+def input_folder(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    make_ct(folder / "caseA_0000.nii.gz")
+    make_ct(folder / "caseB.nii.gz", direction=(-1, 0, 0, 0, -1, 0, 0, 0, 1))  # RAS-like
+    make_ct(folder / "caseC.nii", num_vertebrae=2)
+    return folder
+
+
+def test_outputs_schema_and_geometry(input_folder, tmp_path):
+    out = tmp_path / "out"
+    table = predict(input_folder, out, models=fake_models())
+    assert sorted(table["case_id"].unique()) == ["caseA", "caseB", "caseC"]
+    for case_id in ("caseA", "caseB", "caseC"):
+        data = json.loads((out / f"{case_id}.json").read_text())
+        outputs.validate_case_json(data)
+        seg = sitk.ReadImage(str(out / f"{case_id}_seg.nii.gz"))
+        source = input_folder / ("caseA_0000.nii.gz" if case_id == "caseA" else
+                                 "caseB.nii.gz" if case_id == "caseB" else "caseC.nii")
+        image = sitk.ReadImage(str(source))
+        assert seg.GetSize() == image.GetSize() and seg.GetSpacing() == image.GetSpacing()
+        assert seg.GetOrigin() == image.GetOrigin() and seg.GetDirection() == image.GetDirection()
+        names = [v["name"] for v in data["vertebrae"]]
+        assert names[:2] == ["T12", "L1"]
+        assert set(np.unique(sitk.GetArrayFromImage(seg))) == {0} | {v["label"] for v in data["vertebrae"]}
+        fractured = next(v for v in data["vertebrae"] if v["name"] == FRACTURED)
+        assert fractured["grade"] == 2 and abs(fractured["p_fracture"] - 0.85) < 1e-6
+        assert fractured["fold_disagreement"] == pytest.approx(0.05)
+        assert 0 < fractured["uncertainty"] < 1 and fractured["label_confidence"] > 0.5
+        assert data["patient"] == {**data["patient"], "worst_grade": 2, "any_fracture": True,
+                                   "num_vertebrae": len(names)}
+        assert (out / f"{case_id}_report.png").stat().st_size > 10_000
+    summary = pd.read_csv(out / "summary.csv")
+    assert list(summary.columns) == outputs.SUMMARY_COLUMNS and len(summary) == len(table)
+    assert not (out / "errors.csv").exists()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_no_vertebra_is_a_valid_output(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    make_ct(folder / "empty.nii.gz", bone=False)
+    predict(folder, tmp_path / "out", models=fake_models())
+    data = json.loads((tmp_path / "out" / "empty.json").read_text())
+    assert data["vertebrae"] == [] and data["patient"]["message"] == "no vertebra found in this scan"
+    assert data["patient"]["any_fracture"] is False and (tmp_path / "out" / "empty_report.png").is_file()
+
+
+def test_failing_case_goes_to_errors_and_the_rest_runs(input_folder, tmp_path):
+    (input_folder / "broken.nii.gz").write_text("not an image")
+    out = tmp_path / "out"
+    table = predict(input_folder, out, models=fake_models())
+    assert [e["case_id"] for e in table.attrs["errors"]] == ["broken"]
+    errors = pd.read_csv(out / "errors.csv")
+    assert list(errors["case_id"]) == ["broken"] and "cannot read" in errors["error"][0]
+    assert not list(out.glob("broken*"))  # nothing else written for it
+    assert (out / "caseC.json").is_file()
+    # the case is fixed: --continue processes it, skips the others, errors.csv disappears
+    (input_folder / "broken.nii.gz").unlink()
+    make_ct(input_folder / "broken.nii.gz")
+    table = predict(input_folder, out, models=fake_models(), continue_prediction=True)
+    assert table.attrs["finished"] == ["broken"] and sorted(table.attrs["skipped"]) == ["caseA", "caseB", "caseC"]
+    assert not (out / "errors.csv").exists()
+
+
+def test_continue_skips_only_complete_cases(input_folder, tmp_path):
+    out = tmp_path / "out"
+    predict(input_folder, out, models=fake_models())
+    (out / "caseB_report.png").unlink()  # incomplete case
+    (out / "caseC.json").write_text("{broken")  # corrupt JSON = incomplete
+    models = fake_models()
+    table = predict(input_folder, out, models=models, continue_prediction=True)
+    assert sorted(table.attrs["finished"]) == ["caseB", "caseC"] and table.attrs["skipped"] == ["caseA"]
+    assert outputs.case_is_complete(out, "caseB") and outputs.case_is_complete(out, "caseC")
+    assert len(pd.read_csv(out / "summary.csv")["case_id"].unique()) == 3
+
+
+@pytest.mark.parametrize("num_parts", [1, 2, 3, 4])
+def test_parts_partition_the_cases_exactly(num_parts):
+    cases = list(range(11))
+    parts = [split_cases(cases, num_parts, part) for part in range(num_parts)]
+    assert sorted(sum(parts, [])) == cases
+    assert all(not set(a) & set(b) for i, a in enumerate(parts) for b in parts[i + 1:])
+
+
+def test_parts_through_the_api(input_folder, tmp_path):
+    out = tmp_path / "out"
+    done = []
+    for part in range(2):
+        done += predict(input_folder, out, models=fake_models(), num_parts=2, part_id=part).attrs["finished"]
+    assert sorted(done) == ["caseA", "caseB", "caseC"]
+    with pytest.raises(ConfigError):
+        predict(input_folder, out, models=fake_models(), num_parts=2, part_id=2)
+
+
+def test_output_equal_to_input_is_refused(input_folder):
+    before = sorted(p.name for p in input_folder.iterdir())
+    with pytest.raises(ConfigError, match="input folder"):
+        predict(input_folder, input_folder, models=fake_models())
+    with pytest.raises(ConfigError, match="input folder"):
+        predict(input_folder / "caseC.nii", input_folder, models=fake_models())
+    assert sorted(p.name for p in input_folder.iterdir()) == before
+
+
+def test_case_listing(input_folder, tmp_path):
+    assert [c.case_id for c in list_cases(input_folder)] == ["caseA", "caseB", "caseC"]
+    assert [c.case_id for c in list_cases(input_folder / "caseA_0000.nii.gz")] == ["caseA"]
+    # a DICOM series folder
+    dicom = tmp_path / "dicom" / "patient7"
+    dicom.mkdir(parents=True)
+    image = sitk.Cast(sitk.ReadImage(str(input_folder / "caseC.nii")), sitk.sitkInt16)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(image.GetDepth()):
+        slice_image = image[:, :, k]
+        position = "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, k))))
+        for tag, value in (("0020|000e", "1.2.826.0.1.3680043.2.1125.1"), ("0020|0032", position),
+                           ("0008|0018", f"1.2.826.0.1.3680043.2.1125.1.{k + 1}"),
+                           ("0020|0037", "1\\0\\0\\0\\1\\0"), ("0020|0013", str(k)), ("0008|0060", "CT")):
+            slice_image.SetMetaData(tag, value)
+        writer.SetFileName(str(dicom / f"{k:03d}.dcm"))
+        writer.Execute(slice_image)
+    cases = list_cases(tmp_path / "dicom")
+    assert [(c.case_id, c.kind) for c in cases] == [("patient7", "dicom")]
+    table = predict(tmp_path / "dicom", tmp_path / "out_dicom", models=fake_models())
+    assert table.attrs["finished"] == ["patient7"]

@@ -1,0 +1,295 @@
+"""``vfscreen.inference.predict.predict``: CT scans in -> per-vertebra grades, heights, labels and a report out.
+
+One pass per case, in memory: segment + label (nnU-Net fold ensemble) -> consistent labels (chain model) ->
+morphometry -> crops (THE crop function of vfscreen.preprocessing.crops) -> fold-ensemble grading -> optional
+Grad-CAM -> outputs (see vfscreen.inference.outputs). A failing case is recorded in errors.csv and the run goes on.
+"""
+from __future__ import annotations
+
+import os
+import time
+import traceback
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+from tqdm import tqdm
+
+from vfscreen import __version__
+from vfscreen.errors import ConfigError, InputError, VfscreenError
+from vfscreen.genant import morphology_from_heights
+from vfscreen.inference import outputs
+from vfscreen.inference.grading import Grader, grade_crops
+from vfscreen.inference.label_consistency import make_labels_consistent
+from vfscreen.inference.morphometry import measure_vertebrae
+from vfscreen.labels import CLASS_TO_VERSE, name_of
+from vfscreen.utils.image_io import check_case_id, check_ct_intensities, ensure_3d, orientation_code, read_image
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+NNUNET_CHANNEL_SUFFIX = "_0000"
+
+# segmenter(image) -> (class map (Z, Y, X) nnU-Net class ids on the image's grid, softmax (C, Z, Y, X) or None)
+Segmenter = Callable[[sitk.Image], tuple[np.ndarray, np.ndarray | None]]
+
+
+@dataclass
+class Models:
+    segmenter: Segmenter
+    grader: Grader
+    info: dict = field(default_factory=dict)  # goes to the JSON's "model"
+    saliency: Callable | None = None  # (image, crops, grader) -> sitk.Image Grad-CAM in the image's geometry
+
+
+@dataclass
+class InputCase:
+    case_id: str
+    source: Path  # a NIfTI file or a DICOM series folder
+    kind: str  # "nifti" | "dicom"
+    series_id: str | None = None
+
+
+def _nifti_case_id(path: Path) -> str:
+    name = path.name
+    for suffix in NIFTI_SUFFIXES:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return name[: -len(NNUNET_CHANNEL_SUFFIX)] if name.endswith(NNUNET_CHANNEL_SUFFIX) else name
+
+
+def _dicom_series(folder: Path) -> list[str]:
+    return list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or [])
+
+
+def list_cases(input_path: str | Path) -> list[InputCase]:
+    """Cases of a NIfTI file, a folder of NIfTI files, a DICOM series folder or a folder of DICOM series folders."""
+    input_path = Path(input_path)
+    if not input_path.exists():
+        raise ConfigError(f"input {input_path} does not exist")
+    if input_path.is_file():
+        if not input_path.name.endswith(NIFTI_SUFFIXES):
+            raise ConfigError(f"input {input_path} is not a NIfTI file (.nii.gz / .nii) or a folder")
+        return [InputCase(_nifti_case_id(input_path), input_path, "nifti")]
+    cases = []
+    for path in sorted(input_path.iterdir()):
+        if path.is_file() and path.name.endswith(NIFTI_SUFFIXES) and not path.name.startswith("."):
+            stem = path.name[: -len(next(s for s in NIFTI_SUFFIXES if path.name.endswith(s)))]
+            if "_" in stem and stem.rsplit("_", 1)[1].isdigit() and len(stem.rsplit("_", 1)[1]) == 4 \
+                    and not stem.endswith(NNUNET_CHANNEL_SUFFIX):
+                continue  # nnU-Net channel 0001, 0002...: vfscreen uses the CT channel 0000 only
+            cases.append(InputCase(_nifti_case_id(path), path, "nifti"))
+        elif path.is_dir():
+            for series in _dicom_series(path):
+                suffix = "" if len(_dicom_series(path)) == 1 else f"_{series[-8:]}"
+                cases.append(InputCase(f"{path.name}{suffix}", path, "dicom", series))
+    if not cases:
+        cases = [InputCase(input_path.name, input_path, "dicom", series) for series in _dicom_series(input_path)]
+    if not cases:
+        raise ConfigError(f"input folder {input_path} holds no NIfTI files (*.nii.gz, *.nii) and no DICOM series")
+    seen = {}
+    for case in cases:
+        if case.case_id in seen:
+            raise ConfigError(f"input {input_path}: case id {case.case_id!r} occurs twice ({seen[case.case_id].name} "
+                              f"and {case.source.name}); rename one")
+        seen[case.case_id] = case.source
+    return cases
+
+
+def split_cases(cases: list, num_parts: int, part_id: int) -> list:
+    """nnU-Net's split of a case list over ``num_parts`` machines: part ``part_id`` gets cases[part_id::num_parts]."""
+    if num_parts < 1 or not 0 <= part_id < num_parts:
+        raise ConfigError(f"-part_id must lie in 0..num_parts-1 (got -num_parts {num_parts} -part_id {part_id})")
+    return cases[part_id::num_parts]
+
+
+def read_case_image(case: InputCase) -> sitk.Image:
+    if case.kind == "nifti":
+        return read_image(case.source, what="CT image")
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(case.source), case.series_id))
+    try:
+        image = reader.Execute()
+    except RuntimeError as error:
+        raise InputError(f"{case.source}: cannot read DICOM series {case.series_id} "
+                         f"({str(error).strip().splitlines()[-1][:200]})") from None
+    return ensure_3d(image, case.source)
+
+
+def _json_float(value):
+    return None if value is None else round(float(value), 4)
+
+
+def predict_case(image: sitk.Image, case_id: str, models: Models, saliency: bool = False) -> dict:
+    """Run the pipeline on one image. Returns {"json", "seg_image", "verse_map", "morphometry", "gradcam",
+    "probabilities", "components", "timings_s"}; writes nothing."""
+    from vfscreen.preprocessing.crops import extract_vertebra_crops
+
+    timings = {}
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_ct_intensities(sitk.GetArrayViewFromImage(image), source=case_id)
+    case_warnings = [str(warning.message) for warning in caught]
+    for message in case_warnings:
+        warnings.warn(message, stacklevel=2)
+
+    class_map, probabilities = models.segmenter(image)
+    timings["segmentation"] = time.perf_counter() - start
+    if class_map.shape != sitk.GetArrayViewFromImage(image).shape:
+        raise RuntimeError(f"segmenter returned shape {class_map.shape}, expected the image's "
+                           f"{sitk.GetArrayViewFromImage(image).shape}")
+    start = time.perf_counter()
+    verse_map, components = make_labels_consistent(class_map, image, probabilities)
+    confidence = {CLASS_TO_VERSE[c.new_class_id]: c.label_confidence for c in components if c.new_class_id > 0}
+    seg_image = sitk.GetImageFromArray(verse_map)
+    seg_image.CopyInformation(image)
+    timings["label_consistency"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    morphometry = measure_vertebrae(verse_map, image)
+    timings["morphometry"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    crops = extract_vertebra_crops(image, seg_image, models.grader.crop_plan) if morphometry else []
+    use_truncated = bool(models.grader.crop_plan.get("use_truncated", True))
+    gradable = [crop for crop in crops if use_truncated or not crop.truncated]
+    predictions = dict(zip([crop.label for crop in gradable], grade_crops(gradable, models.grader)))
+    timings["grading"] = time.perf_counter() - start
+    gradcam = None
+    if saliency:
+        start = time.perf_counter()
+        if models.saliency is None:
+            raise ConfigError("--saliency needs a grader that supports Grad-CAM")
+        gradcam = models.saliency(image, gradable, models.grader)
+        timings["saliency"] = time.perf_counter() - start
+
+    crop_truncated = {crop.label: crop.truncated for crop in crops}
+    vertebrae = []
+    for label, measured in morphometry.items():
+        prediction = predictions.get(label)
+        heights = measured.heights_mm
+        truncated = bool(measured.truncated or crop_truncated.get(label, False))
+        notes = [measured.note] if measured.note else []
+        if prediction is None:
+            notes.append("not graded: cut by the field of view (the grader was trained on whole vertebrae)")
+        vertebrae.append({
+            "label": int(label), "name": name_of(label),
+            "grade": prediction.grade if prediction else None,
+            "probabilities": prediction.probabilities if prediction else None,
+            "p_fracture": prediction.p_fracture if prediction else None,
+            "uncertainty": prediction.uncertainty if prediction else None,
+            "fold_disagreement": prediction.fold_disagreement if prediction else None,
+            "label_confidence": _json_float(confidence.get(label)),
+            "heights_mm": heights, "genant_ratio": _json_float(measured.genant_ratio),
+            "morph_grade": measured.morph_grade,
+            "morphology": morphology_from_heights(heights["anterior"], heights["middle"], heights["posterior"])
+            if heights else None,
+            "centroid_mm": [round(float(v), 2) for v in measured.centroid_mm],
+            "truncated": truncated, "note": "; ".join(notes)})
+    graded = [v for v in vertebrae if v["grade"] is not None]
+    morph_graded = [v["morph_grade"] for v in vertebrae if v["morph_grade"] is not None]
+    worst = max((v["grade"] for v in graded), default=None)
+    if not vertebrae:
+        message = "no vertebra found in this scan"
+    elif worst is None:
+        message = "vertebrae found but none could be graded (all cut by the field of view)"
+    elif worst > 0:
+        worst_vertebra = max(graded, key=lambda v: (v["grade"], v["p_fracture"]))
+        message = f"fracture suspected: worst grade G{worst} at {worst_vertebra['name']}"
+    else:
+        message = "no fracture detected"
+    case_json = {
+        "schema_version": outputs.JSON_SCHEMA_VERSION, "case_id": case_id,
+        "input": {"size": list(image.GetSize()), "spacing_mm": [round(s, 4) for s in image.GetSpacing()],
+                  "orientation": orientation_code(image)},
+        "vertebrae": vertebrae,
+        "patient": {"worst_grade": worst, "any_fracture": bool(worst is not None and worst > 0),
+                    "num_vertebrae": len(vertebrae),
+                    "p_fracture": max((v["p_fracture"] for v in graded), default=None),
+                    "morph_worst_grade": max(morph_graded, default=None), "message": message},
+        "model": dict(models.info), "warnings": case_warnings, "vfscreen_version": __version__}
+    return {"json": case_json, "seg_image": seg_image, "verse_map": verse_map, "morphometry": morphometry,
+            "gradcam": gradcam, "probabilities": probabilities, "components": components, "timings_s": timings}
+
+
+def _check_output_folder(input_path: Path, output_folder: Path) -> None:
+    input_folder = input_path if input_path.is_dir() else input_path.parent
+    if output_folder.resolve() == input_folder.resolve():
+        raise ConfigError(f"output folder {output_folder} is the input folder; choose another -o (inputs are never "
+                          "modified and outputs would be mistaken for inputs)")
+
+
+def predict(input, output, dataset=501, configuration: str = "3d", folds=None, device: str = "cpu",
+            continue_prediction: bool = False, num_parts: int = 1, part_id: int = 0, num_threads: int | None = None,
+            saliency: bool = False, save_probabilities: bool = False, checkpoint: str = "final",
+            models: Models | None = None, verbose: bool = False) -> pd.DataFrame:
+    """Predict every case of ``input`` into ``output``; returns summary.csv's table of this run's finished cases.
+
+    ``models`` (tests, notebooks) replaces loading the trained models of ``dataset``/``configuration``/``folds``.
+    The returned frame's ``attrs["errors"]`` lists failed cases ({case_id, input, error}); ``attrs["skipped"]`` the
+    cases skipped by ``continue_prediction``.
+    """
+    input_path, output_folder = Path(input), Path(output)
+    _check_output_folder(input_path, output_folder)
+    all_cases = list_cases(input_path)
+    for case in all_cases:
+        check_case_id(case.case_id)
+    cases = split_cases(all_cases, num_parts, part_id)
+    if num_threads:
+        import torch
+        torch.set_num_threads(int(num_threads))
+    skipped = [case.case_id for case in cases if continue_prediction and outputs.case_is_complete(
+        output_folder, case.case_id, saliency, save_probabilities)]
+    todo = [case for case in cases if case.case_id not in skipped]
+    if todo and models is None:
+        from vfscreen.inference.segmentation import load_models
+        models = load_models(dataset, configuration, folds, device, checkpoint, saliency=saliency)
+    output_folder.mkdir(parents=True, exist_ok=True)
+
+    failures, finished = [], []
+    for case in tqdm(todo, desc="vfscreen_predict", unit="case", disable=not todo):
+        try:
+            image = read_case_image(case)
+            result = predict_case(image, case.case_id, models, saliency)
+            from vfscreen.inference.report import render_report
+
+            probability_arrays = None
+            if save_probabilities and result["probabilities"] is not None:
+                probability_arrays = {"probabilities": result["probabilities"].astype(np.float16),
+                                      "class_ids": np.arange(result["probabilities"].shape[0])}
+            outputs.write_case_outputs(
+                output_folder, case.case_id, result["json"], result["seg_image"],
+                lambda path, result=result, image=image: render_report(
+                    path, image, result["verse_map"], result["json"], result["morphometry"]),
+                gradcam_image=result["gradcam"], probabilities=probability_arrays)
+            finished.append(case.case_id)
+            if verbose:
+                timings = ", ".join(f"{k} {v:.1f}s" for k, v in result["timings_s"].items())
+                tqdm.write(f"{case.case_id}: {result['json']['patient']['message']} ({timings})")
+        except KeyboardInterrupt:
+            raise
+        except Exception as error:  # noqa: BLE001 - one bad case must not stop the batch
+            if verbose:
+                traceback.print_exc()
+            message = str(error) if isinstance(error, VfscreenError) else f"{type(error).__name__}: {error}"
+            failures.append({"case_id": case.case_id, "input": str(case.source), "error": message.splitlines()[0]
+                             if message else type(error).__name__})
+            tqdm.write(f"vfscreen: case {case.case_id} failed: {failures[-1]['error']}")
+    if output_folder.is_dir():
+        table = outputs.write_summary(output_folder, [case.case_id for case in all_cases])
+        outputs.update_errors(output_folder, [case.case_id for case in todo], failures)
+    else:
+        table = pd.DataFrame(columns=outputs.SUMMARY_COLUMNS)
+    table = table[table["case_id"].isin(finished + skipped)].reset_index(drop=True)
+    table.attrs["errors"] = failures
+    table.attrs["skipped"] = skipped
+    table.attrs["finished"] = finished
+    return table
+
+
+def default_num_threads() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))

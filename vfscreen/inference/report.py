@@ -1,0 +1,147 @@
+"""``<case>_report.png``: a curved sagittal reformat through the spine for a decision at a glance.
+
+The sampling surface follows the spine: for every head-feet position ``z`` the left-right coordinate is interpolated
+between the vertebral body centres, so a scoliotic spine stays in the picture; antero-posterior (``y``) and head-feet
+(``z``) distances are true millimetres (anterior left, head up, the radiological sagittal view). Every vertebra is
+outlined in its grade's colour (G0 green, G1 yellow, G2 orange, G3 red, grey = not graded), its name, grade and
+P(fracture) are written beside it, and the three measured heights are drawn as white lines a ruler can check.
+"""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import SimpleITK as sitk  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from scipy import ndimage  # noqa: E402
+
+from vfscreen.inference.geometry import array_indices_to_world, world_to_array_indices  # noqa: E402
+
+GRADE_COLOURS = {0: "#2ca02c", 1: "#f2d50f", 2: "#ff7f0e", 3: "#d62728", None: "#9e9e9e"}
+GRADE_LABELS = {0: "G0 normal", 1: "G1 mild", 2: "G2 moderate", 3: "G3 severe", None: "not graded"}
+DISPLAY_WINDOW_HU = (-250.0, 1250.0)  # bone-friendly window that still shows soft tissue
+MAX_PIXELS = 700
+AIR_HU = -1024.0
+
+
+def _world_bounds(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+    size = np.array(sitk.GetArrayViewFromImage(image).shape) - 1
+    corners = np.array([[k, j, i] for k in (0, size[0]) for j in (0, size[1]) for i in (0, size[2])], float)
+    world = array_indices_to_world(image, corners)
+    return world.min(axis=0), world.max(axis=0)
+
+
+def spine_curve(vertebrae: list[dict], morphometry: dict, image: sitk.Image):
+    """(z positions ascending, x positions) of the body centres; the image's centre line when no vertebra."""
+    points = []
+    for vertebra in vertebrae:
+        measured = morphometry.get(vertebra["label"])
+        centre = measured.body_centroid_mm if measured is not None and measured.body_centroid_mm is not None \
+            else np.asarray(vertebra["centroid_mm"])
+        points.append(centre)
+    if not points:
+        low, high = _world_bounds(image)
+        return np.array([(low[2] + high[2]) / 2]), np.array([(low[0] + high[0]) / 2]), (low[1] + high[1]) / 2
+    points = np.array(sorted(points, key=lambda p: p[2]))
+    return points[:, 2], points[:, 0], float(np.median(points[:, 1]))
+
+
+def curved_sagittal(image: sitk.Image, verse_map: np.ndarray, curve_z, curve_x, centre_y: float,
+                    half_depth_mm: float = 110.0):
+    """Sample CT and labels on the curved surface. Returns (ct (R, C), labels (R, C), extent for imshow, pixel)."""
+    low, high = _world_bounds(image)
+    y_low, y_high = max(low[1], centre_y - half_depth_mm), min(high[1], centre_y + half_depth_mm)
+    if y_high - y_low < 20:
+        y_low, y_high = low[1], high[1]
+    z_low, z_high = low[2], high[2]
+    pixel = max(0.5, min(image.GetSpacing()), max(y_high - y_low, z_high - z_low) / MAX_PIXELS)
+    ys = np.arange(y_low, y_high + pixel / 2, pixel)
+    zs = np.arange(z_high, z_low - pixel / 2, -pixel)  # rows top (head) -> bottom (feet)
+    xs = np.interp(zs, curve_z, curve_x)
+    grid_z, grid_y = np.meshgrid(zs, ys, indexing="ij")
+    world = np.stack([np.broadcast_to(xs[:, None], grid_z.shape), grid_y, grid_z], axis=-1)  # (R, C, 3)
+    indices = world_to_array_indices(image, world).transpose(2, 0, 1)  # (3, R, C)
+    ct = ndimage.map_coordinates(sitk.GetArrayViewFromImage(image).astype(np.float32), indices, order=1,
+                                 mode="constant", cval=AIR_HU)
+    labels = ndimage.map_coordinates(verse_map, indices, order=0, mode="constant", cval=0)
+    extent = (ys[0] - pixel / 2, ys[-1] + pixel / 2, zs[-1] - pixel / 2, zs[0] + pixel / 2)
+    return ct, labels, extent, pixel
+
+
+def _verdict(case_json: dict) -> tuple[str, str]:
+    patient = case_json["patient"]
+    if patient["any_fracture"]:
+        return f"FRACTURE SUSPECTED - {patient['message'].split(': ', 1)[-1]} " \
+               f"(P = {patient['p_fracture']:.2f})", GRADE_COLOURS[patient["worst_grade"]]
+    return patient["message"].upper() if patient["num_vertebrae"] else "NO VERTEBRA FOUND", \
+        GRADE_COLOURS[0] if patient["num_vertebrae"] else "#555555"
+
+
+def render_report(path, image: sitk.Image, verse_map: np.ndarray, case_json: dict, morphometry: dict) -> None:
+    """Draw the report and save it as PNG to ``path``."""
+    vertebrae = case_json["vertebrae"]
+    curve_z, curve_x, centre_y = spine_curve(vertebrae, morphometry, image)
+    ct, labels, extent, _ = curved_sagittal(image, verse_map, curve_z, curve_x, centre_y)
+    width_mm, height_mm = extent[1] - extent[0], extent[3] - extent[2]
+    image_height_in = 9.0
+    image_width_in = max(3.0, image_height_in * width_mm / max(height_mm, 1.0))
+    figure = plt.figure(figsize=(image_width_in + 3.6, image_height_in + 1.4), dpi=100)
+    axes = figure.add_axes((0.07, 0.06, 0.95 * image_width_in / (image_width_in + 3.6), image_height_in / (image_height_in
+                                                                                                   + 1.4)))
+    axes.imshow(ct, cmap="gray", vmin=DISPLAY_WINDOW_HU[0], vmax=DISPLAY_WINDOW_HU[1], extent=extent,
+                origin="upper", interpolation="bilinear")
+    ys = np.linspace(extent[0], extent[1], ct.shape[1])
+    zs = np.linspace(extent[3], extent[2], ct.shape[0])
+    text_items = []
+    for vertebra in vertebrae:
+        mask = labels == vertebra["label"]
+        colour = GRADE_COLOURS[vertebra["grade"]]
+        if mask.any():
+            axes.contour(ys, zs, mask.astype(float), levels=[0.5], colors=[colour], linewidths=1.8,
+                         linestyles="dashed" if vertebra["truncated"] else "solid")
+            rows, columns = np.nonzero(mask)
+            anchor = (ys[columns].max(), float(np.median(zs[rows])))
+        else:
+            anchor = (float(np.clip(vertebra["centroid_mm"][1], extent[0], extent[1])), vertebra["centroid_mm"][2])
+        measured = morphometry.get(vertebra["label"])
+        if measured is not None and measured.height_endpoints_mm is not None:
+            for top, bottom in measured.height_endpoints_mm:
+                axes.plot([top[1], bottom[1]], [top[2], bottom[2]], color="white", linewidth=0.8, alpha=0.9)
+        grade_text = f"G{vertebra['grade']}" if vertebra["grade"] is not None else "--"
+        p_text = f"P {vertebra['p_fracture']:.2f}" if vertebra["p_fracture"] is not None else "truncated"
+        morph_text = f"  h {vertebra['genant_ratio']:.2f}" if vertebra["genant_ratio"] is not None else ""
+        text_items.append((anchor, f"{vertebra['name']:>3}  {grade_text}  {p_text}{morph_text}", colour))
+    # labels in the right margin, spread so they never overlap, with a leader line to the vertebra
+    min_gap = height_mm * 0.028
+    placed = []
+    for anchor, text, colour in sorted(text_items, key=lambda item: -item[0][1]):
+        z_text = anchor[1] if not placed else min(anchor[1], placed[-1] - min_gap)
+        placed.append(z_text)
+        axes.annotate(text, xy=anchor, xytext=(extent[1] + 0.03 * width_mm, z_text), textcoords="data",
+                      color=colour, fontsize=10, fontweight="bold", fontfamily="monospace", va="center",
+                      annotation_clip=False,
+                      arrowprops=dict(arrowstyle="-", color=colour, linewidth=0.8, alpha=0.8))
+    axes.set_xlim(extent[0], extent[1])
+    axes.set_ylim(extent[2], extent[3])
+    axes.set_xlabel("anterior  <-  mm  ->  posterior", fontsize=8)
+    axes.tick_params(labelsize=7)
+    verdict, verdict_colour = _verdict(case_json)
+    figure.text(0.02, 0.975, f"{case_json['case_id']}", fontsize=13, fontweight="bold", va="top")
+    figure.text(0.02, 0.945, verdict, fontsize=12, fontweight="bold", color=verdict_colour, va="top")
+    model = case_json.get("model", {})
+    figure.text(0.02, 0.012, f"vfscreen {case_json.get('vfscreen_version', '')} | {model.get('dataset', '')} "
+                f"folds {model.get('grader', {}).get('folds', '')} | P = P(fracture) = 1 - P(G0); h = min/max body "
+                "height (morphometry) | research use, not a diagnosis", fontsize=7, color="#444444")
+    handles = [Patch(facecolor=GRADE_COLOURS[g], label=GRADE_LABELS[g]) for g in (0, 1, 2, 3, None)]
+    handles.append(Line2D([0], [0], color="white", markeredgecolor="black", label="measured heights"))
+    legend = figure.legend(handles=handles, loc="upper right", fontsize=9, frameon=True, facecolor="#222222",
+                           labelcolor="white", bbox_to_anchor=(0.99, 0.99))
+    legend.get_frame().set_edgecolor("#222222")
+    if not vertebrae:
+        axes.text(0.5, 0.5, "no vertebra found", transform=axes.transAxes, color="white", fontsize=16,
+                  ha="center", va="center", bbox=dict(facecolor="black", alpha=0.6))
+    figure.savefig(path, format="png", facecolor="white")
+    plt.close(figure)
