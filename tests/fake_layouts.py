@@ -127,3 +127,33 @@ def zip_folder(folder: Path, zip_path: Path, prefix: str = "original_dataset/") 
             if path.is_file():
                 archive.write(path, prefix + path.relative_to(folder).as_posix())
     return zip_path
+
+
+def build_faint_features_patches(folder: Path, tag: str = "WA0aVG88") -> dict:
+    """The processed layout: img/ + seg/ patches {image}_{label}_{grade}.nii.gz (vertebra box, binary mask) and
+    train/test file lists. Returns {patch name: (image, label, grade, kind)}."""
+    images = {"1.2.840.113619.2.55.1": dict(verse_ids=(19, 20), seed=8, orientation="LPS"),
+              "patient_0002": dict(verse_ids=(20, 21), seed=9, orientation="RAS", spacing=(0.8, 0.8, 2.0)),
+              "patient_0003": dict(verse_ids=(28, 20), seed=10, orientation="LPS")}
+    grades = {19: 0, 20: 1, 21: 3, 28: 2}
+    kinds = {"1.2.840.113619.2.55.1": "train", "patient_0002": "train", "patient_0003": "test"}
+    (folder / "img").mkdir(parents=True, exist_ok=True)
+    (folder / "seg").mkdir(parents=True, exist_ok=True)
+    patches = {}
+    for image, parameters in images.items():
+        ct, mask = make_case(**parameters)
+        mask_array = sitk.GetArrayFromImage(mask)
+        for verse_id in parameters["verse_ids"]:
+            z, y, x = np.nonzero(mask_array == verse_id)
+            index, size = [int(x.min()), int(y.min()), int(z.min())], [int(np.ptp(x)) + 1, int(np.ptp(y)) + 1,
+                                                                       int(np.ptp(z)) + 1]
+            patch = sitk.RegionOfInterest(ct, size, index)
+            patch_mask = sitk.RegionOfInterest(mask, size, index) == verse_id  # binary, as the authors' patches
+            name = f"{image}_{verse_id}_{grades[verse_id]}.nii.gz"
+            sitk.WriteImage(patch, str(folder / "img" / name))
+            sitk.WriteImage(sitk.Cast(patch_mask, sitk.sitkUInt8), str(folder / "seg" / name))
+            patches[name] = (image, verse_id, grades[verse_id], kinds[image])
+    for kind in ("train", "test"):
+        names = [name for name, info in patches.items() if info[3] == kind]
+        (folder / f"{kind}_file_list.{tag}.yaml").write_text("".join(f"- {name}\n" for name in names))
+    return patches
