@@ -206,3 +206,15 @@ def test_case_listing(input_folder, tmp_path):
     assert [(c.case_id, c.kind) for c in cases] == [("patient7", "dicom")]
     table = predict(tmp_path / "dicom", tmp_path / "out_dicom", models=fake_models())
     assert table.attrs["finished"] == ["patient7"]
+
+
+def test_cli_exit_codes(input_folder, tmp_path, capsys):
+    from vfscreen.inference.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["-i", str(input_folder), "-o", str(input_folder)])
+    assert exit_info.value.code == 2 and "input folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # no trained model in the test's nnUNet_results
+        main(["-i", str(input_folder), "-o", str(tmp_path / "out"), "-d", "Dataset599_Nothing"])
+    assert exit_info.value.code == 2 and "Dataset599_Nothing" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

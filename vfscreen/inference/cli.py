@@ -1,0 +1,60 @@
+"""``vfscreen_predict``: thin command-line wrapper of :func:`vfscreen.inference.predict.predict`."""
+from __future__ import annotations
+
+import argparse
+
+from vfscreen.errors import EXIT_CASES_FAILED, EXIT_OK, cli_entry
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vfscreen_predict",
+        description="Screen CT scans for vertebral fractures: per vertebra its name, Genant grade, P(fracture), "
+                    "uncertainty and measured heights (<case>.json, summary.csv), the labels (<case>_seg.nii.gz, "
+                    "input geometry) and a sagittal report (<case>_report.png).")
+    parser.add_argument("-i", dest="input", required=True,
+                        help="a NIfTI file, a folder of NIfTI files (*.nii.gz, *.nii, nnU-Net's case_0000.nii.gz "
+                             "naming) or DICOM series (one folder per series)")
+    parser.add_argument("-o", dest="output", required=True, help="output folder (must differ from the input folder)")
+    parser.add_argument("-d", dest="dataset", default="501", help="dataset id or name of the trained model [501]")
+    parser.add_argument("-c", dest="configuration", default="3d", help="configuration [3d]")
+    parser.add_argument("-f", dest="folds", nargs="+", type=int, default=None,
+                        help="folds of the ensemble [all trained folds]")
+    parser.add_argument("-chk", dest="checkpoint", choices=("final", "best", "latest"), default="final",
+                        help="checkpoint of every fold [final]")
+    parser.add_argument("-device", dest="device", choices=("cpu", "cuda", "mps"), default="cpu", help="[cpu]")
+    parser.add_argument("--continue", dest="continue_prediction", action="store_true",
+                        help="skip cases whose outputs are already complete")
+    parser.add_argument("-num_parts", type=int, default=1, help="split the cases over this many runs [1]")
+    parser.add_argument("-part_id", type=int, default=0, help="which part this run processes (0-based) [0]")
+    parser.add_argument("-np", dest="num_threads", type=int, default=None,
+                        help="CPU threads for the networks [torch's default]")
+    parser.add_argument("--saliency", action="store_true", help="also write <case>_gradcam.nii.gz (3D Grad-CAM)")
+    parser.add_argument("--save-probabilities", dest="save_probabilities", action="store_true",
+                        help="also write <case>_probabilities.npz (segmentation softmax, float16)")
+    parser.add_argument("--verbose", action="store_true", help="timings per case and tracebacks")
+    return parser
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    arguments = build_parser().parse_args(argv)
+    from vfscreen.inference.predict import predict
+
+    table = predict(arguments.input, arguments.output, dataset=arguments.dataset,
+                    configuration=arguments.configuration, folds=arguments.folds, device=arguments.device,
+                    continue_prediction=arguments.continue_prediction, num_parts=arguments.num_parts,
+                    part_id=arguments.part_id, num_threads=arguments.num_threads, saliency=arguments.saliency,
+                    save_probabilities=arguments.save_probabilities, checkpoint=arguments.checkpoint,
+                    verbose=arguments.verbose)
+    finished, skipped, errors = table.attrs["finished"], table.attrs["skipped"], table.attrs["errors"]
+    print(f"vfscreen_predict: {len(finished)} case(s) predicted, {len(skipped)} skipped (complete), "
+          f"{len(errors)} failed -> {arguments.output}")
+    if errors:
+        print(f"vfscreen_predict: failed cases are listed in {arguments.output}/errors.csv")
+        return EXIT_CASES_FAILED
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    main()
