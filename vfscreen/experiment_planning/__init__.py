@@ -1,0 +1,1 @@
+"""Self-configuring planning: fingerprint -> budget-aware plans (both networks) -> splits -> preprocessing."""

@@ -1,0 +1,234 @@
+"""``vfscreen_plan_and_preprocess -d 501``: fingerprint -> plans -> splits -> nnU-Net preprocessing -> grader crops.
+
+Everything is validated and planned in memory first; the fingerprint, nnUNetPlans.json, vfscreenPlans.json and
+splits_final.json are written (atomically) only when planning succeeded, so a bad dataset or a budget too small
+leaves no partial plan behind. An existing vfscreenPlans.json (possibly edited by hand) is reused unless
+``--overwrite-plans``; preprocessing is incremental (nnU-Net's data is rebuilt only when its configuration or the raw
+files changed; crops are re-made per case by the crop module).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import io
+import json
+import os
+import sys
+from pathlib import Path
+
+from vfscreen import paths  # noqa: F401  (nnU-Net folders before nnunetv2)
+from vfscreen.errors import ConfigError, InputError, cli_entry
+from vfscreen.experiment_planning import budget as B
+from vfscreen.experiment_planning import planner as P
+from vfscreen.experiment_planning.fingerprint import compute_fingerprint, ensure_dataset_name
+from vfscreen.experiment_planning.plans import (CONFIGURATION, fingerprint_file, load_plans, load_preset,
+                                                plans_file, preprocessed_folder, save_plans, validate_plans)
+from vfscreen.experiment_planning.splits import SPLITS_FILE_NAME, splits_from_fingerprint, write_splits
+from vfscreen.utils.atomic import atomic_write_json
+
+PREPROCESSING_STAMP = "vfscreen_preprocessing_stamp.json"
+
+
+def detect_device(requested: str | None, gpu_memory_gb: float | None, preset: dict | None) -> B.DeviceBudget:
+    """The device to plan for: CLI flags, else the preset's device, else the device present."""
+    import torch
+
+    preset_device = (preset or {}).get("device", {})
+    device_type = requested or preset_device.get("type")
+    if device_type is None:
+        device_type = ("cuda" if torch.cuda.is_available()
+                       else "mps" if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+                       else "cpu")
+    if device_type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"--device {device_type!r}: choose cpu, cuda or mps")
+    memory_gb = gpu_memory_gb if gpu_memory_gb is not None else preset_device.get("memory_gb")
+    if memory_gb is None:
+        if device_type == "cuda" and torch.cuda.is_available():
+            memory_gb = torch.cuda.get_device_properties(0).total_memory / B.GB
+        elif device_type == "cuda":
+            raise ConfigError("--device cuda: no CUDA GPU here; give --gpu-memory-gb N to plan for another machine")
+        else:  # cpu, mps: system memory (unified memory on Apple silicon)
+            memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / B.GB
+    if memory_gb <= 0:
+        raise ConfigError(f"--gpu-memory-gb must be > 0, got {memory_gb}")
+    num_threads = int(preset_device.get("num_threads") or len(os.sched_getaffinity(0)))
+    return B.DeviceBudget(device_type, float(round(memory_gb, 2)), num_threads)
+
+
+def run_nnunet_planner(dataset_name: str, device: B.DeviceBudget, targets: B.PlanningTargets) -> tuple[dict, str]:
+    """nnunetv2's ExperimentPlanner, in memory; plus ``3d_vfscreen`` unless the device runs stock 3d_fullres."""
+    from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+
+    class _InMemoryPlanner(ExperimentPlanner):
+        def save_plans(self, plans):  # vfscreen writes the file atomically, after everything is planned
+            self.plans = plans
+
+    with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net prints every configuration
+        planner = _InMemoryPlanner(dataset_name, gpu_memory_target_in_gb=8)
+        nnunet_plans = planner.plan_experiment()
+    if "3d_fullres" not in nnunet_plans["configurations"]:
+        raise InputError(f"{dataset_name}: nnU-Net planned no 3d_fullres configuration (is the data 2D?)")
+    fullres = nnunet_plans["configurations"]["3d_fullres"]
+    if P.uses_stock_nnunet(device):
+        return nnunet_plans, "3d_fullres"
+    if device.type == "cpu":
+        configuration = P.plan_segmentation_cpu(fullres, device, targets)
+    else:
+        with contextlib.redirect_stdout(io.StringIO()):
+            configuration = P.plan_segmentation_small_gpu(planner, fullres, device, targets)
+    nnunet_plans["configurations"][P.VFSCREEN_SEG_CONFIGURATION] = configuration
+    return nnunet_plans, P.VFSCREEN_SEG_CONFIGURATION
+
+
+def write_nnunet_plans(dataset_name: str, nnunet_plans: dict) -> Path:
+    """nnUNetPlans.json, atomically; other (custom) configurations of an existing file are kept, as nnU-Net does."""
+    from nnunetv2.utilities.json_export import recursive_fix_for_json_export
+
+    path = preprocessed_folder(dataset_name) / f"{P.NNUNET_PLANS_IDENTIFIER}.json"
+    if path.is_file():
+        with contextlib.suppress(json.JSONDecodeError, KeyError, OSError):
+            old = json.loads(path.read_text())["configurations"]
+            for name, configuration in old.items():
+                nnunet_plans["configurations"].setdefault(name, configuration)
+    recursive_fix_for_json_export(nnunet_plans)
+    atomic_write_json(path, nnunet_plans)
+    return path
+
+
+def plan_dataset(dataset_name: str, device: B.DeviceBudget, preset: dict | None, num_processes: int,
+                 verify_integrity: bool, seed: int = P.DEFAULT_SEED) -> dict:
+    """Fingerprint and plan; write fingerprint, nnU-Net plans, vfscreen plans and splits. Returns the plans."""
+    targets = B.PlanningTargets.from_preset((preset or {}).get("budget"))
+    fingerprint = compute_fingerprint(dataset_name, num_processes, verify_dataset_integrity=verify_integrity)
+    P.plan_grader(fingerprint, device, targets, P.DEFAULT_NUM_FOLDS)  # fails early on a budget too small
+    nnunet_plans, seg_configuration = run_nnunet_planner(dataset_name, device, targets)
+    plans = P.assemble_plans(dataset_name, fingerprint, nnunet_plans, seg_configuration, device, targets, preset,
+                             seed=seed)
+    validate_plans(plans, dataset_name, source=f"plans for {dataset_name}")
+    splits = splits_from_fingerprint(fingerprint, plans["num_folds"], plans["seed"])
+    folder = preprocessed_folder(dataset_name)
+    atomic_write_json(fingerprint_file(dataset_name), fingerprint)
+    write_nnunet_plans(dataset_name, nnunet_plans)
+    write_splits(splits, folder)
+    save_plans(plans)  # last: its presence means "planning finished"
+    return plans
+
+
+def preprocess_segmentation(dataset_name: str, plans: dict, num_processes: int) -> None:
+    """nnU-Net's preprocessing of the plan's configuration (skipped when up to date)."""
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import preprocess_dataset
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    segmentation = plans["configurations"][CONFIGURATION]["segmentation"]
+    folder = preprocessed_folder(dataset_name)
+    nnunet_plans_path = folder / f"{segmentation['nnunet_plans_identifier']}.json"
+    if not nnunet_plans_path.is_file():
+        raise ConfigError(f"{nnunet_plans_path}: nnU-Net plans missing; re-run with --overwrite-plans")
+    configuration = PlansManager(str(nnunet_plans_path)).get_configuration(segmentation["nnunet_configuration"])
+    output = folder / configuration.data_identifier
+    stamp = _preprocessing_stamp(dataset_name, configuration.configuration)
+    stamp_file = output / PREPROCESSING_STAMP
+    if stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp:
+        print(f"nnU-Net preprocessing of {segmentation['nnunet_configuration']} is up to date ({output})")
+        return
+    dataset_id = int(dataset_name[len("Dataset"):len("Dataset") + 3])
+    with contextlib.redirect_stdout(io.StringIO()):
+        preprocess_dataset(dataset_id, segmentation["nnunet_plans_identifier"],
+                           configurations=[segmentation["nnunet_configuration"]],
+                           num_processes=[max(1, num_processes)], verbose=False, show_progress_bar=True)
+    atomic_write_json(stamp_file, stamp)
+
+
+def _preprocessing_stamp(dataset_name: str, configuration: dict) -> dict:
+    """What nnU-Net's preprocessed data depends on: the configuration and every raw training file's size/mtime."""
+    raw = paths.nnUNet_raw / dataset_name
+    files = sorted(p for sub in ("imagesTr", "labelsTr") for p in (raw / sub).glob("*.nii.gz"))
+    state = [(p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in files]
+    text = json.dumps({"configuration": configuration, "files": state}, sort_keys=True, default=str)
+    return {"hash": hashlib.sha256(text.encode()).hexdigest()}
+
+
+def preprocess_crops(dataset_name: str, plans: dict, num_processes: int) -> Path | None:
+    try:
+        from vfscreen.preprocessing.grader_crops import preprocess_grader_crops
+    except ImportError as error:  # the crop module is built by another engineer; never fail silently
+        raise ConfigError(f"grader crop preprocessing is not available ({error})") from None
+    return preprocess_grader_crops(dataset_name, plans, CONFIGURATION, num_processes=max(1, num_processes))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vfscreen_plan_and_preprocess",
+        description="Fingerprint a raw dataset, plan both networks for the device budget (vfscreenPlans.json + "
+                    "nnUNetPlans.json), write the patient-level splits, run nnU-Net's preprocessing and cut the "
+                    "grader crops.")
+    parser.add_argument("-d", "--dataset", action="append", required=True,
+                        help="dataset id or name (501 or Dataset501_SyntheticSpine); repeatable")
+    parser.add_argument("--device", choices=("cpu", "cuda", "mps"), default=None,
+                        help="device training will run on (default: the one present)")
+    parser.add_argument("--gpu-memory-gb", type=float, default=None,
+                        help="memory of that device in GB (default: detected)")
+    parser.add_argument("--preset", default=None, help="preset name (plans/<name>.json) or path to a preset JSON")
+    parser.add_argument("-np", "--num-processes", type=int, default=min(4, os.cpu_count() or 1),
+                        help="worker processes for fingerprinting and preprocessing")
+    parser.add_argument("--verify_dataset_integrity", action="store_true",
+                        help="also run nnU-Net's dataset integrity check")
+    parser.add_argument("--no-preprocess", action="store_true", help="only fingerprint, plan and split")
+    parser.add_argument("--overwrite-plans", action="store_true",
+                        help="re-plan even if vfscreenPlans.json exists (default: reuse it, e.g. after hand edits)")
+    parser.add_argument("--seed", type=int, default=P.DEFAULT_SEED, help="seed of the splits")
+    parser.add_argument("--verbose", action="store_true", help="show tracebacks")
+    return parser
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.num_processes < 1:
+        raise ConfigError(f"-np must be >= 1, got {args.num_processes}")
+    preset = load_preset(args.preset) if args.preset else None
+    dataset_names = [ensure_dataset_name(d) for d in args.dataset]
+    for dataset_name in dataset_names:
+        existing = plans_file(dataset_name)
+        if existing.is_file() and not args.overwrite_plans:
+            plans = load_plans(dataset_name)
+            print(f"{dataset_name}: using existing {existing} (--overwrite-plans to re-plan)")
+            if not (preprocessed_folder(dataset_name) / SPLITS_FILE_NAME).is_file():
+                raise ConfigError(f"{preprocessed_folder(dataset_name) / SPLITS_FILE_NAME}: splits missing; re-run "
+                                  "with --overwrite-plans")
+        else:
+            device = detect_device(args.device, args.gpu_memory_gb, preset)
+            print(f"{dataset_name}: planning for {device.type} ({device.memory_gb} GB, {device.num_threads} threads)"
+                  + (f", preset {preset['name']}" if preset else ""))
+            plans = plan_dataset(dataset_name, device, preset, args.num_processes, args.verify_dataset_integrity,
+                                 seed=args.seed)
+        _print_summary(dataset_name, plans)
+        if args.no_preprocess:
+            continue
+        preprocess_segmentation(dataset_name, plans, args.num_processes)
+        crops = preprocess_crops(dataset_name, plans, args.num_processes)
+        print(f"{dataset_name}: done (plans {plans_file(dataset_name)}, crops {crops})")
+    return 0
+
+
+def _print_summary(dataset_name: str, plans: dict) -> None:
+    seg = plans["configurations"][CONFIGURATION]["segmentation"]
+    grader = plans["configurations"][CONFIGURATION]["grader"]
+    print(f"{dataset_name}: segmentation {seg['nnunet_configuration']} ({seg['trainer']}): spacing "
+          f"{seg['target_spacing_mm']} mm, patch {seg['patch_size']}, batch {seg['batch_size']}, features "
+          f"{seg['features_per_stage']}, {seg['num_epochs']} epochs x {seg['iterations_per_epoch']} iterations, "
+          f"~{seg['estimated_memory_gb']:.2f} GB")
+    network = grader["network"]
+    print(f"{dataset_name}: grader {network.get('name', network['block'])} {network['features_per_stage']}, crops "
+          f"{grader['crop']['patch_size']} ({grader['crop']['mode']}, {grader['crop']['spacing_mm']} mm), "
+          f"{grader['sampler']['samples_per_class']} per grade x {grader['sampler']['views']} views, "
+          f"{grader['num_epochs']} epochs, ~{grader['estimated_memory_gb']:.2f} GB")
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    return run(argv if argv is not None else sys.argv[1:])
+
+
+if __name__ == "__main__":
+    main()

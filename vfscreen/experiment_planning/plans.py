@@ -1,0 +1,256 @@
+"""vfscreen's plans file: schema, validation, loading, saving, presets.
+
+``nnUNet_preprocessed/<Dataset>/vfscreenPlans.json`` holds every setting of the vfscreen-specific stages (the
+segmentation section only *points* at nnU-Net's own plans file ``nnUNetPlans.json``, which holds the network).
+It is human-readable and may be edited by hand; every reader goes through :func:`load_plans`, which validates it and
+names the offending field on any problem.
+
+Presets (top-level ``plans/*.json``) are *partial* plans plus planning knobs::
+
+    {"name": "cpu_demo", "description": "...",
+     "device": {"type": "cpu", "memory_gb": 8, "num_threads": 2},          # optional, CLI flags win
+     "budget": {"seg_minutes": 20, "grader_minutes": 8, ...},              # optional, see budget.PlanningTargets
+     "configurations": {"3d": {"grader": {...}, "segmentation": {...}}}}   # optional: fixed plan values
+
+The planner computes a full plan from the fingerprint and the budget, then deep-merges the preset's
+``configurations`` over it: what the preset states is kept, what it leaves open comes from the fingerprint.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+from vfscreen.errors import ConfigError
+
+SCHEMA_VERSION = 1
+PLANS_NAME = "vfscreenPlans"
+PLANS_FILE_NAME = PLANS_NAME + ".json"
+FINGERPRINT_FILE_NAME = "vfscreen_fingerprint.json"
+CONFIGURATION = "3d"
+PRESETS_FOLDER = Path(__file__).resolve().parents[2] / "plans"
+
+_NUMBER = (int, float)
+_INT_LIST = ("list", int)
+_NUM_LIST = ("list", _NUMBER)
+
+# Required fields and their types. ("list", T): a non-empty list of T. A dict: a nested section.
+_SEGMENTATION_SCHEMA = {
+    "nnunet_plans_identifier": str, "nnunet_configuration": str, "trainer": str,
+    "target_spacing_mm": _NUM_LIST, "patch_size": _INT_LIST, "batch_size": int, "features_per_stage": _INT_LIST,
+    "iterations_per_epoch": int, "num_epochs": int, "estimated_memory_gb": _NUMBER,
+}
+_GRADER_SCHEMA = {
+    "crop": {"mode": str, "spacing_mm": _NUMBER, "patch_size": _INT_LIST, "margin_mm": _NUMBER,
+             "windows": ("list", dict), "mask_channel": str, "use_truncated": bool, "storage_dtype": str},
+    "network": {"backbone": str, "block": str, "features_per_stage": _INT_LIST, "n_blocks_per_stage": _INT_LIST,
+                "strides": _INT_LIST, "kernel_sizes": _INT_LIST, "squeeze_excitation": bool,
+                "projection_dim": int, "num_classes": int},
+    "loss": {"name": str, "temperature": _NUMBER},
+    "sampler": {"samples_per_class": int, "views": int},
+    "optimizer": {"name": str, "lr": _NUMBER, "momentum": _NUMBER, "weight_decay": _NUMBER,
+                  "lr_decay_at": _NUM_LIST, "lr_decay_factor": _NUMBER},
+    "num_epochs": int, "validate_every": int, "num_workers": int,
+    "augmentation": {"probability": _NUMBER, "mask_boxes": int, "mask_box_size": _INT_LIST, "zoom": _NUM_LIST,
+                     "noise_sigma": _NUMBER, "shift_voxels": int, "rotation_degrees": _NUMBER,
+                     "intensity_scale": _NUM_LIST, "intensity_power": _NUM_LIST},
+    "estimated_memory_gb": _NUMBER,
+}
+PLANS_SCHEMA = {
+    "schema_version": int, "vfscreen_version": str, "dataset_name": str, "plans_name": str, "seed": int,
+    "num_folds": int, "device": {"type": str, "memory_gb": _NUMBER, "num_threads": int},
+    "configurations": {CONFIGURATION: {"segmentation": _SEGMENTATION_SCHEMA, "grader": _GRADER_SCHEMA}},
+}
+_ALLOWED_VALUES = {
+    "device.type": ("cpu", "cuda", "mps"),
+    f"configurations.{CONFIGURATION}.grader.crop.mode": ("fit", "spacing"),
+    f"configurations.{CONFIGURATION}.grader.crop.mask_channel": ("label_modulated", "binary", "none"),
+    f"configurations.{CONFIGURATION}.grader.crop.storage_dtype": ("float16", "float32"),
+    f"configurations.{CONFIGURATION}.grader.network.block": ("BottleneckD", "BasicBlockD"),
+    f"configurations.{CONFIGURATION}.grader.loss.name": ("supcon", "ce"),
+    f"configurations.{CONFIGURATION}.grader.optimizer.name": ("sgd",),
+}
+
+
+def preprocessed_folder(dataset_name: str) -> Path:
+    from vfscreen.paths import nnUNet_preprocessed
+
+    return nnUNet_preprocessed / dataset_name
+
+
+def plans_file(dataset_name: str) -> Path:
+    """``nnUNet_preprocessed/<Dataset>/vfscreenPlans.json`` (dataset_name may also be an id like 501)."""
+    return preprocessed_folder(_resolve(dataset_name)) / PLANS_FILE_NAME
+
+
+def fingerprint_file(dataset_name: str) -> Path:
+    return preprocessed_folder(_resolve(dataset_name)) / FINGERPRINT_FILE_NAME
+
+
+def _resolve(dataset_name) -> str:
+    text = str(dataset_name)
+    if text.startswith("Dataset"):
+        return text
+    from vfscreen.dataset import resolve_dataset_name
+
+    return resolve_dataset_name(text)
+
+
+def load_plans(dataset_name: str, path: str | Path | None = None) -> dict:
+    """Read and validate the plans of ``dataset_name`` (from ``path`` if given). Raises ConfigError naming the field."""
+    dataset_name = _resolve(dataset_name)
+    path = Path(path) if path is not None else plans_file(dataset_name)
+    if not path.is_file():
+        raise ConfigError(f"{path}: plans missing; run vfscreen_plan_and_preprocess -d {dataset_name} first")
+    plans = read_json(path, "plans")
+    validate_plans(plans, dataset_name, source=str(path))
+    return plans
+
+
+def save_plans(plans: dict, path: str | Path | None = None) -> Path:
+    """Validate, then write atomically. Returns the path written."""
+    from vfscreen.utils.atomic import atomic_write_json
+
+    validate_plans(plans, plans.get("dataset_name"), source="plans to save")
+    path = Path(path) if path is not None else plans_file(plans["dataset_name"])
+    atomic_write_json(path, plans)
+    return path
+
+
+def read_json(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read {what} ({error})") from None
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path}: {what} is not valid JSON (line {error.lineno}: {error.msg})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: {what} must be a JSON object")
+    return data
+
+
+def validate_plans(plans: dict, dataset_name: str | None = None, source: str = "plans") -> None:
+    """Check required fields, types, allowed values and cross-field consistency. One ConfigError per problem."""
+    if not isinstance(plans, dict):
+        raise ConfigError(f"{source}: plans must be a JSON object")
+    _check_section(plans, PLANS_SCHEMA, "", source)
+    if plans["schema_version"] != SCHEMA_VERSION:
+        raise ConfigError(f"{source}: field 'schema_version' is {plans['schema_version']}, this vfscreen reads "
+                          f"version {SCHEMA_VERSION}; re-run vfscreen_plan_and_preprocess --overwrite-plans")
+    if dataset_name is not None and plans["dataset_name"] != dataset_name:
+        raise ConfigError(f"{source}: field 'dataset_name' is {plans['dataset_name']!r} but these plans are used for "
+                          f"{dataset_name!r} (plans made for another dataset)")
+    for field, allowed in _ALLOWED_VALUES.items():
+        value = _get(plans, field)
+        if value not in allowed:
+            raise ConfigError(f"{source}: field '{field}' is {value!r}; allowed: {', '.join(map(str, allowed))}")
+    if plans["num_folds"] < 2:
+        raise ConfigError(f"{source}: field 'num_folds' must be >= 2, got {plans['num_folds']}")
+    _check_grader_consistency(plans["configurations"][CONFIGURATION]["grader"], source)
+    seg = plans["configurations"][CONFIGURATION]["segmentation"]
+    if len(seg["patch_size"]) != 3 or len(seg["target_spacing_mm"]) != 3:
+        raise ConfigError(f"{source}: fields 'configurations.3d.segmentation.patch_size' and 'target_spacing_mm' "
+                          "need 3 values")
+
+
+def _check_grader_consistency(grader: dict, source: str) -> None:
+    prefix = f"configurations.{CONFIGURATION}.grader"
+    network = grader["network"]
+    n_stages = len(network["features_per_stage"])
+    for field in ("n_blocks_per_stage", "strides", "kernel_sizes"):
+        if len(network[field]) != n_stages:
+            raise ConfigError(f"{source}: field '{prefix}.network.{field}' has {len(network[field])} entries, "
+                              f"'features_per_stage' has {n_stages}; they must match")
+    patch_size = grader["crop"]["patch_size"]
+    if len(patch_size) != 3 or min(patch_size) < 8:
+        raise ConfigError(f"{source}: field '{prefix}.crop.patch_size' must be 3 sizes >= 8, got {patch_size}")
+    total_stride = 1
+    for stride in network["strides"]:
+        total_stride *= stride
+    if any(size % total_stride for size in patch_size):
+        raise ConfigError(f"{source}: field '{prefix}.crop.patch_size' {patch_size} is not divisible by the "
+                          f"backbone's total stride {total_stride}")
+    for position, window in enumerate(grader["crop"]["windows"]):
+        for key in ("name", "width", "level"):
+            if key not in window:
+                raise ConfigError(f"{source}: field '{prefix}.crop.windows[{position}].{key}' is missing")
+        if not isinstance(window["width"], _NUMBER) or window["width"] <= 0:
+            raise ConfigError(f"{source}: field '{prefix}.crop.windows[{position}].width' must be a number > 0")
+    positive = {"crop.spacing_mm": grader["crop"]["spacing_mm"], "sampler.samples_per_class":
+                grader["sampler"]["samples_per_class"], "num_epochs": grader["num_epochs"],
+                "loss.temperature": grader["loss"]["temperature"], "optimizer.lr": grader["optimizer"]["lr"]}
+    for field, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{source}: field '{prefix}.{field}' must be > 0, got {value}")
+    if network["num_classes"] != 4:
+        raise ConfigError(f"{source}: field '{prefix}.network.num_classes' must be 4 (Genant grades 0-3)")
+
+
+def _check_section(data: dict, schema: dict, prefix: str, source: str) -> None:
+    for key, expected in schema.items():
+        field = f"{prefix}{key}"
+        if key not in data:
+            raise ConfigError(f"{source}: field '{field}' is missing")
+        value = data[key]
+        if isinstance(expected, dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: field '{field}' must be an object, got {type(value).__name__}")
+            _check_section(value, expected, field + ".", source)
+        elif isinstance(expected, tuple) and expected and expected[0] == "list":
+            item_type = expected[1]
+            if not isinstance(value, list) or not value:
+                raise ConfigError(f"{source}: field '{field}' must be a non-empty list, got {value!r}")
+            if not all(_is_type(item, item_type) for item in value):
+                raise ConfigError(f"{source}: field '{field}' has an entry of the wrong type ({value!r})")
+        elif not _is_type(value, expected):
+            names = expected.__name__ if isinstance(expected, type) else "/".join(t.__name__ for t in expected)
+            raise ConfigError(f"{source}: field '{field}' must be {names}, got {type(value).__name__} ({value!r})")
+
+
+def _is_type(value, expected) -> bool:
+    if isinstance(value, bool) and expected is not bool and (expected is int or expected == _NUMBER):
+        return False  # JSON true is not a number
+    return isinstance(value, expected)
+
+
+def _get(data: dict, dotted: str):
+    for key in dotted.split("."):
+        data = data[key]
+    return data
+
+
+def deep_merge(base: dict, overlay: dict) -> dict:
+    """A copy of ``base`` with ``overlay``'s values put in, recursively for nested objects (lists are replaced)."""
+    merged = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in PRESETS_FOLDER.glob("*.json"))
+
+
+def load_preset(name_or_path: str | Path) -> dict:
+    """A preset by name (``plans/<name>.json``) or by path. Raises ConfigError for unknown names/bad files."""
+    candidate = Path(name_or_path)
+    if candidate.suffix == ".json" or candidate.is_file() or "/" in str(name_or_path):
+        path = candidate
+    else:
+        path = PRESETS_FOLDER / f"{name_or_path}.json"
+    if not path.is_file():
+        raise ConfigError(f"preset {name_or_path!r} not found (looked for {path}); available presets: "
+                          f"{', '.join(available_presets()) or 'none'}")
+    preset = read_json(path, "preset")
+    allowed = {"name", "description", "device", "budget", "configurations"}
+    unknown = sorted(set(preset) - allowed)
+    if unknown:
+        raise ConfigError(f"{path}: unknown preset field(s) {unknown}; allowed: {sorted(allowed)}")
+    configurations = preset.get("configurations", {})
+    if not isinstance(configurations, dict) or set(configurations) - {CONFIGURATION}:
+        raise ConfigError(f"{path}: field 'configurations' may only hold {CONFIGURATION!r}")
+    preset.setdefault("name", path.stem)
+    return preset
