@@ -1,0 +1,150 @@
+"""One vertebra of the phantom: its local frame, body shape, Genant heights, natural variation and fractures.
+
+Local frame (millimetres, origin = vertebral body centre): u = lateral (patient left), v = anterior, w = superior.
+The body is a superellipse cross-section (semi-axes ``half_width`` x ``half_depth`` at mid-height, flatter
+posteriorly, slightly waisted) between a top and a bottom endplate surface. The body height along w at the
+mid-sagittal plane (u = 0) is a smooth function of the normalised AP position nu = v / half_depth.
+
+Genant heights are measured, by definition, in the mid-sagittal plane at nu = +0.8 (anterior), 0 (middle) and
+-0.8 (posterior), i.e. 10 % of the mid-height AP depth inside the anterior and posterior walls, along the superior
+axis. The generator reports these heights from the final surfaces (endplate irregularity included), and the ground
+truth grade is :func:`vfscreen.genant.grade_from_heights` of them - never the intended grade.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vfscreen import genant
+
+MEASURE_NU = (0.8, 0.0, -0.8)  # anterior, middle, posterior measurement positions (fraction of half depth)
+MORPHOLOGIES = ("wedge", "biconcave", "crush")
+MORPHOLOGY_PROBABILITIES = (0.5, 0.3, 0.2)
+# Height-reduction bands (1 - min/max) sampled for intended fracture grades 1-3.
+FRACTURE_REDUCTION_BANDS = {1: (0.20, 0.25), 2: (0.25, 0.40), 3: (0.40, 0.62)}
+
+
+@dataclass
+class Vertebra:
+    verse_id: int
+    name: str
+    level: float  # anatomical level coordinate (C1 = 0, T1 = 7, L1 = 19, L5 = 23) used for size tables
+    centre: np.ndarray  # (3,) world mm (LPS)
+    axes: np.ndarray  # (3, 3) rows = lateral, anterior, superior unit vectors in world coordinates
+    nominal_height: float  # H0, mm: the undeformed body height
+    half_width: float
+    half_depth: float
+    waist: float  # relative widening of the cross-section at the endplates
+    exponent_anterior: float
+    exponent_posterior: float
+    shell_mm: float  # cortical shell thickness
+    top_fraction: float  # share of the height deficit taken by the upper endplate
+    intended_heights: tuple[float, float, float]  # (anterior, middle, posterior) before endplate irregularity
+    dish: bool  # deficit also concave laterally (biconcave fractures)
+    bump_amplitudes: np.ndarray  # (2, K) endplate irregularity, top and bottom surface, mm
+    bump_frequencies: np.ndarray  # (2, K, 2) cycles across (u / half_width, nu)
+    bump_phases: np.ndarray  # (2, K)
+    canal_half_width: float
+    canal_half_depth: float
+    arch_thickness: float
+    spinous_length: float
+    spinous_angle_deg: float  # downward slope of the spinous process
+    spinous_half_height: float
+    transverse_length: float
+    transverse_angle_deg: float  # posterior sweep of the transverse processes
+    cortical_hu: float
+    cancellous_hu: float
+    intended_grade: int = 0
+    intended_morphology: str = "normal"
+    sclerosis_hu: float = 0.0  # condensation band under a fractured endplate
+    heights: tuple[float, float, float] = field(default=(0.0, 0.0, 0.0))  # final reported heights (mm)
+
+    # ----------------------------------------------------------------------------------------------- geometry
+    def canal_centre_v(self) -> float:
+        return -self.half_depth - self.canal_half_depth
+
+    def arch_centre_w(self) -> float:
+        return 0.12 * self.nominal_height
+
+    def height_profile(self, nu: np.ndarray) -> np.ndarray:
+        """Intended body height along the AP axis (mid-sagittal), quadratic through the three intended heights."""
+        anterior, middle, posterior = self.intended_heights
+        m = MEASURE_NU[0]
+        linear = (anterior - posterior) / (2 * m)
+        quadratic = ((anterior + posterior) / 2 - middle) / m ** 2
+        return middle + linear * nu + quadratic * nu ** 2
+
+    def surfaces(self, u: np.ndarray, nu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Top and bottom endplate heights w (mm) at lateral position u (mm) and normalised AP position nu."""
+        h0 = self.nominal_height
+        deficit = np.clip(h0 - self.height_profile(np.clip(nu, -1.0, 1.0)), 0.0, 0.9 * h0)
+        if self.dish:
+            deficit = deficit * np.sqrt(np.clip(1.0 - (u / self.half_width) ** 2, 0.0, 1.0))
+        top = h0 / 2 - self.top_fraction * deficit + self._bumps(0, u, nu)
+        bottom = -h0 / 2 + (1.0 - self.top_fraction) * deficit - self._bumps(1, u, nu)
+        return top, bottom
+
+    def _bumps(self, which: int, u, nu):
+        result = 0.0
+        for amplitude, (fu, fnu), phase in zip(self.bump_amplitudes[which], self.bump_frequencies[which],
+                                                self.bump_phases[which]):
+            result = result + amplitude * np.cos(2 * np.pi * (fu * u / self.half_width + fnu * nu) + phase)
+        return result
+
+    def measure_heights(self) -> tuple[float, float, float]:
+        """Heights (mm) of the final surfaces at the Genant measurement positions (mid-sagittal plane)."""
+        nu = np.asarray(MEASURE_NU)
+        top, bottom = self.surfaces(np.zeros_like(nu), nu)
+        return tuple(float(h) for h in (top - bottom))
+
+    @property
+    def grade(self) -> int:
+        return genant.grade_from_heights(*self.heights)
+
+    @property
+    def morphology(self) -> str:
+        return genant.morphology_from_heights(*self.heights)
+
+
+def normal_heights(rng: np.random.Generator, level: float, nominal_height: float) -> tuple[float, float, float]:
+    """Natural variation of a healthy body: thoracic wedging (up to ~15 %, rarely up to 19 %), lower posterior
+    height at L4/L5, slight central endplate concavity. Some healthy vertebrae come close to the G1 border."""
+    anterior = posterior = nominal_height
+    if 7 <= level < 19:  # thoracic: anterior wedging, strongest mid-thoracic
+        peak = 1.0 - min(abs(level - 13.0) / 7.0, 1.0) * 0.5
+        wedging = rng.uniform(0.0, 0.15 * peak) if rng.random() > 0.12 else rng.uniform(0.15, 0.195)
+        anterior = nominal_height * (1.0 - wedging)
+    elif level >= 21.5:  # lower lumbar: posterior slightly lower
+        posterior = nominal_height * (1.0 - rng.uniform(0.0, 0.12))
+    else:
+        anterior = nominal_height * (1.0 - rng.uniform(0.0, 0.06))
+    concavity = rng.uniform(0.0, 0.08) if rng.random() > 0.1 else rng.uniform(0.08, 0.17)
+    middle = max(anterior, posterior) * (1.0 - concavity)
+    return anterior, middle, posterior
+
+
+def fracture_heights(rng: np.random.Generator, grade: int, morphology: str,
+                     nominal_height: float) -> tuple[float, float, float]:
+    """Heights of a fracture whose height reduction 1 - min/max lies in the band of ``grade``."""
+    low, high = FRACTURE_REDUCTION_BANDS[grade]
+    reduction = rng.uniform(low, high)
+    if morphology == "wedge":
+        posterior = nominal_height * (1.0 - rng.uniform(0.0, 0.04))
+        return posterior * (1 - reduction), posterior * (1 - reduction * rng.uniform(0.35, 0.65)), posterior
+    if morphology == "biconcave":
+        anterior = nominal_height * (1.0 - rng.uniform(0.0, 0.05))
+        posterior = nominal_height * (1.0 - rng.uniform(0.0, 0.05))
+        return anterior, max(anterior, posterior) * (1 - reduction), posterior
+    if morphology == "crush":  # whole body compressed, posterior lowest
+        anterior = nominal_height * rng.uniform(0.75, 0.92)
+        return anterior, anterior * (1 - reduction * rng.uniform(0.0, 0.5)), anterior * (1 - reduction)
+    raise ValueError(f"unknown fracture morphology {morphology!r}")
+
+
+def endplate_irregularity(rng: np.random.Generator, amplitude_mm: float, num_waves: int = 3):
+    """Random smooth endplate bumps: (amplitudes (2, K), frequencies (2, K, 2), phases (2, K))."""
+    amplitudes = rng.uniform(0.0, amplitude_mm, size=(2, num_waves)) / num_waves ** 0.5
+    frequencies = rng.uniform(0.3, 1.5, size=(2, num_waves, 2)) * rng.choice([-1, 1], size=(2, num_waves, 2))
+    phases = rng.uniform(0.0, 2 * np.pi, size=(2, num_waves))
+    return amplitudes, frequencies, phases
