@@ -1,0 +1,106 @@
+"""``vfscreen_evaluate``: metrics of prediction outputs against a reference, or of the grader's cross-validation.
+
+    vfscreen_evaluate -ref REFERENCE -pred PREDICT_OUTPUT [-o metrics.json] [-d 501 -c 3d | --fusion fusion.json]
+    vfscreen_evaluate -d 501 -c 3d --cv [-f 0 1 2 3 4] [--fit-fusion] [-o cv_metrics.json]
+
+Prints a table laid out like Table I of the paper and writes the metrics as JSON (default: PREDICT_OUTPUT/metrics.json,
+or cv_metrics.json in the grader model folder). Exit codes: see vfscreen.errors.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from vfscreen.errors import ConfigError, cli_entry
+from vfscreen.evaluation import evaluate
+from vfscreen.evaluation.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED
+from vfscreen.evaluation.table import describe_method, format_result
+from vfscreen.utils.atomic import atomic_write_json
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vfscreen_evaluate", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="REFERENCE: a raw dataset folder (labelsTs/ or labelsTr/ + grades.csv) or a "
+                                            "folder of masks <case>.nii.gz with a grades.csv (VerSe ids unless a "
+                                            "vfscreen dataset.json says nnU-Net class ids).")
+    parser.add_argument("-ref", "--reference", help="reference folder (raw dataset or label masks + grades.csv)")
+    parser.add_argument("-pred", "--prediction", help="output folder of vfscreen_predict")
+    parser.add_argument("-d", "--dataset", help="dataset id or name (for --cv, or to find the fusion model)")
+    parser.add_argument("-c", "--configuration", default="3d", help="configuration (default: 3d)")
+    parser.add_argument("-p", "--plans", default=evaluate.DEFAULT_PLANS, help="plans name (default: vfscreenPlans)")
+    parser.add_argument("--cv", action="store_true", help="pool the grader folds' validation predictions")
+    parser.add_argument("-f", "--folds", nargs="+", type=int, help="folds for --cv (default: all with predictions)")
+    parser.add_argument("--fit-fusion", action="store_true",
+                        help="with --cv: fit the fusion model + validation thresholds and save fusion.json")
+    parser.add_argument("--fusion", help="fusion.json giving the fused score and validation thresholds")
+    parser.add_argument("--split", choices=("Tr", "Ts", "all"),
+                        help="labels split of a raw dataset reference (default: Ts when present, else Tr)")
+    parser.add_argument("-o", "--output", help="metrics JSON to write")
+    parser.add_argument("--bootstrap", type=int, default=DEFAULT_RESAMPLES,
+                        help=f"bootstrap resamples of patients (default {DEFAULT_RESAMPLES}; 0 = no intervals)")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"bootstrap seed (default {DEFAULT_SEED})")
+    parser.add_argument("--max-distance-mm", type=float, default=evaluate.MAX_CENTROID_DISTANCE_MM,
+                        help="centroid distance for identification (default 20 mm, as VerSe)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--verbose", action="store_true", help="tracebacks on errors")
+    return parser
+
+
+def _plans_of_model(dataset, configuration, plans_name) -> dict | None:
+    folder = evaluate.grader_model_folder(evaluate.resolve_dataset_name(dataset), configuration, plans_name)
+    for plans_file in sorted(folder.glob("fold_*/plans.json")):
+        try:
+            return json.loads(plans_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return None
+    return None
+
+
+def run(args: argparse.Namespace) -> dict:
+    if args.bootstrap < 0:
+        raise ConfigError(f"--bootstrap {args.bootstrap}: must be >= 0")
+    progress = not args.quiet
+    if args.cv:
+        if not args.dataset or args.reference or args.prediction:
+            raise ConfigError("--cv needs -d DATASET [-c CONFIGURATION] and no -ref/-pred")
+        result = evaluate.evaluate_cross_validation(args.dataset, args.configuration, folds=args.folds,
+                                                    plans_name=args.plans, n_bootstrap=args.bootstrap,
+                                                    seed=args.seed, progress=progress)
+        output = Path(args.output) if args.output else Path(result["model_folder"]) / "cv_metrics.json"
+        if args.fit_fusion:
+            path = evaluate.fit_fusion_for_model(args.dataset, args.configuration, folds=args.folds,
+                                                 plans_name=args.plans)
+            print(f"fusion model written: {path}")
+    else:
+        if not (args.reference and args.prediction):
+            raise ConfigError("give -ref REFERENCE -pred PREDICT_OUTPUT, or -d DATASET -c CONFIGURATION --cv")
+        if args.fit_fusion or args.folds:
+            raise ConfigError("--fit-fusion and -f belong to --cv")
+        fusion = args.fusion
+        if fusion is None and args.dataset:
+            candidate = evaluate.fusion_path(args.dataset, args.configuration, args.plans)
+            fusion = candidate if candidate.is_file() else None
+            if fusion is None:
+                print(f"vfscreen: note: {candidate} not found; fused score and validation thresholds unavailable",
+                      file=sys.stderr)
+        result = evaluate.evaluate_predictions(args.reference, args.prediction, split=args.split, fusion=fusion,
+                                               n_bootstrap=args.bootstrap, seed=args.seed,
+                                               max_distance_mm=args.max_distance_mm, progress=progress)
+        output = Path(args.output) if args.output else Path(args.prediction) / "metrics.json"
+    plans = _plans_of_model(args.dataset, args.configuration, args.plans) if args.dataset else None
+    print(format_result(result, describe_method(plans, args.configuration),
+                        dataset_label=result.get("dataset") or (Path(args.reference).name if args.reference else None)))
+    atomic_write_json(output, result)
+    print(f"metrics written: {output}")
+    return result
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    run(args)
+    return 0
+

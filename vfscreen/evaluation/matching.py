@@ -1,0 +1,136 @@
+"""Matching predicted to reference vertebrae, identification rate and Dice.
+
+A reference vertebra is *identified* when the predicted vertebra with the same label exists and its centroid lies
+within 20 mm of the reference centroid (the identification criterion of the VerSe challenge, Sekuboyina et al. 2021).
+An identified vertebra is *matched* to that predicted vertebra; its grade, probabilities and morphometry are compared
+with the reference. A reference vertebra that is not identified is *missed* (a missed fractured vertebra is a false
+negative: it is scored as predicted G0 with P(fracture) = 0). A predicted vertebra that is not matched is *extra*
+(a vertebra given the wrong label counts once as missed and once as extra).
+
+Centroids are in world coordinates (mm, LPS as SimpleITK reports them), so the check does not depend on the image
+direction or spacing. Dice is computed per reference vertebra label by SimpleITK's LabelOverlapMeasuresImageFilter
+on the two label maps (VerSe ids, same voxel grid); a reference vertebra absent from the prediction has Dice 0.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+
+from vfscreen import labels
+from vfscreen.errors import InputError
+from vfscreen.evaluation.metrics import defined, undefined
+from vfscreen.utils.image_io import same_geometry
+
+MAX_CENTROID_DISTANCE_MM = 20.0
+
+
+def label_centroids_mm(label_image: sitk.Image) -> dict[int, np.ndarray]:
+    """Centroid of every non-zero label, world coordinates in mm (SimpleITK/LPS), keyed by label value."""
+    statistics = sitk.LabelShapeStatisticsImageFilter()
+    statistics.Execute(sitk.Cast(label_image, sitk.sitkUInt32))
+    return {int(label): np.asarray(statistics.GetCentroid(label), dtype=float) for label in statistics.GetLabels()}
+
+
+def dice_per_label(reference: sitk.Image, prediction: sitk.Image, label_values) -> dict[int, float]:
+    """Dice of each label of ``label_values`` between two label maps on the same voxel grid (0 when the label is
+    absent from the prediction)."""
+    if not same_geometry(reference, prediction):
+        raise InputError(f"predicted segmentation (size {prediction.GetSize()}, spacing "
+                         f"{np.round(prediction.GetSpacing(), 4).tolist()}) is not on the reference mask's voxel grid "
+                         f"(size {reference.GetSize()}, spacing {np.round(reference.GetSpacing(), 4).tolist()})")
+    reference_cast = sitk.Cast(reference, sitk.sitkUInt16)
+    prediction_cast = sitk.Cast(prediction, sitk.sitkUInt16)
+    prediction_cast.CopyInformation(reference_cast)  # equal within tolerance; the filter wants them identical
+    overlap = sitk.LabelOverlapMeasuresImageFilter()
+    overlap.Execute(reference_cast, prediction_cast)
+    predicted_labels = set(label_centroids_mm(prediction).keys())
+    return {int(label): float(overlap.GetDiceCoefficient(int(label))) if int(label) in predicted_labels else 0.0
+            for label in label_values}
+
+
+@dataclass
+class CaseMatch:
+    """Result of matching one case. Labels are VerSe ids."""
+
+    case_id: str
+    reference_labels: list[int]
+    identified: dict[int, float] = field(default_factory=dict)  # label -> centroid distance (mm)
+    missed: list[int] = field(default_factory=list)
+    extra: list[int] = field(default_factory=list)
+    dice: dict[int, float] = field(default_factory=dict)  # empty when no predicted segmentation was available
+    distances_mm: dict[int, float] = field(default_factory=dict)  # every same-label pair, also those too far
+
+    def vertebra_rows(self) -> list[dict]:
+        return [{"case_id": self.case_id, "label": label, "name": labels.name_of(label),
+                 "identified": label in self.identified,
+                 "centroid_distance_mm": self.distances_mm.get(label, float("nan")),
+                 "dice": self.dice.get(label, float("nan"))} for label in self.reference_labels]
+
+    def extra_rows(self) -> list[dict]:
+        return [{"case_id": self.case_id, "label": label, "name": labels.name_of(label),
+                 "centroid_distance_mm": self.distances_mm.get(label, float("nan"))} for label in self.extra]
+
+
+def match_vertebrae(case_id: str, reference_centroids: dict[int, np.ndarray],
+                    predicted_centroids: dict[int, np.ndarray],
+                    max_distance_mm: float = MAX_CENTROID_DISTANCE_MM) -> CaseMatch:
+    """Match by label with the centroid-distance check (see the module docstring)."""
+    match = CaseMatch(case_id=case_id, reference_labels=sorted(reference_centroids, key=labels.spine_position))
+    for label in match.reference_labels:
+        if label in predicted_centroids:
+            distance = float(np.linalg.norm(np.asarray(predicted_centroids[label], dtype=float)
+                                            - reference_centroids[label]))
+            match.distances_mm[label] = distance
+            if distance <= max_distance_mm:
+                match.identified[label] = distance
+                continue
+        match.missed.append(label)
+    match.extra = sorted((label for label in predicted_centroids if label not in match.identified),
+                         key=labels.spine_position)
+    return match
+
+
+def match_case(case_id: str, reference: sitk.Image, prediction: sitk.Image | None = None,
+               predicted_centroids: dict[int, np.ndarray] | None = None,
+               max_distance_mm: float = MAX_CENTROID_DISTANCE_MM) -> CaseMatch:
+    """Match one case. ``reference`` and ``prediction`` are label maps in VerSe ids. Predicted centroids come from
+    ``prediction`` when given, else from ``predicted_centroids`` (e.g. the prediction JSON); Dice needs
+    ``prediction``. A missing prediction (both None) makes every reference vertebra missed with Dice 0."""
+    reference_centroids = label_centroids_mm(reference)
+    if prediction is not None:
+        predicted_centroids = label_centroids_mm(prediction)
+    match = match_vertebrae(case_id, reference_centroids, predicted_centroids or {}, max_distance_mm)
+    if prediction is not None:
+        match.dice = dice_per_label(reference, prediction, match.reference_labels)
+    elif predicted_centroids is None:
+        match.dice = {label: 0.0 for label in match.reference_labels}
+    return match
+
+
+def segmentation_metrics(vertebra_table: pd.DataFrame, extra_table: pd.DataFrame) -> dict:
+    """Pooled identification rate, mean Dice and Dice per vertebra name, missed and extra counts.
+
+    ``vertebra_table``: one row per reference vertebra (columns case_id, label, identified, dice);
+    ``extra_table``: one row per extra predicted vertebra (column case_id).
+    """
+    num_reference = int(len(vertebra_table))
+    identified = int(vertebra_table["identified"].sum()) if num_reference else 0
+    result = {"num_reference_vertebrae": num_reference, "num_identified": identified,
+              "num_missed": num_reference - identified, "num_extra": int(len(extra_table))}
+    result["identification_rate"] = defined(identified / num_reference) if num_reference else \
+        undefined("no reference vertebrae")
+    dice = vertebra_table["dice"].to_numpy(dtype=float) if num_reference else np.zeros(0)
+    known = np.isfinite(dice)
+    if known.any():
+        result["dice_mean"] = defined(float(dice[known].mean()))
+        result["num_vertebrae_with_dice"] = int(known.sum())
+        by_name = vertebra_table[known].groupby("label")["dice"].mean()
+        result["dice_per_vertebra"] = {labels.name_of(int(label)): defined(value)
+                                       for label, value in sorted(by_name.items(),
+                                                                  key=lambda item: labels.spine_position(item[0]))}
+    else:
+        result["dice_mean"] = undefined("no predicted segmentation (<case>_seg.nii.gz) to compute Dice")
+    return result
