@@ -119,3 +119,14 @@ def test_truncated_vertebra_is_flagged_not_measured():
     for result in results.values():
         if result.truncated:
             assert result.heights_mm is None and result.morph_grade is None and "field of view" in result.note
+
+
+def test_axis_aligned_thick_slices_are_counted_exactly():
+    """8 slices of 3 mm = 24 mm; a grid-aligned body must not lose the half voxels at both ends."""
+    array = np.zeros((16, 30, 30), np.uint8)  # (z, y, x)
+    array[4:12, 5:25, 5:25] = 1  # 8 slices, 20 x 20 voxels of 1.5 mm
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((1.5, 1.5, 3.0))
+    result = measure_vertebrae(array, image)[1]
+    for value in result.heights_mm.values():
+        assert abs(value - 24.0) <= TOLERANCE_MM

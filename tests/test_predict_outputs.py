@@ -218,3 +218,48 @@ def test_cli_exit_codes(input_folder, tmp_path, capsys):
         main(["-i", str(input_folder), "-o", str(tmp_path / "out"), "-d", "Dataset599_Nothing"])
     assert exit_info.value.code == 2 and "Dataset599_Nothing" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+class TinyRealGrader:
+    """A randomly initialised GraderNet (vfscreen.training.grader.network) x 2 folds: exercises Grad-CAM for real."""
+
+    crop_plan = CROP_PLAN
+    patch_size = (16, 16, 16)
+
+    def __init__(self):
+        import torch
+
+        from vfscreen.training.grader.network import build_grader
+
+        torch.manual_seed(0)
+        plan = {"block": "BasicBlockD", "features_per_stage": [4, 8], "n_blocks_per_stage": [1, 1],
+                "strides": [1, 2], "kernel_sizes": [3, 3], "projection_dim": 8, "num_classes": 4}
+        self.device = torch.device("cpu")
+        self.networks = [build_grader(plan, "supcon").eval() for _ in range(2)]
+
+    def fold_probabilities(self, patches):
+        import torch
+
+        with torch.inference_mode():
+            batch = torch.from_numpy(patches)
+            return np.stack([torch.softmax(net(batch)[1], 1).numpy() for net in self.networks])
+
+
+def test_saliency_writes_gradcam_in_input_geometry(tmp_path):
+    import torch
+
+    from vfscreen.inference.saliency import grad_cam_image
+
+    torch.set_num_threads(1)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    image = make_ct(folder / "case.nii.gz", direction=(0, 1, 0, -1, 0, 0, 0, 0, 1))  # rotated in-plane
+    models = Models(segmenter=fake_segmenter, grader=TinyRealGrader(), saliency=grad_cam_image)
+    predict(folder, tmp_path / "out", models=models, saliency=True)
+    gradcam = sitk.ReadImage(str(tmp_path / "out" / "case_gradcam.nii.gz"))
+    assert gradcam.GetSize() == image.GetSize() and gradcam.GetDirection() == image.GetDirection()
+    assert gradcam.GetOrigin() == image.GetOrigin() and gradcam.GetSpacing() == image.GetSpacing()
+    values = sitk.GetArrayFromImage(gradcam)
+    seg = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "case_seg.nii.gz")))
+    assert values.min() >= 0 and values.max() <= 1 + 1e-5 and values[seg > 0].max() > 0
+    assert outputs.case_is_complete(tmp_path / "out", "case", saliency=True)

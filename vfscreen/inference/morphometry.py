@@ -62,10 +62,15 @@ def _principal_axis_near_superior(points_mm: np.ndarray) -> np.ndarray:
     return _unit(-best if best @ WORLD_SUPERIOR > 0 else best)
 
 
-def spine_axes(centroids_mm: dict[int, np.ndarray], points_mm: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
-    """Local head -> feet axis per vertebra from neighbouring centroids (labels ordered anatomically)."""
-    ordered = sorted(centroids_mm, key=spine_position)
-    axes = {}
+def spine_axes(centroids_mm: dict[int, np.ndarray], points_mm: dict[int, np.ndarray],
+               truncated: set[int] = frozenset()) -> dict[int, np.ndarray]:
+    """Local head -> feet axis per vertebra from neighbouring centroids (labels ordered anatomically).
+
+    Truncated vertebrae (their centroid is biased by the cut) serve as neighbours only of other truncated ones.
+    """
+    whole = [label for label in centroids_mm if label not in truncated]
+    ordered = sorted(whole, key=spine_position)
+    axes = {label: _principal_axis_near_superior(points_mm[label]) for label in centroids_mm if label in truncated}
     for position, label in enumerate(ordered):
         previous_centroid = centroids_mm[ordered[position - 1]] if position > 0 else centroids_mm[label]
         next_centroid = centroids_mm[ordered[position + 1]] if position + 1 < len(ordered) else centroids_mm[label]
@@ -179,8 +184,10 @@ def measure_vertebra(verse_map: np.ndarray, reference: sitk.Image, label: int, b
     local_grid_body = local_grid if posterior_limit is None else local_grid[local_grid[:, 1] >= posterior_limit]
     heights, endpoints = {}, []
     for name, position in zip(HEIGHT_NAMES, positions):
+        # margin 1.5 voxel shadows: the prism's ends fall between lattice planes, so an axis-aligned grid is
+        # counted exactly (N mask voxels of spacing s -> N * s)
         column = _column_height(body, local_grid_body, position, lateral_centre, half_width, half_thickness,
-                                margin_mm=shadows[0])
+                                margin_mm=1.5 * shadows[0])
         if column is None:
             result.note = f"no body voxels at the {name} measurement column"
             return result
@@ -207,7 +214,8 @@ def measure_vertebrae(verse_map: np.ndarray, reference: sitk.Image, min_canal_ga
         indices = np.argwhere(verse_map[bbox] == label) + np.array([box.start for box in bbox])
         points[label] = array_indices_to_world(reference, indices)
         centroids[label] = points[label].mean(axis=0)
-    axes = spine_axes(centroids, points)
+    truncated = {label for label in centroids if touches_border(verse_map.shape, boxes[label - 1])}
+    axes = spine_axes(centroids, points, truncated)
     return {label: measure_vertebra(verse_map, reference, label, boxes[label - 1], centroids[label], axes[label],
                                     min_canal_gap_mm)
             for label in sorted(centroids, key=spine_position)}

@@ -138,7 +138,7 @@ def render_report(path, image: sitk.Image, verse_map: np.ndarray, case_json: dic
     handles = [Patch(facecolor=GRADE_COLOURS[g], label=GRADE_LABELS[g]) for g in (0, 1, 2, 3, None)]
     handles.append(Line2D([0], [0], color="white", markeredgecolor="black", label="measured heights"))
     legend = figure.legend(handles=handles, loc="upper right", fontsize=9, frameon=True, facecolor="#222222",
-                           labelcolor="white", bbox_to_anchor=(0.99, 0.99))
+                           labelcolor="white", bbox_to_anchor=(0.99, 0.995), ncol=3)
     legend.get_frame().set_edgecolor("#222222")
     if not vertebrae:
         axes.text(0.5, 0.5, "no vertebra found", transform=axes.transAxes, color="white", fontsize=16,

@@ -22,11 +22,11 @@ def class_activation_maps(network, patches) -> tuple[np.ndarray, np.ndarray]:
     try:
         with torch.inference_mode():
             _, logits, _ = network(patches)
+            feature_maps = captured["maps"]  # (B, F, d, h, w)
+            weights = network.classification_head.weight  # (4, F)
+            maps = torch.einsum("cf,bfdhw->bcdhw", weights, feature_maps)  # (B, 4, d, h, w)
     finally:
         handle.remove()
-    feature_maps = captured["maps"]  # (B, F, d, h, w)
-    weights = network.classification_head.weight  # (4, F)
-    maps = torch.einsum("cf,bfdhw->bcdhw", weights, feature_maps)
     return maps.float().cpu().numpy(), torch.softmax(logits.float(), dim=1).cpu().numpy()
 
 
