@@ -17,6 +17,7 @@ from vfscreen import labels  # noqa: E402
 from vfscreen.conversion.faint_features import convert_original, convert_patches, main  # noqa: E402
 from vfscreen.dataset import image_path, label_path, list_cases, read_grades  # noqa: E402
 from vfscreen.errors import ConfigError  # noqa: E402
+from vfscreen.preprocessing.grader_crops import INDEX_COLUMNS, read_crops_index  # noqa: E402
 
 
 def check_original_conversion(folder: Path, source: Path, grades: dict):
@@ -95,10 +96,11 @@ def test_patches_become_crops_and_their_split_the_folds(tmp_path):
     archive = zip_folder(source, tmp_path / "processed_dataset.zip", prefix="dataset/")
     folder, table, folds, problems = convert_patches(archive, patch_size=16, preprocessed_root=tmp_path / "pre")
     assert problems.messages == [] and folder.name == "Dataset504_FaintFeaturesPatches"
-    crops = pd.read_csv(folder / "vfscreen_crops_3d" / "crops.csv", dtype={"case_id": str})
-    assert {"case_id", "label", "name", "grade", "fold", "truncated", "file"} <= set(crops.columns)
-    expected = {(image, label): (grade, 0 if kind == "test" else -1) for image, label, grade, kind in patches.values()}
-    assert {(r.case_id, r.label): (r.grade, r.fold) for r in crops.itertuples()} == expected
+    crops = read_crops_index(folder / "vfscreen_crops_3d")
+    assert set(INDEX_COLUMNS) <= set(crops.columns)
+    expected = {(image, label): (grade, 0 if kind == "test" else None) for image, label, grade, kind in patches.values()}
+    assert {(r.case_id, r.label): (r.grade, None if pd.isna(r.fold) else r.fold) for r in crops.itertuples()} == expected
+    assert json.loads((folder / "vfscreen_crops_3d" / "crop_plan.json").read_text())["crop"]["patch_size"] == [16] * 3
     for row in crops.itertuples():
         data = np.load(folder / "vfscreen_crops_3d" / row.file)
         assert data.dtype == np.float16 and data.ndim == 4 and data.shape[0] == 3

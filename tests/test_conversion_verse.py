@@ -66,7 +66,7 @@ def test_verse19_without_split_folders(tmp_path):
                                 root / "derivatives" / subject / f"{stem}_seg-vert_msk.nii.gz", expected[case_id])
     dataset_json = json.loads((folder / "dataset.json").read_text())
     assert dataset_json["numTraining"] == 2
-    assert dataset_json["vfscreen"]["subjects"] == {"verse004": "verse004", "verse401_split-verse253": "verse401"}
+    assert dataset_json["vfscreen"]["patients"] == {"verse004": "verse004", "verse401_split-verse253": "verse401"}
 
 
 def test_verse20_split_folders_pir_anisotropic_t13_l6_sacrum(tmp_path, capsys):
@@ -126,7 +126,7 @@ def test_bad_inputs_are_reported_one_by_one_and_the_rest_converted(tmp_path, cap
     sheet = write_csv(tmp_path / "grades.csv", "subject,label,grade",
                       ["verse001,T12,0", "verse001,L1,5", "verse001,L3,1", "verse999,L1,0", "verse003,L1,1",
                        "verse003,L1,2", "verse003,X9,1"])
-    folder, written, problems = convert_verse([root], sheet, raw_root=tmp_path / "raw")
+    folder, written, problems = convert_verse([root], sheet, raw_root=tmp_path / "raw", verify=False)
     text = "\n".join(problems.messages)
     assert "grade '5'" in text and "verse999" in text and "does not exist" in text
     assert "verse002" in text and "no vertebra mask" in text
@@ -171,3 +171,35 @@ def test_missing_layout_is_a_config_error(tmp_path):
     with pytest.raises(InputError, match="no 'grade' column"):
         convert_verse([root], write_csv(tmp_path / "bad.csv", "subject,label", ["verse001,L1"]),
                       raw_root=tmp_path / "raw")
+
+
+@pytest.mark.slow
+def test_planner_runs_on_a_converted_verse_dataset(tmp_path, session_home, monkeypatch):
+    """vfscreen_plan_and_preprocess on a converted (fake) VerSe dataset: plans, nnU-Net preprocessing, crops."""
+    from vfscreen.experiment_planning.cli import run
+
+    monkeypatch.setenv("nnUNet_n_proc_DA", "1")  # conftest's 0 makes nnU-Net's planner call set_num_threads(0)
+    from vfscreen.preprocessing.grader_crops import read_crops_index
+
+    root, rows = tmp_path / "verse", []
+    for number in range(6):
+        ct, mask = make_case((19, 20, 21), orientation=("RAS", "LPS", "PIR")[number % 3], seed=number)
+        write_verse_scan(root / ("03_test" if number == 5 else "01_training"), f"sub-verse{number:03d}", ct, mask)
+        rows += [f"verse{number:03d},T12,0", f"verse{number:03d},L1,{number % 4}"]
+    sheet = write_csv(tmp_path / "grades.csv", "subject,label,grade", rows)
+    folder, written, problems = convert_verse([root], sheet, dataset_id=595, verify=False)
+    assert folder.parent == Path(session_home) / "raw" and len(written) == 6
+    assert run(["-d", "595", "--device", "cpu", "-np", "1"]) == 0
+    crops = read_crops_index(Path(session_home) / "preprocessed" / folder.name / "vfscreen_crops_3d")
+    assert sorted(zip(crops.case_id, crops.label, crops.grade.astype(object).where(crops.grade.notna(), None))) == [
+        (f"verse{n:03d}", label, grade) for n in range(5) for label, grade in ((19, 0), (20, n % 4), (21, None))]
+
+
+def test_thin_cli_scripts_run(tmp_path):
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    for script in ("Dataset502_VerSe.py", "Dataset503_FaintFeatures.py"):
+        result = subprocess.run([sys.executable, str(root / "dataset_conversion" / script), "--help"],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0 and "--overwrite" in result.stdout

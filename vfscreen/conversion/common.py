@@ -244,7 +244,7 @@ def build_raw_dataset(final_folder: Path, sources: list[SourceCase], problems: P
                 for sub in ("images", "labels"):
                     (tmp_folder / f"{sub}{split}").mkdir(exist_ok=True)
             write_dataset_json(tmp_folder, final_folder.name, num_training, description,
-                               subjects={case.case_id: case.subject for case in written},
+                               patients={case.case_id: case.subject for case in written},
                                centroids_folder=CENTROIDS_FOLDER, centroid_coordinate_system=COORDINATE_SYSTEM,
                                background_verse_ids=BACKGROUND_VERSE_IDS, **(dataset_json_extra or {}))
             rows = [row for case in written for row in case.grade_rows]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import re
 import shutil
 import sys
@@ -285,8 +286,6 @@ def _default_crop_plan(patch_size: int) -> dict:
 def load_crop_plan(path: Path | None, patch_size: int) -> dict:
     """The crop plan for patches: a JSON file holding a crop plan or a whole vfscreenPlans.json, else the default
     (fit mode, margin 0, the standard windows, ``patch_size``^3)."""
-    import json
-
     from vfscreen.preprocessing.crops import validate_crop_plan
 
     if path is None:
@@ -340,7 +339,8 @@ def convert_patches(source: Path, dataset_id: int = DEFAULT_PATCH_DATASET_ID, cr
     import SimpleITK as sitk
     from tqdm import tqdm
 
-    from vfscreen.preprocessing.crops import CROP_ALGORITHM_VERSION, extract_vertebra_crops
+    from vfscreen.preprocessing.crops import extract_vertebra_crops
+    from vfscreen.preprocessing.grader_crops import CROP_PLAN_FILE, CROPS_INDEX, INDEX_COLUMNS, crop_plan_hash
     from vfscreen.utils.atomic import atomic_directory, atomic_save_npy, atomic_write_csv, atomic_write_json
     from vfscreen.utils.image_io import check_same_geometry, read_image
 
@@ -358,7 +358,7 @@ def convert_patches(source: Path, dataset_id: int = DEFAULT_PATCH_DATASET_ID, cr
         for case_id in fold["val"]:
             validation_fold.setdefault(case_id, number)
     available = set(tree.files)
-    rows, seen = [], set()
+    rows, seen, plan_hash = [], set(), crop_plan_hash(crop_plan)
     try:
         with atomic_directory(final_folder, overwrite=overwrite) as tmp_folder:
             crops_folder = tmp_folder / "vfscreen_crops_3d"
@@ -387,18 +387,23 @@ def convert_patches(source: Path, dataset_id: int = DEFAULT_PATCH_DATASET_ID, cr
                     continue
                 seen.add((case_id, verse_id))
                 file_name = f"{case_id}_{verse_id:02d}.npy"
-                atomic_save_npy(crops_folder / file_name, crop.data.astype(np.float16))
-                rows.append({"case_id": case_id, "label": verse_id, "name": labels.name_of(verse_id), "grade": grade,
-                             "fold": validation_fold.get(case_id, -1), "truncated": False, "file": file_name,
-                             "source_file": name})
+                atomic_save_npy(crops_folder / file_name, crop.data.astype(crop_plan.get("storage_dtype", "float16")))
+                rows.append({  # the columns of vfscreen.preprocessing.grader_crops' crops.csv (+ source_file)
+                    "case_id": case_id, "label": verse_id, "name": labels.name_of(verse_id), "grade": grade,
+                    "fold": validation_fold.get(case_id), "truncated": False,  # the patch is the vertebra's box
+                    "bbox": json.dumps([list(b) for b in crop.bbox_index]),
+                    "crop_spacing_mm": round(crop.spacing_mm[0], 6), "shape": json.dumps(list(crop.shape)),
+                    "file": file_name, "centroid_mm": json.dumps([round(v, 3) for v in crop.centroid_mm]),
+                    "voxel_count": crop.voxel_count, "plan_hash": plan_hash, "source_file": name})
             if not rows:
                 raise InputError(f"{tree.path}: no usable patch; nothing was written (see the problems above)")
-            table = pd.DataFrame(rows)
-            atomic_write_csv(crops_folder / "crops.csv", table)
-            atomic_write_json(crops_folder / "crop_plan.json", {
-                "crop_plan": crop_plan, "crop_algorithm_version": CROP_ALGORITHM_VERSION,
-                "source": "Faint-Features processed patches (margin 0: the authors' patches are the vertebra's box)",
-                "folds": [fold["tag"] for fold in folds]})
+            table = pd.DataFrame(rows, columns=list(INDEX_COLUMNS) + ["source_file"])
+            table["fold"] = table["fold"].astype("Int64")  # empty = in no validation set
+            atomic_write_json(crops_folder / CROP_PLAN_FILE, {
+                "dataset_name": final_folder.name, "configuration": "3d", "plan_hash": plan_hash, "crop": crop_plan,
+                "source": "Faint-Features processed patches (margin 0: each patch is its vertebra's box)",
+                "fold_tags": [fold["tag"] for fold in folds]})
+            atomic_write_csv(crops_folder / CROPS_INDEX, table)
             usable = set(table.case_id)
             atomic_write_json(tmp_folder / "splits_final.json", [
                 {"train": sorted(fold["train"] & usable), "val": sorted(fold["val"] & usable)} for fold in folds])
