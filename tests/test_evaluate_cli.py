@@ -230,3 +230,57 @@ def test_cross_validation_pools_folds_and_fits_fusion(session_home, capsys):
     assert result["metrics"]["segmentation"]["identification_rate"]["value"] is None
     fitted = fusion.load_fusion(model / "fusion.json")
     assert fitted["fitted_on"]["folds"] == [0, 1] and fitted["thresholds"]["grader"] is not None
+
+
+def test_cross_validation_reads_the_grader_table_and_measures_morphometry(session_home):
+    """predictions.csv exactly as the grader writes it (p_G0..p_G3, no genant_ratio): the Genant ratio is measured
+    on the reference masks by the prediction's morphometry code; single fold -> cross-fitting reported as unavailable."""
+    from vfscreen.evaluation.evaluate import evaluate_cross_validation
+    from vfscreen.training.grader.validation import predictions_table
+
+    dataset = "Dataset588_EvalGraderTable"
+    raw = session_home / "raw" / dataset
+    cases = ["g0", "g1", "g2"]
+    for case_id in cases:
+        array = np.zeros((20, 10, 8), dtype=np.uint8)
+        array[6:10, 2:8, 2:6] = L1  # a box: heights equal, ratio 1 (not touching the border)
+        array[11:15, 2:8, 2:6] = L2
+        write_image(raw / "labelsTr" / f"{case_id}.nii.gz", labels.verse_to_class(array))
+    (raw / "dataset.json").write_text(json.dumps({"vfscreen": {"verse_ids": labels.verse_ids_dict()}}))
+    grades = pd.DataFrame([(c, label, 1 if (c, label) == ("g1", L2) else 0) for c in cases for label in (L1, L2)],
+                          columns=["case_id", "label", "grade"])
+    grades.to_csv(raw / "grades.csv", index=False)
+    (session_home / "preprocessed" / dataset).mkdir(parents=True)
+    (session_home / "preprocessed" / dataset / "splits_final.json").write_text(
+        json.dumps([{"train": [], "val": cases}]))
+    rows = grades.assign(truncated=False)
+    probabilities = np.array([[0.9, 0.05, 0.03, 0.02] if g == 0 else [0.3, 0.4, 0.2, 0.1] for g in rows["grade"]])
+    validation = session_home / "results" / dataset / "vfscreen_grader__vfscreenPlans__3d" / "fold_0" / "validation"
+    validation.mkdir(parents=True)
+    predictions_table(rows, probabilities).to_csv(validation / "predictions.csv", index=False)
+    result = evaluate_cross_validation(588, "3d", n_bootstrap=0, progress=False)
+    assert "measured on the reference masks" in result["morphometry"]
+    table = pd.DataFrame(result["vertebrae"])
+    assert np.allclose(table["genant_ratio"], 1.0, atol=0.05)  # boxes: equal heights
+    assert (table["morph_grade"] == 0).all()
+    grader = result["metrics"]["classification"]["vertebra"]["grader"]
+    assert grader["auroc"]["value"] == 1.0 and grader["argmax"]["sensitivity"]["value"] == 1.0
+    assert grader["validation_threshold"]["sensitivity"]["value"] is None
+    assert "2 folds" in grader["validation_threshold"]["sensitivity"]["reason"]
+    assert result["metrics"]["classification"]["vertebra"]["fused"]["auroc"]["value"] is None
+    # morphometry: every box has ratio ~1 -> AUROC defined (scores exist), but the Genant rule finds no fracture
+    morph = result["metrics"]["classification"]["vertebra"]["morphometry"]
+    assert morph["genant_rule"]["sensitivity"]["value"] == 0.0
+
+
+def test_not_graded_vertebra_counts_as_g0(reference, predictions):
+    record = json.loads((predictions / "caseA.json").read_text())
+    record["vertebrae"][2].update({"grade": None, "probabilities": None, "p_fracture": None})  # L3, grade 1
+    (predictions / "caseA.json").write_text(json.dumps(record))
+    result = evaluate_predictions(reference, predictions, n_bootstrap=0, progress=False)
+    assert result["cases"]["matched_not_graded"] == ["caseA:L3"]
+    row = result["vertebrae"][2]
+    assert row["matched"] and not row["graded"] and row["predicted_grade"] == 0 and row["score_grader"] == 0.0
+    assert row["genant_ratio"] == pytest.approx(0.78)  # morphometry still reported
+    grader = result["metrics"]["classification"]["vertebra"]["grader"]
+    assert grader["argmax"]["sensitivity"]["value"] == pytest.approx(1 / 3, abs=1e-12)

@@ -49,8 +49,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _plans_of_model(dataset, configuration, plans_name) -> dict | None:
-    folder = evaluate.grader_model_folder(evaluate.resolve_dataset_name(dataset), configuration, plans_name)
+def _plans_of_model(args, result: dict) -> dict | None:
+    """The grader's plans (for the FE / Loss / Optimizer columns): from -d/-c, else from the model folder named in
+    the prediction JSONs."""
+    if args.dataset:
+        folder = evaluate.grader_model_folder(evaluate.resolve_dataset_name(args.dataset), args.configuration,
+                                              args.plans)
+    else:
+        grader = (result.get("model") or {}).get("grader")
+        folder = grader.get("folder") if isinstance(grader, dict) else None
+        if not isinstance(folder, str):
+            return None
+        folder = Path(folder)
     for plans_file in sorted(folder.glob("fold_*/plans.json")):
         try:
             return json.loads(plans_file.read_text())
@@ -68,12 +78,10 @@ def run(args: argparse.Namespace) -> dict:
             raise ConfigError("--cv needs -d DATASET [-c CONFIGURATION] and no -ref/-pred")
         result = evaluate.evaluate_cross_validation(args.dataset, args.configuration, folds=args.folds,
                                                     plans_name=args.plans, n_bootstrap=args.bootstrap,
-                                                    seed=args.seed, progress=progress)
+                                                    seed=args.seed, fit_fusion=args.fit_fusion, progress=progress)
         output = Path(args.output) if args.output else Path(result["model_folder"]) / "cv_metrics.json"
-        if args.fit_fusion:
-            path = evaluate.fit_fusion_for_model(args.dataset, args.configuration, folds=args.folds,
-                                                 plans_name=args.plans)
-            print(f"fusion model written: {path}")
+        if result["fusion"].get("saved"):
+            print(f"fusion model written: {result['fusion']['saved']}")
     else:
         if not (args.reference and args.prediction):
             raise ConfigError("give -ref REFERENCE -pred PREDICT_OUTPUT, or -d DATASET -c CONFIGURATION --cv")
@@ -90,8 +98,8 @@ def run(args: argparse.Namespace) -> dict:
                                                n_bootstrap=args.bootstrap, seed=args.seed,
                                                max_distance_mm=args.max_distance_mm, progress=progress)
         output = Path(args.output) if args.output else Path(args.prediction) / "metrics.json"
-    plans = _plans_of_model(args.dataset, args.configuration, args.plans) if args.dataset else None
-    print(format_result(result, describe_method(plans, args.configuration),
+    configuration = (result.get("model") or {}).get("configuration") or args.configuration
+    print(format_result(result, describe_method(_plans_of_model(args, result), configuration),
                         dataset_label=result.get("dataset") or (Path(args.reference).name if args.reference else None)))
     atomic_write_json(output, result)
     print(f"metrics written: {output}")

@@ -24,12 +24,13 @@ from tqdm import tqdm
 
 import vfscreen
 from vfscreen import genant, labels
-from vfscreen.dataset import GRADES_FILE, raw_dataset_folder, read_grades, resolve_dataset_name
+from vfscreen.dataset import GRADES_FILE, label_path, raw_dataset_folder, read_grades, resolve_dataset_name
 from vfscreen.errors import ConfigError, InputError
 from vfscreen.evaluation import fusion as fusion_module
 from vfscreen.evaluation.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, attach_intervals, bootstrap_intervals
-from vfscreen.evaluation.inputs import (load_prediction_folder, load_reference, read_prediction_segmentation,
-                                        read_reference_mask, read_validation_predictions)
+from vfscreen.evaluation.inputs import (load_prediction_folder, load_reference, masks_use_class_ids,
+                                        read_prediction_segmentation, read_reference_mask,
+                                        read_validation_predictions)
 from vfscreen.evaluation.matching import MAX_CENTROID_DISTANCE_MM, match_case, segmentation_metrics
 from vfscreen.evaluation.metrics import compute_metrics, undefined
 from vfscreen.paths import nnUNet_preprocessed, nnUNet_results
@@ -53,22 +54,27 @@ def fusion_path(dataset: str | int, configuration: str, plans_name: str = DEFAUL
 # ---------------------------------------------------------------------------------------------------------------
 
 def grading_row(case_id: str, label: int, grade: int, prediction: dict | None) -> dict:
-    """``prediction``: dict with probabilities (4,), predicted_grade, p_fracture, genant_ratio, morph_grade; None
-    = missed (scored as predicted G0, every fracture score 0)."""
+    """``prediction``: dict with probabilities (4,) (None: matched but not graded), predicted_grade, p_fracture,
+    genant_ratio, morph_grade; None = missed. Missed and not-graded vertebrae are scored as predicted G0 with
+    P(fracture) 0 (they count against the method); a missed vertebra also has morphometric score 0."""
     row = {"case_id": case_id, "label": int(label), "name": labels.name_of(label), "grade": int(grade),
-           "matched": prediction is not None}
+           "matched": prediction is not None,
+           "graded": prediction is not None and prediction.get("probabilities") is not None}
+    not_graded = {"predicted_grade": 0, "p_g0": 1.0, "p_g1": 0.0, "p_g2": 0.0, "p_g3": 0.0, "score_grader": 0.0}
     if prediction is None:
-        return {**row, "predicted_grade": 0, "p_g0": 1.0, "p_g1": 0.0, "p_g2": 0.0, "p_g3": 0.0,
-                "score_grader": 0.0, "genant_ratio": math.nan, "morph_grade": 0.0, "score_morph": 0.0}
-    probabilities = np.asarray(prediction["probabilities"], dtype=float)
+        return {**row, **not_graded, "genant_ratio": math.nan, "morph_grade": 0.0, "score_morph": 0.0}
     ratio = float(prediction["genant_ratio"])
     morph_grade = float(prediction["morph_grade"])
     if not math.isfinite(morph_grade) and math.isfinite(ratio):
         morph_grade = float(genant.grade_from_reduction(1.0 - ratio))
+    morphometry = {"genant_ratio": ratio, "morph_grade": morph_grade,
+                   "score_morph": 1.0 - ratio if math.isfinite(ratio) else math.nan}
+    if not row["graded"]:  # matched, but the grader did not grade it: counts as G0 with P(fracture) 0
+        return {**row, **not_graded, **morphometry}
+    probabilities = np.asarray(prediction["probabilities"], dtype=float)
     return {**row, "predicted_grade": int(prediction["predicted_grade"]),
             **{f"p_g{g}": float(probabilities[g]) for g in range(4)},
-            "score_grader": float(prediction["p_fracture"]), "genant_ratio": ratio, "morph_grade": morph_grade,
-            "score_morph": 1.0 - ratio if math.isfinite(ratio) else math.nan}
+            "score_grader": float(prediction["p_fracture"]), **morphometry}
 
 
 def _apply_fusion_model(table: pd.DataFrame, model: dict | None, missing_reason: str) -> dict[str, str]:
@@ -78,9 +84,9 @@ def _apply_fusion_model(table: pd.DataFrame, model: dict | None, missing_reason:
     if model is None:
         return {"fused": missing_reason, **{f"threshold_{m}": missing_reason for m in fusion_module.THRESHOLD_METHODS}}
     if not table.empty:
-        matched = table["matched"].to_numpy(dtype=bool)
+        graded = table["graded"].to_numpy(dtype=bool)
         fused = fusion_module.fused_probability(model, table["score_grader"], table["genant_ratio"])
-        table["score_fused"] = np.where(matched, fused, 0.0)
+        table["score_fused"] = np.where(graded, fused, 0.0)
     reasons = {}
     for method, column in (("grader", "threshold_grader"), ("morphometry", "threshold_morph"),
                            ("fused", "threshold_fused")):
@@ -134,6 +140,12 @@ def _resolve_fusion(fusion, predictions) -> tuple[dict | None, str]:
         if isinstance(embedded, dict):
             return fusion_module.validate_fusion(embedded, f"{case.json_path}: model.fusion"), \
                 f"{case.json_path} (model.fusion)"
+    for case in predictions.values():  # the grader model folder the predictions were made with
+        grader = case.model.get("grader")
+        if isinstance(grader, dict) and isinstance(grader.get("folder"), str):
+            candidate = Path(grader["folder"]) / fusion_module.FUSION_FILE
+            if candidate.is_file():
+                return fusion_module.load_fusion(candidate), str(candidate)
     return None, ""
 
 
@@ -143,7 +155,8 @@ def evaluate_predictions(reference: str | Path, prediction_folder: str | Path, *
                          progress: bool = True) -> dict:
     """Compare ``vfscreen_predict`` outputs with reference masks + grades.csv (see inputs.py for the reference
     layout). ``fusion``: a fusion.json path or dict giving the fused score and the validation thresholds (default:
-    ``model.fusion`` of the prediction JSONs, else those metrics are reported as unavailable)."""
+    ``model.fusion`` of the prediction JSONs, else fusion.json in the grader folder named by their
+    ``model.grader.folder``, else those metrics are reported as unavailable)."""
     ref = load_reference(reference, split)
     predictions, failed = load_prediction_folder(prediction_folder)
     common = sorted(set(ref.masks) & set(predictions))
@@ -199,6 +212,8 @@ def evaluate_predictions(reference: str | Path, prediction_folder: str | Path, *
                         "failed_in_prediction": {c: failed[c] for c in missing if c in failed},
                         "without_reference": sorted(set(predictions) - set(ref.masks)),
                         "grades_without_mask": grades_without_mask,
+                        "matched_not_graded": [f"{r['case_id']}:{r['name']}" for r in grading_rows
+                                               if r["matched"] and not r["graded"]],
                         "grades_of_cases_without_mask": ref.ignored_grade_cases,
                         "reference_masks": "nnU-Net class ids" if ref.class_ids else "VerSe ids",
                         "grades_file": str(ref.grades_path)},
@@ -207,6 +222,7 @@ def evaluate_predictions(reference: str | Path, prediction_folder: str | Path, *
                                    "reference vertebrae are missed (scored G0, P(fracture) 0), unmatched predicted "
                                    "vertebrae are extra"},
               "fusion": {"source": fusion_source or None, "thresholds": (fusion_model or {}).get("thresholds")},
+              "model": next((case.model for case in predictions.values() if case.model), {}),
               "per_case": per_case}
     tables = {"grading": grading,
               "vertebrae": pd.DataFrame(vertebra_rows, columns=["case_id", "label", "name", "identified",
@@ -267,8 +283,29 @@ def _uses_truncated(model_folder: Path, fold_files: dict[int, Path], configurati
     return True
 
 
+def measure_reference_morphometry(dataset_name: str, case_ids, progress: bool = True) -> dict[tuple, tuple]:
+    """(case, VerSe id) -> (genant_ratio, morph_grade) measured by vfscreen.inference.morphometry (the code prediction
+    runs) on the reference masks labelsTr/<case>.nii.gz; vertebrae it cannot measure (truncated) are left out."""
+    import SimpleITK as sitk
+
+    from vfscreen.inference.morphometry import measure_vertebrae
+
+    raw = raw_dataset_folder(dataset_name)
+    class_ids = masks_use_class_ids(raw)
+    measured = {}
+    for case_id in tqdm(sorted(case_ids), desc="morphometry of reference masks", disable=not progress, leave=False):
+        path = label_path(raw, case_id, "Tr")
+        if not path.is_file():
+            continue
+        mask = read_reference_mask(path, class_ids)
+        for label, result in measure_vertebrae(sitk.GetArrayFromImage(mask), mask).items():
+            if result.genant_ratio is not None:
+                measured[(case_id, int(label))] = (float(result.genant_ratio), float(result.morph_grade))
+    return measured
+
+
 def cross_validation_table(dataset: str | int, configuration: str = "3d", folds=None,
-                           plans_name: str = DEFAULT_PLANS) -> tuple[pd.DataFrame, dict]:
+                           plans_name: str = DEFAULT_PLANS, progress: bool = True) -> tuple[pd.DataFrame, dict]:
     """Pooled validation predictions of the grader folds against grades.csv: the evaluation table with a ``fold``
     column (not yet fused) and a description of cases/vertebrae that were missing, extra or excluded."""
     dataset_name = resolve_dataset_name(dataset)
@@ -289,6 +326,14 @@ def cross_validation_table(dataset: str | int, configuration: str = "3d", folds=
         first = predictions[duplicated].iloc[0]
         raise InputError(f"vertebra {labels.name_of(first.label)} of case {first.case_id} is predicted by more than "
                          "one fold's validation/predictions.csv; the folds must not overlap")
+    morphometry_source = "genant_ratio of the validation predictions"
+    if not np.isfinite(predictions["genant_ratio"].to_numpy(dtype=float)).any():
+        measured = measure_reference_morphometry(dataset_name, set(predictions["case_id"]), progress)
+        keys = list(zip(predictions["case_id"], predictions["label"].astype(int)))
+        predictions["genant_ratio"] = [measured.get(key, (math.nan, math.nan))[0] for key in keys]
+        predictions["morph_grade"] = [measured.get(key, (math.nan, math.nan))[1] for key in keys]
+        morphometry_source = ("measured on the reference masks by vfscreen.inference.morphometry (predictions.csv "
+                              f"has no genant_ratio); {len(measured)} vertebrae measured")
     by_key = {(row.case_id, int(row.label)): row for row in predictions.itertuples(index=False)}
     rows, folds_of_rows = [], []
     for case_id, label, grade in zip(reference["case_id"], reference["label"], reference["grade"]):
@@ -307,7 +352,7 @@ def cross_validation_table(dataset: str | int, configuration: str = "3d", folds=
     reference_keys = set(zip(reference["case_id"], reference["label"].astype(int)))
     predicted_cases = set(predictions["case_id"])
     info = {"dataset": dataset_name, "configuration": configuration, "model_folder": str(model_folder),
-            "folds": list(fold_files),
+            "folds": list(fold_files), "morphometry": morphometry_source,
             "cases": {"num_reference": len(case_fold), "num_evaluated": len(set(case_fold) & predicted_cases),
                       "missing_predictions": sorted(set(case_fold) - predicted_cases),
                       "without_reference": sorted(predicted_cases - set(case_fold)),
@@ -325,30 +370,38 @@ def cross_validation_table(dataset: str | int, configuration: str = "3d", folds=
 
 def evaluate_cross_validation(dataset: str | int, configuration: str = "3d", *, folds=None,
                               plans_name: str = DEFAULT_PLANS, n_bootstrap: int = DEFAULT_RESAMPLES,
-                              seed: int = DEFAULT_SEED, progress: bool = True) -> dict:
+                              seed: int = DEFAULT_SEED, fit_fusion: bool = False, progress: bool = True) -> dict:
     """Pool the folds' validation predictions; fused score and validation thresholds are cross-fitted (each fold's
-    from the other folds), so nothing is tuned on the vertebrae it is evaluated on."""
-    table, info = cross_validation_table(dataset, configuration, folds, plans_name)
+    from the other folds), so nothing is tuned on the vertebrae it is evaluated on. ``fit_fusion``: also fit the
+    fusion model on all folds and save it as fusion.json in the grader model folder (``fusion.saved`` in the result).
+    """
+    table, info = cross_validation_table(dataset, configuration, folds, plans_name, progress)
+    saved = _fit_and_save_fusion(table, info, plans_name) if fit_fusion else None
     fitted, reasons = fusion_module.cross_fitted(table["grade"].to_numpy(), table["score_grader"].to_numpy(),
                                                  table["genant_ratio"].to_numpy(), table["fold"].to_numpy())
     for column, values in fitted.items():
         table[column] = values
-    table.loc[~table["matched"], "score_fused"] = 0.0
+    table.loc[~table["graded"], "score_fused"] = 0.0
     header = {"mode": "cross_validation", **info,
               "fusion": {"source": "cross-fitted: each fold's fused score and thresholds are fitted on the other "
-                                   "folds' validation predictions"}}
+                                   "folds' validation predictions", "saved": str(saved) if saved else None}}
     return _finish(header, {"grading": table}, reasons, False, n_bootstrap, seed, progress)
 
 
-def fit_fusion_for_model(dataset: str | int, configuration: str = "3d", *, folds=None,
-                         plans_name: str = DEFAULT_PLANS) -> Path:
-    """Fit the fusion model + validation thresholds on all folds' validation predictions and save fusion.json in
-    the grader model folder (where vfscreen_predict loads it)."""
-    table, info = cross_validation_table(dataset, configuration, folds, plans_name)
-    matched = table[table["matched"]]
-    model = fusion_module.fit_fusion(matched["grade"].to_numpy(), matched["score_grader"].to_numpy(),
-                                     matched["genant_ratio"].to_numpy(),
-                                     fitted_on={"dataset": info["dataset"], "configuration": configuration,
+def _fit_and_save_fusion(table: pd.DataFrame, info: dict, plans_name: str) -> Path:
+    graded = table[table["graded"]]
+    model = fusion_module.fit_fusion(graded["grade"].to_numpy(), graded["score_grader"].to_numpy(),
+                                     graded["genant_ratio"].to_numpy(),
+                                     fitted_on={"dataset": info["dataset"], "configuration": info["configuration"],
                                                 "plans": plans_name, "folds": info["folds"],
-                                                "predictions": "validation/predictions.csv of each fold"})
+                                                "predictions": "validation/predictions.csv of each fold",
+                                                "morphometry": info["morphometry"]})
     return fusion_module.save_fusion(model, Path(info["model_folder"]) / fusion_module.FUSION_FILE)
+
+
+def fit_fusion_for_model(dataset: str | int, configuration: str = "3d", *, folds=None,
+                         plans_name: str = DEFAULT_PLANS, progress: bool = True) -> Path:
+    """Fit the fusion model + validation thresholds on all folds' validation predictions and save fusion.json in
+    the grader model folder (where prediction can load it)."""
+    table, info = cross_validation_table(dataset, configuration, folds, plans_name, progress)
+    return _fit_and_save_fusion(table, info, plans_name)

@@ -40,7 +40,8 @@ class Reference:
     ignored_grade_cases: list[str] = field(default_factory=list)
 
 
-def _has_vfscreen_dataset_json(folder: Path) -> bool:
+def masks_use_class_ids(folder: Path) -> bool:
+    """True when ``folder`` has a dataset.json with a "vfscreen" entry (masks in nnU-Net class ids)."""
     path = folder / "dataset.json"
     if not path.is_file():
         return False
@@ -83,7 +84,7 @@ def load_reference(reference: str | Path, split: str | None = None) -> Reference
                           + (f" in labels{split or 'Ts/labelsTr'}" if is_dataset else ""))
     grades = read_grades(grades_path)
     in_reference = grades["case_id"].isin(masks.keys())
-    return Reference(masks=masks, class_ids=_has_vfscreen_dataset_json(dataset_folder),
+    return Reference(masks=masks, class_ids=masks_use_class_ids(dataset_folder),
                      grades=grades[in_reference].reset_index(drop=True), grades_path=grades_path,
                      ignored_grade_cases=sorted(set(grades.loc[~in_reference, "case_id"])))
 
@@ -136,8 +137,9 @@ def _optional_float(value, source, name) -> float:
 
 
 def parse_prediction_vertebra(record: dict, source: str) -> dict:
-    """One vertebra of a prediction JSON as a flat dict with label (VerSe id), probabilities (4,), predicted_grade,
-    p_fracture, genant_ratio (NaN if not measured), morph_grade (NaN), centroid_mm ((3,) or None)."""
+    """One vertebra of a prediction JSON as a flat dict with label (VerSe id), graded (False when the grader did not
+    grade it: probabilities null, e.g. cut by the field of view), probabilities (4,) or None, predicted_grade or None,
+    p_fracture (NaN if not graded), genant_ratio (NaN if not measured), morph_grade (NaN), centroid_mm ((3,) or None)."""
     if not isinstance(record, dict) or "label" not in record:
         raise InputError(f"{source}: every vertebra needs a \"label\"")
     try:
@@ -146,20 +148,25 @@ def parse_prediction_vertebra(record: dict, source: str) -> dict:
         raise InputError(f"{source}: {error}") from None
     where = f"{source}, vertebra {labels.name_of(label)}"
     if "probabilities" not in record:
-        raise InputError(f"{where}: \"probabilities\" missing")
-    probabilities = _probabilities(record["probabilities"], where)
-    grade = record.get("grade")
-    predicted_grade = int(np.argmax(probabilities)) if grade is None else int(_optional_float(grade, where, "grade"))
-    if predicted_grade not in (0, 1, 2, 3):
-        raise InputError(f"{where}: grade {grade!r} is outside 0-3")
-    p_fracture = record.get("p_fracture")
-    p_fracture = 1.0 - probabilities[0] if p_fracture is None else _optional_float(p_fracture, where, "p_fracture")
+        raise InputError(f"{where}: \"probabilities\" missing (null for a vertebra that was not graded)")
+    graded = record["probabilities"] is not None
+    probabilities, predicted_grade, p_fracture = None, None, float("nan")
+    if graded:
+        probabilities = _probabilities(record["probabilities"], where)
+        grade = record.get("grade")
+        predicted_grade = int(np.argmax(probabilities)) if grade is None else \
+            int(_optional_float(grade, where, "grade"))
+        if predicted_grade not in (0, 1, 2, 3):
+            raise InputError(f"{where}: grade {grade!r} is outside 0-3")
+        p_fracture = record.get("p_fracture")
+        p_fracture = 1.0 - probabilities[0] if p_fracture is None else \
+            _optional_float(p_fracture, where, "p_fracture")
     centroid = record.get("centroid_mm")
     if centroid is not None:
         centroid = np.asarray([_optional_float(c, where, "centroid_mm") for c in centroid], dtype=float)
         if centroid.shape != (3,) or not np.all(np.isfinite(centroid)):
             raise InputError(f"{where}: centroid_mm must be 3 finite numbers")
-    return {"label": label, "probabilities": probabilities, "predicted_grade": predicted_grade,
+    return {"label": label, "graded": graded, "probabilities": probabilities, "predicted_grade": predicted_grade,
             "p_fracture": p_fracture,
             "genant_ratio": _optional_float(record.get("genant_ratio"), where, "genant_ratio"),
             "morph_grade": _optional_float(record.get("morph_grade"), where, "morph_grade"),
@@ -231,8 +238,9 @@ def read_prediction_segmentation(path: Path) -> sitk.Image:
 # grader validation predictions (contract 4): fold_k/validation/predictions.csv
 # ---------------------------------------------------------------------------------------------------------------
 
-# Accepted spellings; the canonical columns are case_id,label,grade,predicted_grade,p_g0,p_g1,p_g2,p_g3
-# [,p_fracture,genant_ratio,morph_grade].
+# Accepted spellings (case-insensitive); the grader writes case_id,label,name,grade,predicted_grade,p_G0..p_G3,
+# p_fracture,truncated; genant_ratio and morph_grade are optional (evaluation measures them on the reference masks
+# when they are absent).
 _TRUE_GRADE_COLUMNS = ("grade", "true_grade", "grade_true", "target")
 _PREDICTED_GRADE_COLUMNS = ("predicted_grade", "pred_grade", "grade_pred", "prediction")
 _PROBABILITY_PREFIXES = ("p_g", "prob_g", "probability_g", "p_", "prob_", "probability_", "p")
@@ -248,6 +256,7 @@ def read_validation_predictions(path: Path, fold: int) -> pd.DataFrame:
     for column in ("case_id", "label"):
         if column not in table.columns:
             raise InputError(f"{path}: column {column!r} missing")
+    table.columns = [str(c).strip().lower() for c in table.columns]  # p_G0 and p_g0 alike
     prefix = next((p for p in _PROBABILITY_PREFIXES if all(f"{p}{g}" in table.columns for g in range(4))), None)
     if prefix is None and "probabilities" in table.columns:
         probabilities = np.asarray([_probabilities(json.loads(v), f"{path}, row {i + 2}")

@@ -11,6 +11,8 @@ Input of :func:`compute_metrics` is the *evaluation table*, one row per graded r
     grade            reference Genant grade 0-3
     matched          True when a predicted vertebra was matched to it; a missed vertebra is scored as predicted G0
                      with every fracture score 0 (it counts against the method)
+    graded           True when the matched vertebra was graded by the grader (not graded, e.g. cut by the field of
+                     view: scored as predicted G0 with P(fracture) 0 as well)
     predicted_grade  grader's argmax grade 0-3
     morph_grade      morphometric Genant grade 0-3 (NaN: not measured, e.g. truncated -> counted as G0)
     score_grader     grader's P(fracture) = 1 - P(G0)
