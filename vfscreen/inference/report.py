@@ -24,6 +24,7 @@ GRADE_COLOURS = {0: "#2ca02c", 1: "#f2d50f", 2: "#ff7f0e", 3: "#d62728", None: "
 GRADE_LABELS = {0: "G0 normal", 1: "G1 mild", 2: "G2 moderate", 3: "G3 severe", None: "not graded"}
 DISPLAY_WINDOW_HU = (-250.0, 1250.0)  # bone-friendly window that still shows soft tissue
 MAX_PIXELS = 700
+LABEL_CONFIDENCE_WARNING = 0.8  # names with a lower posterior get a '?'
 AIR_HU = -1024.0
 
 
@@ -50,7 +51,7 @@ def spine_curve(vertebrae: list[dict], morphometry: dict, image: sitk.Image):
 
 
 def curved_sagittal(image: sitk.Image, verse_map: np.ndarray, curve_z, curve_x, centre_y: float,
-                    half_depth_mm: float = 110.0):
+                    half_depth_mm: float = 90.0):
     """Sample CT and labels on the curved surface. Returns (ct (R, C), labels (R, C), extent for imshow, pixel)."""
     low, high = _world_bounds(image)
     y_low, y_high = max(low[1], centre_y - half_depth_mm), min(high[1], centre_y + half_depth_mm)
@@ -88,9 +89,11 @@ def render_report(path, image: sitk.Image, verse_map: np.ndarray, case_json: dic
     width_mm, height_mm = extent[1] - extent[0], extent[3] - extent[2]
     image_height_in = 9.0
     image_width_in = max(3.0, image_height_in * width_mm / max(height_mm, 1.0))
-    figure = plt.figure(figsize=(image_width_in + 3.6, image_height_in + 1.4), dpi=100)
-    axes = figure.add_axes((0.07, 0.06, 0.95 * image_width_in / (image_width_in + 3.6), image_height_in / (image_height_in
-                                                                                                   + 1.4)))
+    text_column_in, total_height_in = 3.4, image_height_in + 1.4
+    total_width_in = image_width_in + text_column_in + 0.6
+    figure = plt.figure(figsize=(total_width_in, total_height_in), dpi=100)
+    axes = figure.add_axes((text_column_in / total_width_in, 0.06, image_width_in / total_width_in,
+                            image_height_in / total_height_in))
     axes.imshow(ct, cmap="gray", vmin=DISPLAY_WINDOW_HU[0], vmax=DISPLAY_WINDOW_HU[1], extent=extent,
                 origin="upper", interpolation="bilinear")
     ys = np.linspace(extent[0], extent[1], ct.shape[1])
@@ -102,39 +105,47 @@ def render_report(path, image: sitk.Image, verse_map: np.ndarray, case_json: dic
         if mask.any():
             axes.contour(ys, zs, mask.astype(float), levels=[0.5], colors=[colour], linewidths=1.8,
                          linestyles="dashed" if vertebra["truncated"] else "solid")
-            rows, columns = np.nonzero(mask)
-            anchor = (ys[columns].max(), float(np.median(zs[rows])))
-        else:
-            anchor = (float(np.clip(vertebra["centroid_mm"][1], extent[0], extent[1])), vertebra["centroid_mm"][2])
         measured = morphometry.get(vertebra["label"])
+        centre = measured.body_centroid_mm if measured is not None and measured.body_centroid_mm is not None \
+            else np.asarray(vertebra["centroid_mm"])
+        anchor = (float(np.clip(centre[1], extent[0], extent[1])), float(centre[2]))
+        if mask.any():  # the leader line ends at the anterior wall, in the row of the body centre
+            row = int(np.argmin(np.abs(zs - anchor[1])))
+            columns = np.nonzero(mask[row])[0]
+            if len(columns):
+                anchor = (float(ys[columns.min()]), anchor[1])
         if measured is not None and measured.height_endpoints_mm is not None:
             for top, bottom in measured.height_endpoints_mm:
                 axes.plot([top[1], bottom[1]], [top[2], bottom[2]], color="white", linewidth=0.8, alpha=0.9)
         grade_text = f"G{vertebra['grade']}" if vertebra["grade"] is not None else "--"
         p_text = f"P {vertebra['p_fracture']:.2f}" if vertebra["p_fracture"] is not None else "truncated"
         morph_text = f"  h {vertebra['genant_ratio']:.2f}" if vertebra["genant_ratio"] is not None else ""
-        text_items.append((anchor, f"{vertebra['name']:>3}  {grade_text}  {p_text}{morph_text}", colour))
-    # labels in the right margin, spread so they never overlap, with a leader line to the vertebra
+        unsure = vertebra["label_confidence"] is not None and vertebra["label_confidence"] < LABEL_CONFIDENCE_WARNING
+        name = f"{vertebra['name']}?" if unsure else vertebra["name"]
+        text_items.append((anchor, f"{name:>4}  {grade_text}  {p_text}{morph_text}", colour))
+    # labels in the left (anterior) margin, spread so they never overlap, with a leader line to the vertebra
     min_gap = height_mm * 0.028
     placed = []
     for anchor, text, colour in sorted(text_items, key=lambda item: -item[0][1]):
         z_text = anchor[1] if not placed else min(anchor[1], placed[-1] - min_gap)
         placed.append(z_text)
-        axes.annotate(text, xy=anchor, xytext=(extent[1] + 0.03 * width_mm, z_text), textcoords="data",
-                      color=colour, fontsize=10, fontweight="bold", fontfamily="monospace", va="center",
+        axes.annotate(text, xy=anchor, xytext=(extent[0] - 0.03 * width_mm, z_text), textcoords="data",
+                      color=colour, fontsize=10, fontweight="bold", fontfamily="monospace", va="center", ha="right",
                       annotation_clip=False,
                       arrowprops=dict(arrowstyle="-", color=colour, linewidth=0.8, alpha=0.8))
     axes.set_xlim(extent[0], extent[1])
     axes.set_ylim(extent[2], extent[3])
     axes.set_xlabel("anterior  <-  mm  ->  posterior", fontsize=8)
     axes.tick_params(labelsize=7)
+    axes.yaxis.tick_right()  # the left margin belongs to the vertebra labels
     verdict, verdict_colour = _verdict(case_json)
     figure.text(0.02, 0.975, f"{case_json['case_id']}", fontsize=13, fontweight="bold", va="top")
     figure.text(0.02, 0.945, verdict, fontsize=12, fontweight="bold", color=verdict_colour, va="top")
     model = case_json.get("model", {})
     figure.text(0.02, 0.012, f"vfscreen {case_json.get('vfscreen_version', '')} | {model.get('dataset', '')} "
                 f"folds {model.get('grader', {}).get('folds', '')} | P = P(fracture) = 1 - P(G0); h = min/max body "
-                "height (morphometry) | research use, not a diagnosis", fontsize=7, color="#444444")
+                f"height (morphometry) | '?' = label confidence < {LABEL_CONFIDENCE_WARNING} | research use, "
+                "not a diagnosis", fontsize=7, color="#444444")
     handles = [Patch(facecolor=GRADE_COLOURS[g], label=GRADE_LABELS[g]) for g in (0, 1, 2, 3, None)]
     handles.append(Line2D([0], [0], color="white", markeredgecolor="black", label="measured heights"))
     legend = figure.legend(handles=handles, loc="upper right", fontsize=9, frameon=True, facecolor="#222222",

@@ -106,16 +106,13 @@ class NnunetSegmenter:
         class_map = class_map.astype(np.uint8)
         probabilities = probabilities.astype(np.float16)  # (C, Z, Y, X)
         if original_orientation is not None and original_orientation != self.orientation:
-            class_map = _reorient_array(class_map, image, original_orientation)
-            probabilities = np.stack([_reorient_array(channel, image, original_orientation)
-                                      for channel in probabilities])
+            # DICOMOrient only permutes and flips axes: reorient an array of flat voxel indices once, then gather
+            flat_index = sitk.GetImageFromArray(np.arange(class_map.size, dtype=np.int64).reshape(class_map.shape))
+            flat_index.CopyInformation(image)
+            back = sitk.GetArrayFromImage(sitk.DICOMOrient(flat_index, original_orientation))  # original grid
+            class_map = class_map.reshape(-1)[back]
+            probabilities = probabilities.reshape(probabilities.shape[0], -1)[:, back]
         return class_map, probabilities
-
-
-def _reorient_array(array: np.ndarray, geometry: sitk.Image, orientation: str) -> np.ndarray:
-    channel = sitk.GetImageFromArray(np.ascontiguousarray(array))
-    channel.CopyInformation(geometry)
-    return sitk.GetArrayFromImage(sitk.DICOMOrient(channel, orientation))
 
 
 def load_models(dataset, configuration: str = "3d", folds=None, device: str = "cpu", checkpoint: str = "final",

@@ -1,0 +1,131 @@
+"""The nnU-Net segmenter of vfscreen_predict on a hand-made tiny nnU-Net model folder (random weights).
+
+Checks what vfscreen adds around nnUNetPredictor: checkpoints in nnU-Net's own format (numpy scalars in the training
+log, a torch.device in init_args) load with weights_only=True, the fold ensemble is set up by manual initialisation,
+and class map + probabilities come back on the input's grid, also through a reorientation."""
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from vfscreen.labels import NUM_CLASSES, nnunet_labels_dict
+
+
+def tiny_plans() -> dict:
+    resampling_kwargs = {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None}
+    return {
+        "dataset_name": "Dataset990_Tiny", "plans_name": "nnUNetPlans",
+        "original_median_spacing_after_transp": [3.0, 3.0, 3.0], "original_median_shape_after_transp": [16, 16, 16],
+        "image_reader_writer": "SimpleITKIO", "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
+        "experiment_planner_used": "handmade", "label_manager": "LabelManager",
+        "foreground_intensity_properties_per_channel": {"0": {
+            "max": 1500.0, "mean": 300.0, "median": 280.0, "min": -200.0, "percentile_00_5": -100.0,
+            "percentile_99_5": 1200.0, "std": 250.0}},
+        "configurations": {"3d_fullres": {
+            "data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor",
+            "batch_size": 2, "patch_size": [16, 16, 16], "median_image_size_in_voxels": [16, 16, 16],
+            "spacing": [3.0, 3.0, 3.0], "normalization_schemes": ["CTNormalization"], "use_mask_for_norm": [False],
+            "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_data_kwargs": resampling_kwargs,
+            "resampling_fn_seg": "resample_data_or_seg_to_shape",
+            "resampling_fn_seg_kwargs": {**resampling_kwargs, "is_seg": True},
+            "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+            "resampling_fn_probabilities_kwargs": resampling_kwargs, "batch_dice": True,
+            "architecture": {
+                "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+                "arch_kwargs": {"n_stages": 2, "features_per_stage": [4, 8], "conv_op": "torch.nn.modules.conv.Conv3d",
+                                "kernel_sizes": [[3, 3, 3], [3, 3, 3]], "strides": [[1, 1, 1], [2, 2, 2]],
+                                "n_conv_per_stage": [1, 1], "n_conv_per_stage_decoder": [1], "conv_bias": True,
+                                "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+                                "norm_op_kwargs": {"eps": 1e-5, "affine": True}, "dropout_op": None,
+                                "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
+                                "nonlin_kwargs": {"inplace": True}},
+                "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}}}}
+
+
+@pytest.fixture
+def model_folder(tmp_path):
+    import json
+
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    folder = tmp_path / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    folder.mkdir()
+    plans = tiny_plans()
+    dataset_json = {"channel_names": {"0": "CT"}, "labels": nnunet_labels_dict(), "numTraining": 1,
+                    "file_ending": ".nii.gz"}
+    (folder / "plans.json").write_text(json.dumps(plans))
+    (folder / "dataset.json").write_text(json.dumps(dataset_json))
+    manager = PlansManager(plans)
+    for fold in (0, 1):
+        torch.manual_seed(fold)
+        network = nnUNetTrainer.build_network_architecture(
+            manager, manager.get_configuration("3d_fullres"), 1, NUM_CLASSES, enable_deep_supervision=False)
+        (folder / f"fold_{fold}").mkdir()
+        torch.save({"network_weights": network.state_dict(), "trainer_name": "nnUNetTrainer",
+                    "init_args": {"plans": plans, "configuration": "3d_fullres", "fold": fold,
+                                  "dataset_json": dataset_json, "device": torch.device("cpu")},
+                    "inference_allowed_mirroring_axes": (0, 1, 2), "current_epoch": 1,
+                    "_best_ema": np.float64(0.5), "logging": {"mean_fg_dice": [np.float64(0.4)],
+                                                              "train_losses": [np.float32(1.0)]}},
+                   folder / f"fold_{fold}" / "checkpoint_final.pth")
+    return folder
+
+
+@pytest.mark.parametrize("orientation", [None, "LPS"])
+def test_segmenter_returns_maps_on_the_input_grid(model_folder, orientation):
+    from vfscreen.inference.segmentation import NnunetSegmenter, available_folds
+
+    torch.set_num_threads(1)
+    assert available_folds(model_folder, "checkpoint_final.pth") == [0, 1]
+    segmenter = NnunetSegmenter(model_folder, [0, 1], "cpu", orientation=orientation, use_mirroring=False)
+    array = np.random.default_rng(0).normal(0, 300, (14, 20, 18)).astype(np.int16)  # (z, y, x)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((2.5, 2.0, 3.5))
+    image.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))  # RAS
+    class_map, probabilities = segmenter(image)
+    assert class_map.shape == array.shape and class_map.dtype == np.uint8
+    assert probabilities.shape == (NUM_CLASSES,) + array.shape
+    np.testing.assert_allclose(probabilities.astype(np.float32).sum(axis=0), 1.0, atol=2e-2)
+    assert np.array_equal(class_map, probabilities.argmax(axis=0)) or \
+        np.mean(class_map == probabilities.argmax(axis=0)) > 0.99  # float16 ties
+
+
+def test_unsafe_or_missing_checkpoint_is_refused(model_folder, tmp_path):
+    import pickle
+
+    from vfscreen.errors import ConfigError
+    from vfscreen.inference.segmentation import load_nnunet_checkpoint
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+
+    evil = tmp_path / "evil.pth"
+    evil.write_bytes(pickle.dumps({"network_weights": Evil()}))
+    with pytest.raises(ConfigError, match="cannot be loaded safely"):
+        load_nnunet_checkpoint(evil)
+    with pytest.raises(ConfigError, match="not found"):
+        load_nnunet_checkpoint(tmp_path / "absent.pth")
+
+
+@pytest.mark.parametrize("orientation", ["LPS", "PIR", "RAS"])
+def test_reorientation_round_trip_is_voxel_exact(model_folder, orientation):
+    """The network sees the image in ``orientation``; its maps come back on the input's own voxel grid."""
+    from vfscreen.inference.segmentation import NnunetSegmenter
+
+    segmenter = NnunetSegmenter(model_folder, [0], "cpu", orientation=orientation, use_mirroring=False)
+
+    def threshold_network(data, properties, *args):  # stands in for nnU-Net: class 1 where the voxel is > 0
+        foreground = (data[0] > 0).astype(np.uint8)
+        probabilities = np.zeros((NUM_CLASSES,) + foreground.shape, np.float32)
+        probabilities[0], probabilities[1] = 1 - foreground, foreground
+        return foreground, probabilities
+
+    segmenter.predictor.predict_single_npy_array = threshold_network
+    array = np.random.default_rng(1).normal(0, 1, (7, 9, 11)).astype(np.float32)
+    image = sitk.GetImageFromArray(array)
+    image.SetDirection((0, 1, 0, -1, 0, 0, 0, 0, -1))  # an oblique-free but permuted, flipped grid
+    class_map, probabilities = segmenter(image)
+    assert np.array_equal(class_map, (array > 0).astype(np.uint8))
+    assert np.array_equal(probabilities[1], (array > 0).astype(np.float16))
