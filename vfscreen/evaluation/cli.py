@@ -13,9 +13,12 @@ import json
 import sys
 from pathlib import Path
 
+from vfscreen.dataset import resolve_dataset_name
 from vfscreen.errors import ConfigError, cli_entry
 from vfscreen.evaluation import evaluate
 from vfscreen.evaluation.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED
+from vfscreen.evaluation.matching import MAX_CENTROID_DISTANCE_MM
+from vfscreen.evaluation.results import DEFAULT_PLANS, fusion_path, grader_model_folder
 from vfscreen.evaluation.table import describe_method, format_result
 from vfscreen.utils.atomic import atomic_write_json
 
@@ -30,8 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-pred", "--prediction", help="output folder of vfscreen_predict")
     parser.add_argument("-d", "--dataset", help="dataset id or name (for --cv, or to find the fusion model)")
     parser.add_argument("-c", "--configuration", default="3d", help="configuration (default: 3d)")
-    parser.add_argument("-p", "--plans", default=evaluate.DEFAULT_PLANS, help="plans name (default: vfscreenPlans)")
+    parser.add_argument("-p", "--plans", default=DEFAULT_PLANS, help="plans name (default: vfscreenPlans)")
     parser.add_argument("--cv", action="store_true", help="pool the grader folds' validation predictions")
+    parser.add_argument("--loss", choices=("supcon", "ce"), default="supcon",
+                        help="which grader (supcon: vfscreen_grader, ce: the cross-entropy baseline vfscreen_graderCE)")
     parser.add_argument("-f", "--folds", nargs="+", type=int, help="folds for --cv (default: all with predictions)")
     parser.add_argument("--fit-fusion", action="store_true",
                         help="with --cv: fit the fusion model + validation thresholds and save fusion.json")
@@ -42,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bootstrap", type=int, default=DEFAULT_RESAMPLES,
                         help=f"bootstrap resamples of patients (default {DEFAULT_RESAMPLES}; 0 = no intervals)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"bootstrap seed (default {DEFAULT_SEED})")
-    parser.add_argument("--max-distance-mm", type=float, default=evaluate.MAX_CENTROID_DISTANCE_MM,
+    parser.add_argument("--max-distance-mm", type=float, default=MAX_CENTROID_DISTANCE_MM,
                         help="centroid distance for identification (default 20 mm, as VerSe)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--verbose", action="store_true", help="tracebacks on errors")
@@ -53,8 +58,8 @@ def _plans_of_model(args, result: dict) -> dict | None:
     """The grader's plans (for the FE / Loss / Optimizer columns): from -d/-c, else from the model folder named in
     the prediction JSONs."""
     if args.dataset:
-        folder = evaluate.grader_model_folder(evaluate.resolve_dataset_name(args.dataset), args.configuration,
-                                              args.plans)
+        folder = grader_model_folder(resolve_dataset_name(args.dataset), args.configuration,
+                                              args.plans, args.loss)
     else:
         grader = (result.get("model") or {}).get("grader")
         folder = grader.get("folder") if isinstance(grader, dict) else None
@@ -78,7 +83,8 @@ def run(args: argparse.Namespace) -> dict:
             raise ConfigError("--cv needs -d DATASET [-c CONFIGURATION] and no -ref/-pred")
         result = evaluate.evaluate_cross_validation(args.dataset, args.configuration, folds=args.folds,
                                                     plans_name=args.plans, n_bootstrap=args.bootstrap,
-                                                    seed=args.seed, fit_fusion=args.fit_fusion, progress=progress)
+                                                    seed=args.seed, fit_fusion=args.fit_fusion, progress=progress,
+                                                    loss=args.loss)
         output = Path(args.output) if args.output else Path(result["model_folder"]) / "cv_metrics.json"
         if result["fusion"].get("saved"):
             print(f"fusion model written: {result['fusion']['saved']}")
@@ -89,7 +95,7 @@ def run(args: argparse.Namespace) -> dict:
             raise ConfigError("--fit-fusion and -f belong to --cv")
         fusion = args.fusion
         if fusion is None and args.dataset:
-            candidate = evaluate.fusion_path(args.dataset, args.configuration, args.plans)
+            candidate = fusion_path(args.dataset, args.configuration, args.plans, args.loss)
             fusion = candidate if candidate.is_file() else None
             if fusion is None:
                 print(f"vfscreen: note: {candidate} not found; fused score and validation thresholds unavailable",
