@@ -194,6 +194,25 @@ def test_planner_runs_on_a_converted_verse_dataset(tmp_path, session_home, monke
     assert sorted(zip(crops.case_id, crops.label, crops.grade.astype(object).where(crops.grade.notna(), None))) == [
         (f"verse{n:03d}", label, grade) for n in range(5) for label, grade in ((19, 0), (20, n % 4), (21, None))]
 
+    # Faint-Features patches cropped with these plans, which are copied so the grader can train on the patches
+    from fake_layouts import build_faint_features_patches
+
+    from vfscreen.conversion.faint_features import convert_patches
+    from vfscreen.experiment_planning.plans import load_plans
+
+    build_faint_features_patches(tmp_path / "processed")
+    patch_folder, table, folds, problems = convert_patches(tmp_path / "processed", dataset_id=596, plans_from="595")
+    plans = load_plans(patch_folder.name)
+    crop_plan = plans["configurations"]["3d"]["grader"]["crop"]
+    assert crop_plan == load_plans(folder.name)["configurations"]["3d"]["grader"]["crop"]
+    shapes = [np.load(patch_folder / "vfscreen_crops_3d" / name).shape for name in table.file]
+    assert all(s[0] == 3 and all(d <= p for d, p in zip(s[1:], reversed(crop_plan["patch_size"]))) for s in shapes)
+    from vfscreen.training.grader.data import fold_case_ids, read_crops_table
+
+    grader_table = read_crops_table(patch_folder / "vfscreen_crops_3d", hint="")
+    assert fold_case_ids(grader_table, patch_folder / "splits_final.json", 0, plans["num_folds"]) == (
+        ["1.2.840.113619.2.55.1", "patient_0002"], ["patient_0003"])
+
 
 def test_thin_cli_scripts_run(tmp_path):
     import subprocess

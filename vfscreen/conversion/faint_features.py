@@ -283,23 +283,35 @@ def _default_crop_plan(patch_size: int) -> dict:
             "mask_channel": "label_modulated", "use_truncated": True, "storage_dtype": "float16"}
 
 
-def load_crop_plan(path: Path | None, patch_size: int) -> dict:
-    """The crop plan for patches: a JSON file holding a crop plan or a whole vfscreenPlans.json, else the default
-    (fit mode, margin 0, the standard windows, ``patch_size``^3)."""
+def load_crop_plan(path: Path | None, patch_size: int, plans_from: str | None = None) -> tuple[dict, dict | None]:
+    """(crop plan, plans to copy or None) for the patches: the grader crop plan of an existing vfscreenPlans.json
+    (``plans_from``: a planned dataset's id/name or a plans file; the plans are then copied to the patch dataset so
+    the grader can be trained on it), else a JSON crop plan file, else the default (fit mode, margin 0, the standard
+    windows, ``patch_size``^3)."""
     from vfscreen.preprocessing.crops import validate_crop_plan
 
+    if plans_from is not None:
+        from vfscreen.experiment_planning.plans import load_plans
+
+        if Path(plans_from).is_file():
+            try:
+                planned_for = json.loads(Path(plans_from).read_text())["dataset_name"]
+            except (OSError, ValueError, KeyError, TypeError) as error:
+                raise ConfigError(f"--plans-from {plans_from}: not a vfscreenPlans.json ({error})") from None
+            plans = load_plans(planned_for, plans_from)
+        else:
+            plans = load_plans(plans_from)
+        try:
+            return validate_crop_plan(plans["configurations"]["3d"]["grader"]["crop"]), plans
+        except (KeyError, TypeError):
+            raise ConfigError(f"--plans-from {plans_from}: plans without configurations.3d.grader.crop") from None
     if path is None:
-        return validate_crop_plan(_default_crop_plan(int(patch_size)))
+        return validate_crop_plan(_default_crop_plan(int(patch_size))), None
     try:
         content = json.loads(Path(path).read_text())
     except (OSError, ValueError) as error:
         raise ConfigError(f"{path}: not a readable JSON crop plan ({error})") from None
-    if isinstance(content, dict) and "configurations" in content:
-        try:
-            content = content["configurations"]["3d"]["grader"]["crop"]
-        except (KeyError, TypeError):
-            raise ConfigError(f"{path}: plans file without configurations.3d.grader.crop") from None
-    return validate_crop_plan(content)
+    return validate_crop_plan(content), None
 
 
 def _patch_fold_membership(lists, problems: ProblemLog):
@@ -330,7 +342,7 @@ def _patch_fold_membership(lists, problems: ProblemLog):
 
 def convert_patches(source: Path, dataset_id: int = DEFAULT_PATCH_DATASET_ID, crop_plan_file: Path | None = None,
                     patch_size: int = 128, overwrite: bool = False, preprocessed_root: Path | None = None,
-                    progress: bool = True, tree: InputTree | None = None):
+                    progress: bool = True, tree: InputTree | None = None, plans_from: str | None = None):
     """processed_dataset(.zip) -> preprocessed_root/DatasetXXX_FaintFeaturesPatches/{vfscreen_crops_3d/, splits}.
 
     Returns (folder, crops table, folds, problems)."""
@@ -347,7 +359,7 @@ def convert_patches(source: Path, dataset_id: int = DEFAULT_PATCH_DATASET_ID, cr
     if preprocessed_root is None:
         from vfscreen.paths import nnUNet_preprocessed as preprocessed_root
     tree = tree or InputTree(source)
-    crop_plan = load_crop_plan(crop_plan_file, patch_size)
+    crop_plan, plans = load_crop_plan(crop_plan_file, patch_size, plans_from)
     final_folder = output_folder(Path(preprocessed_root), dataset_id, PATCH_DATASET_NAME)
     problems = ProblemLog()
     base, lists = read_file_lists(tree, problems)
@@ -404,6 +416,10 @@ def convert_patches(source: Path, dataset_id: int = DEFAULT_PATCH_DATASET_ID, cr
                 "source": "Faint-Features processed patches (margin 0: each patch is its vertebra's box)",
                 "fold_tags": [fold["tag"] for fold in folds]})
             atomic_write_csv(crops_folder / CROPS_INDEX, table)
+            if plans is not None:
+                from vfscreen.experiment_planning.plans import PLANS_FILE_NAME, save_plans
+
+                save_plans({**plans, "dataset_name": final_folder.name}, tmp_folder / PLANS_FILE_NAME)
             usable = set(table.case_id)
             atomic_write_json(tmp_folder / "splits_final.json", [
                 {"train": sorted(fold["train"] & usable), "val": sorted(fold["val"] & usable)} for fold in folds])
@@ -441,8 +457,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="original dataset: do not grade C1-C7 (they stay in the masks)")
     parser.add_argument("--patch-size", type=int, default=128,
                         help="patches: crop size (cube, voxels) when no --crop-plan is given (default 128)")
+    parser.add_argument("--plans-from", metavar="DATASET_OR_PLANS_JSON",
+                        help="patches: crop with the grader crop plan of this planned dataset (id/name) or "
+                             "vfscreenPlans.json, and copy those plans to the patch dataset so that the grader can "
+                             "be trained on it (vfscreen_train -d 504 --stage grader)")
     parser.add_argument("--crop-plan", type=Path,
-                        help="patches: JSON crop plan, or a vfscreenPlans.json whose grader crop plan is used")
+                        help="patches: a JSON crop plan (grader.crop) to crop with (no plans are written)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output dataset")
     parser.add_argument("--verbose", action="store_true", help="show tracebacks")
     return parser
@@ -453,6 +473,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.patch_size <= 0:
         raise ConfigError(f"--patch-size {args.patch_size} must be > 0")
+    if args.plans_from and args.crop_plan:
+        raise ConfigError("give either --plans-from or --crop-plan, not both")
     tree = InputTree(args.input)
     if any(PurePosixPath(n).name.lower() in ("annotation.yaml", "annotation.yml") for n in tree.files):
         folder, written, problems = convert_original(
@@ -461,8 +483,11 @@ def main(argv: list[str] | None = None) -> int:
     elif is_patch_layout(tree):
         folder, table, folds, problems = convert_patches(
             args.input, args.dataset_id or DEFAULT_PATCH_DATASET_ID, args.crop_plan, args.patch_size,
-            args.overwrite, tree=tree)
+            args.overwrite, tree=tree, plans_from=args.plans_from)
         print(patch_summary_text(folder, table, folds, problems))
+        if args.plans_from is None:
+            print("  no vfscreenPlans.json written: to train the grader on these crops, convert with --plans-from "
+                  "<a planned dataset> (e.g. 503 after vfscreen_plan_and_preprocess -d 503)")
     else:
         raise ConfigError(f"{args.input}: neither the original Faint-Features layout (CTs, masks, annotation.yaml) "
                           "nor the processed one (img/, seg/, train_file_list.<tag>.yaml, test_file_list.<tag>.yaml)")
