@@ -234,7 +234,8 @@ def test_cross_validation_pools_folds_and_fits_fusion(session_home, capsys):
 
 def test_cross_validation_reads_the_grader_table_and_measures_morphometry(session_home):
     """predictions.csv exactly as the grader writes it (p_G0..p_G3, no genant_ratio): the Genant ratio is measured
-    on the reference masks by the prediction's morphometry code; single fold -> cross-fitting reported as unavailable."""
+    on the reference masks by the prediction's morphometry code; a single fold -> cross-fitting reported as
+    unavailable."""
     from vfscreen.evaluation.evaluate import evaluate_cross_validation
     from vfscreen.training.grader.validation import predictions_table
 

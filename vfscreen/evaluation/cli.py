@@ -24,10 +24,10 @@ from vfscreen.utils.atomic import atomic_write_json
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vfscreen_evaluate", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="vfscreen_evaluate", description=__doc__.split("\n\n")[0].replace("``", ""),
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="REFERENCE: a raw dataset folder (labelsTs/ or labelsTr/ + grades.csv) or a "
-                                            "folder of masks <case>.nii.gz with a grades.csv (VerSe ids unless a "
+                                     epilog="REFERENCE: a raw dataset folder (labelsTs/ or labelsTr/ + grades.csv) or "
+                                            "a folder of masks <case>.nii.gz with a grades.csv (VerSe ids unless a "
                                             "vfscreen dataset.json says nnU-Net class ids).")
     parser.add_argument("-ref", "--reference", help="reference folder (raw dataset or label masks + grades.csv)")
     parser.add_argument("-pred", "--prediction", help="output folder of vfscreen_predict")
@@ -118,3 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     run(args)
     return 0
 
+
+
+if __name__ == "__main__":
+    main()

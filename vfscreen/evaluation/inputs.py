@@ -139,7 +139,8 @@ def _optional_float(value, source, name) -> float:
 def parse_prediction_vertebra(record: dict, source: str) -> dict:
     """One vertebra of a prediction JSON as a flat dict with label (VerSe id), graded (False when the grader did not
     grade it: probabilities null, e.g. cut by the field of view), probabilities (4,) or None, predicted_grade or None,
-    p_fracture (NaN if not graded), genant_ratio (NaN if not measured), morph_grade (NaN), centroid_mm ((3,) or None)."""
+    p_fracture (NaN if not graded), genant_ratio (NaN if not measured), morph_grade (NaN), centroid_mm ((3,) or
+    None)."""
     if not isinstance(record, dict) or "label" not in record:
         raise InputError(f"{source}: every vertebra needs a \"label\"")
     try:

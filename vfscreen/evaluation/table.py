@@ -87,7 +87,8 @@ def format_result(result: dict, method: dict | None = None, dataset_label: str |
     segmentation = result["metrics"].get("segmentation", {})
     if segmentation.get("num_reference_vertebrae") is not None:
         parts += ["", f"Segmentation / identification: identification rate "
-                      f"{cell(segmentation.get('identification_rate'))}, mean Dice {cell(segmentation.get('dice_mean'))}"
+                      f"{cell(segmentation.get('identification_rate'))}, mean Dice "
+                      f"{cell(segmentation.get('dice_mean'))}"
                       f", reference vertebrae {segmentation['num_reference_vertebrae']}, missed "
                       f"{segmentation['num_missed']}, extra {segmentation['num_extra']}"]
     cases = result.get("cases", {})
