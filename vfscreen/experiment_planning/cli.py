@@ -21,13 +21,12 @@ from vfscreen import paths  # noqa: F401  (nnU-Net folders before nnunetv2)
 from vfscreen.errors import ConfigError, InputError, cli_entry
 from vfscreen.experiment_planning import budget as B
 from vfscreen.experiment_planning import planner as P
-from vfscreen.experiment_planning.fingerprint import compute_fingerprint, ensure_dataset_name
+from vfscreen.experiment_planning.fingerprint import compute_fingerprint, ensure_dataset_name, run_nnunet_extractor
 from vfscreen.experiment_planning.plans import (CONFIGURATION, fingerprint_file, load_plans, load_preset,
                                                 plans_file, preprocessed_folder, save_plans, validate_plans)
 from vfscreen.experiment_planning.splits import SPLITS_FILE_NAME, splits_from_fingerprint, write_splits
 from vfscreen.utils.atomic import atomic_write_json
 
-PREPROCESSING_STAMP = "vfscreen_preprocessing_stamp.json"
 
 
 def detect_device(requested: str | None, gpu_memory_gb: float | None, preset: dict | None) -> B.DeviceBudget:
@@ -100,8 +99,10 @@ def plan_dataset(dataset_name: str, device: B.DeviceBudget, preset: dict | None,
                  verify_integrity: bool, seed: int = P.DEFAULT_SEED) -> dict:
     """Fingerprint and plan; write fingerprint, nnU-Net plans, vfscreen plans and splits. Returns the plans."""
     targets = B.PlanningTargets.from_preset((preset or {}).get("budget"))
-    fingerprint = compute_fingerprint(dataset_name, num_processes, verify_dataset_integrity=verify_integrity)
+    fingerprint = compute_fingerprint(dataset_name, num_processes, with_nnunet_fingerprint=False,
+                                      verify_dataset_integrity=verify_integrity)
     P.plan_grader(fingerprint, device, targets, P.DEFAULT_NUM_FOLDS)  # fails early on a budget too small
+    fingerprint["nnunet_fingerprint"] = run_nnunet_extractor(dataset_name, num_processes)
     nnunet_plans, seg_configuration = run_nnunet_planner(dataset_name, device, targets)
     plans = P.assemble_plans(dataset_name, fingerprint, nnunet_plans, seg_configuration, device, targets, preset,
                              seed=seed)
@@ -128,10 +129,11 @@ def preprocess_segmentation(dataset_name: str, plans: dict, num_processes: int) 
     configuration = PlansManager(str(nnunet_plans_path)).get_configuration(segmentation["nnunet_configuration"])
     output = folder / configuration.data_identifier
     stamp = _preprocessing_stamp(dataset_name, configuration.configuration)
-    stamp_file = output / PREPROCESSING_STAMP
-    if stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp:
+    stamp_file = folder / f"vfscreen_preprocessed_{configuration.data_identifier}.json"  # nnU-Net's folder: data only
+    if stamp_file.is_file() and output.is_dir() and json.loads(stamp_file.read_text()) == stamp:
         print(f"nnU-Net preprocessing of {segmentation['nnunet_configuration']} is up to date ({output})")
         return
+    stamp_file.unlink(missing_ok=True)
     dataset_id = int(dataset_name[len("Dataset"):len("Dataset") + 3])
     with contextlib.redirect_stdout(io.StringIO()):
         preprocess_dataset(dataset_id, segmentation["nnunet_plans_identifier"],

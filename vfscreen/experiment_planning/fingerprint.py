@@ -16,6 +16,8 @@ specific to vertebrae and grades. Every case is validated on the way (geometry, 
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import multiprocessing
 import warnings
 from collections import Counter
@@ -95,7 +97,7 @@ def case_fingerprint(task: tuple) -> dict:
             "vertebrae": vertebrae}
 
 
-def compute_fingerprint(dataset_name: str, num_processes: int = 2, run_nnunet_extractor: bool = True,
+def compute_fingerprint(dataset_name: str, num_processes: int = 2, with_nnunet_fingerprint: bool = True,
                         verify_dataset_integrity: bool = False) -> dict:
     """Validate every training case and fingerprint the dataset (see module docstring). Nothing is written here."""
     folder = raw_dataset_folder(dataset_name)
@@ -112,9 +114,8 @@ def compute_fingerprint(dataset_name: str, num_processes: int = 2, run_nnunet_ex
     for entry in case_entries:
         entry["patient_id"] = patients[entry["case_id"]]
     fingerprint = _summarise(dataset_name, case_entries, folder)
-    if run_nnunet_extractor:
-        fingerprint["nnunet_fingerprint"] = "dataset_fingerprint.json"
-        _run_nnunet_extractor(dataset_name, num_processes)
+    if with_nnunet_fingerprint:
+        fingerprint["nnunet_fingerprint"] = run_nnunet_extractor(dataset_name, num_processes)
     return fingerprint
 
 
@@ -176,14 +177,18 @@ def _map(function, tasks: list, num_processes: int, description: str) -> list:
         return list(tqdm(pool.imap(function, tasks), total=len(tasks), desc=description, unit="case"))
 
 
-def _run_nnunet_extractor(dataset_name: str, num_processes: int) -> dict:
+def run_nnunet_extractor(dataset_name: str, num_processes: int) -> str:
+    """nnunetv2's DatasetFingerprintExtractor (spacings, shapes after cropping, foreground intensities); returns the
+    name of the file it writes next to vfscreen's fingerprint."""
     from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
 
     extractor = DatasetFingerprintExtractor(dataset_name, num_processes=max(1, num_processes), verbose=False)
     try:
-        return extractor.run(overwrite_existing=True)
+        with contextlib.redirect_stdout(io.StringIO()):
+            extractor.run(overwrite_existing=True)
     except (AssertionError, RuntimeError) as error:
         raise InputError(f"nnU-Net's fingerprint extractor failed on {dataset_name}: {error}") from None
+    return "dataset_fingerprint.json"
 
 
 def _run_nnunet_integrity_check(folder, num_processes: int) -> None:

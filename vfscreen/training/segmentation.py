@@ -1,0 +1,134 @@
+"""The segmentation stage: nnU-Net training of the plan's configuration, through nnunetv2's own training API.
+
+``vfscreenSegTrainer`` is nnU-Net's ``nnUNetTrainer`` with the schedule of the budget-fitted configuration: it reads
+``iterations_per_epoch``, ``val_iterations_per_epoch`` and ``num_epochs`` from the ``vfscreen`` entry that the planner
+writes into the configuration (``3d_vfscreen``) of ``nnUNetPlans.json``; network, patch, batch size, spacing and
+everything else are nnU-Net's, read from the same configuration. On a large GPU the plans name the stock
+``nnUNetTrainer`` + ``3d_fullres`` instead.
+
+nnunetv2 looks trainer classes up by name inside its own package; vfscreen does not install anything there. Training
+therefore instantiates the class itself and then runs nnunetv2's own steps (``maybe_load_checkpoint``,
+``run_training``, ``perform_actual_validation``). For prediction, build the network with
+``vfscreenSegTrainer.build_network_architecture`` (inherited, unchanged) and use
+``nnUNetPredictor.manual_initialization`` (see vfscreen.inference.segmentation), or call :func:`register_with_nnunet`
+first, which adds this module's folder to ``nnUNet_extTrainer`` so that nnunetv2's own look-up (e.g.
+``nnUNetPredictor.initialize_from_trained_model_folder``) finds the class.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from vfscreen import paths
+from vfscreen.errors import ConfigError
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer  # noqa: E402  (after vfscreen.paths)
+
+SCHEDULE_KEY = "vfscreen"  # the planner's entry inside an nnU-Net configuration
+
+
+class vfscreenSegTrainer(nnUNetTrainer):  # noqa: N801  (nnU-Net's trainer naming convention)
+    """nnUNetTrainer whose epoch length and number of epochs come from the configuration in nnUNetPlans.json."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        schedule = self.configuration_manager.configuration.get(SCHEDULE_KEY, {})
+        self.num_iterations_per_epoch = int(schedule.get("iterations_per_epoch", self.num_iterations_per_epoch))
+        self.num_val_iterations_per_epoch = int(schedule.get("val_iterations_per_epoch",
+                                                             self.num_val_iterations_per_epoch))
+        self.num_epochs = int(schedule.get("num_epochs", self.num_epochs))
+        if min(self.num_iterations_per_epoch, self.num_val_iterations_per_epoch, self.num_epochs) < 1:
+            raise ConfigError(f"configuration {configuration!r} of nnUNetPlans.json: field '{SCHEDULE_KEY}' needs "
+                              "iterations_per_epoch, val_iterations_per_epoch and num_epochs >= 1")
+
+
+def register_with_nnunet() -> None:
+    """Let nnunetv2's trainer look-up find vfscreenSegTrainer (adds this folder to ``nnUNet_extTrainer``)."""
+    folder = str(Path(__file__).resolve().parent / "nnunet_trainers")
+    current = [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
+    if folder not in current and Path(folder).is_dir():
+        os.environ["nnUNet_extTrainer"] = os.pathsep.join(current + [folder])
+
+
+def trainer_class(trainer_name: str):
+    if trainer_name == vfscreenSegTrainer.__name__:
+        return vfscreenSegTrainer
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    try:
+        return recursive_find_trainer_class_by_name(trainer_name)
+    except RuntimeError:
+        raise ConfigError(f"segmentation trainer {trainer_name!r} is neither vfscreen's nor nnU-Net's") from None
+
+
+def segmentation_model_folder(dataset_name: str, segmentation_plan: dict) -> Path:
+    """nnU-Net's model folder ``nnUNet_results/<Dataset>/<trainer>__<plans>__<configuration>``."""
+    return paths.nnUNet_results / dataset_name / (f"{segmentation_plan['trainer']}__"
+                                                  f"{segmentation_plan['nnunet_plans_identifier']}__"
+                                                  f"{segmentation_plan['nnunet_configuration']}")
+
+
+def build_trainer(dataset_name: str, segmentation_plan: dict, fold, device,
+                  continue_training: bool = False) -> nnUNetTrainer:
+    """The nnU-Net trainer object for one fold (nothing trained yet)."""
+    preprocessed = paths.nnUNet_preprocessed / dataset_name
+    nnunet_plans_file = preprocessed / f"{segmentation_plan['nnunet_plans_identifier']}.json"
+    for required, what in ((nnunet_plans_file, "nnU-Net plans"), (preprocessed / "dataset.json", "dataset.json"),
+                           (preprocessed / "splits_final.json", "splits")):
+        if not required.is_file():
+            raise ConfigError(f"{required}: {what} missing; run vfscreen_plan_and_preprocess -d {dataset_name} first")
+    nnunet_plans = json.loads(nnunet_plans_file.read_text())
+    nnunet_plans["continue_training"] = bool(continue_training)  # nnunetv2 >= 2.6 reads (and pops) this flag
+    configuration = segmentation_plan["nnunet_configuration"]
+    if configuration not in nnunet_plans["configurations"]:
+        raise ConfigError(f"{nnunet_plans_file}: configuration {configuration!r} missing; re-run "
+                          "vfscreen_plan_and_preprocess --overwrite-plans")
+    dataset_json = json.loads((preprocessed / "dataset.json").read_text())
+    fold = fold if fold == "all" else int(fold)
+    return trainer_class(segmentation_plan["trainer"])(plans=nnunet_plans, configuration=configuration, fold=fold,
+                                                       dataset_json=dataset_json, device=_torch_device(device))
+
+
+def train_segmentation(dataset_name: str, vfscreen_plans: dict | None = None, configuration: str = "3d", fold=0,
+                       device="cpu", continue_training: bool = False, pretrained_weights: str | None = None,
+                       export_validation_probabilities: bool = False, plans: dict | None = None) -> Path:
+    """Train (or continue) the segmentation network of one fold with nnunetv2; returns the fold's output folder.
+
+    ``vfscreen_plans``: the validated vfscreenPlans.json (``plans`` is accepted as an alias). ``fold``: int or 'all'.
+    The fold's patients are those of ``splits_final.json`` written by the planner. nnU-Net writes its usual files
+    (checkpoints, progress.png, training log, validation/) into the model folder.
+    """
+    from nnunetv2.run.run_training import maybe_load_checkpoint
+
+    vfscreen_plans = vfscreen_plans if vfscreen_plans is not None else plans
+    if vfscreen_plans is None:
+        raise ConfigError("train_segmentation needs the vfscreen plans")
+    try:
+        segmentation_plan = vfscreen_plans["configurations"][configuration]["segmentation"]
+    except (KeyError, TypeError):
+        raise ConfigError(f"plans: field 'configurations.{configuration}.segmentation' is missing") from None
+    if continue_training and pretrained_weights:
+        raise ConfigError("choose either --c (continue) or pretrained weights, not both")
+    if pretrained_weights and not Path(pretrained_weights).is_file():
+        raise ConfigError(f"{pretrained_weights}: pretrained segmentation weights not found")
+    trainer = build_trainer(dataset_name, segmentation_plan, fold, device, continue_training)
+    try:
+        maybe_load_checkpoint(trainer, continue_training, False, pretrained_weights)
+    except (RuntimeError, KeyError) as error:
+        raise ConfigError(f"cannot continue/initialise segmentation training in {trainer.output_folder}: "
+                          f"{str(error).splitlines()[0]}") from None
+    trainer.run_training()
+    trainer.perform_actual_validation(export_validation_probabilities)
+    return Path(trainer.output_folder)
+
+
+def _torch_device(device) -> torch.device:
+    device = torch.device(device) if not isinstance(device, torch.device) else device
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device cuda requested but no CUDA GPU is available")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device mps requested but MPS is not available")
+    return device
