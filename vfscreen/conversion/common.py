@@ -16,10 +16,14 @@ Rules applied to every case (documented in the README, "Using real data"):
 from __future__ import annotations
 
 import contextlib
+import re
+import shutil
 import sys
+import tempfile
+import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable, ContextManager
 
 import numpy as np
@@ -36,6 +40,8 @@ BACKGROUND_VERSE_IDS = {26: "sacrum", 27: "coccyx"}
 CENTROIDS_FOLDER = "centroids"
 COORDINATE_SYSTEM = "LPS"  # SimpleITK physical points, millimetres
 CERVICAL_VERSE_IDS = frozenset(range(1, 8))
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
 
 
 class ProblemLog:
@@ -294,3 +300,56 @@ def summary_text(dataset_folder: Path, written: list[WrittenCase], problems: Pro
         lines.extend(f"    - {what}: {why}" for what, why in problems.skipped)
     lines.append(f"  problems: {len(problems.messages)}" + (" (listed above)" if problems.messages else ""))
     return "\n".join(lines)
+
+
+class InputTree:
+    """A folder or a zip archive, read-only: relative POSIX paths of its files, text, and local copies."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise ConfigError(f"{self.path}: Faint-Features input does not exist")
+        self.is_zip = self.path.is_file()
+        if self.is_zip:
+            try:
+                with zipfile.ZipFile(self.path) as archive:
+                    names = [i.filename for i in archive.infolist() if not i.is_dir()]
+            except zipfile.BadZipFile as error:
+                raise InputError(f"{self.path}: not a readable zip archive ({error})") from None
+        else:
+            names = [p.relative_to(self.path).as_posix() for p in self.path.rglob("*") if p.is_file()]
+        self.files = sorted(n for n in names if not any(part.startswith((".", "__MACOSX"))
+                                                        for part in PurePosixPath(n).parts))
+
+    def describe(self, name: str) -> str:
+        return f"{self.path}!{name}" if self.is_zip else str(self.path / name)
+
+    def read_text(self, name: str) -> str:
+        if not self.is_zip:
+            return (self.path / name).read_text()
+        with zipfile.ZipFile(self.path) as archive:
+            return archive.read(name).decode("utf-8")
+
+    @contextlib.contextmanager
+    def local(self, *names: str):
+        """Yield readable local paths of the members (zip members copied to a temporary folder meanwhile)."""
+        if not self.is_zip:
+            yield tuple(self.path / n for n in names)
+            return
+        with tempfile.TemporaryDirectory(prefix="vfscreen_zip_") as folder, zipfile.ZipFile(self.path) as archive:
+            paths = []
+            for number, name in enumerate(names):
+                local_path = Path(folder) / f"{number}_{PurePosixPath(name).name}"
+                with archive.open(name) as source, open(local_path, "wb") as target:
+                    shutil.copyfileobj(source, target)
+                paths.append(local_path)
+            yield tuple(paths)
+
+
+def nifti_stem(name: str) -> str | None:
+    base = PurePosixPath(name).name
+    return next((base[: -len(s)] for s in NIFTI_SUFFIXES if base.endswith(s)), None)
+
+
+def safe_case_id(name: str) -> str:
+    return _UNSAFE.sub("_", name).lstrip("._-+") or "case"

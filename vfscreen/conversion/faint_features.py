@@ -18,86 +18,27 @@ Two inputs, zipped or unzipped (a zip is read with :mod:`zipfile`; the input is 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import re
-import shutil
 import sys
-import tempfile
-import zipfile
 from collections import Counter
 from pathlib import Path, PurePosixPath
 
 import yaml
 
 from vfscreen import labels
-from vfscreen.conversion.common import (CERVICAL_VERSE_IDS, ProblemLog, SourceCase, build_raw_dataset,
-                                        output_folder, summary_text)
+from vfscreen.conversion.common import (CERVICAL_VERSE_IDS, InputTree, ProblemLog, SourceCase, build_raw_dataset,
+                                        nifti_stem, output_folder, safe_case_id, summary_text)
 from vfscreen.errors import ConfigError, InputError, cli_entry
 
 DATASET_NAME = "FaintFeatures"
 PATCH_DATASET_NAME = "FaintFeaturesPatches"
 DEFAULT_DATASET_ID = 503
 DEFAULT_PATCH_DATASET_ID = 504
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 MASK_FOLDERS = {"seg", "segs", "segmentation", "segmentations", "mask", "masks", "msk", "label", "labels", "gt"}
 MASK_SUFFIXES = ("_seg", "_msk", "_mask", "_label", "-seg")
-_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
 PATCH_NAME = re.compile(r"^(?P<image>.+)_(?P<label>\d+)_(?P<grade>\d+)\.nii(\.gz)?$")
 FILE_LIST = re.compile(r"^(?P<kind>train|test)_file_list\.(?P<tag>.+)\.ya?ml$")
-
-
-class InputTree:
-    """A folder or a zip archive, read-only: relative POSIX paths of its files, text, and local copies."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        if not self.path.exists():
-            raise ConfigError(f"{self.path}: Faint-Features input does not exist")
-        self.is_zip = self.path.is_file()
-        if self.is_zip:
-            try:
-                with zipfile.ZipFile(self.path) as archive:
-                    names = [i.filename for i in archive.infolist() if not i.is_dir()]
-            except zipfile.BadZipFile as error:
-                raise InputError(f"{self.path}: not a readable zip archive ({error})") from None
-        else:
-            names = [p.relative_to(self.path).as_posix() for p in self.path.rglob("*") if p.is_file()]
-        self.files = sorted(n for n in names if not any(part.startswith((".", "__MACOSX"))
-                                                        for part in PurePosixPath(n).parts))
-
-    def describe(self, name: str) -> str:
-        return f"{self.path}!{name}" if self.is_zip else str(self.path / name)
-
-    def read_text(self, name: str) -> str:
-        if not self.is_zip:
-            return (self.path / name).read_text()
-        with zipfile.ZipFile(self.path) as archive:
-            return archive.read(name).decode("utf-8")
-
-    @contextlib.contextmanager
-    def local(self, *names: str):
-        """Yield readable local paths of the members (zip members copied to a temporary folder meanwhile)."""
-        if not self.is_zip:
-            yield tuple(self.path / n for n in names)
-            return
-        with tempfile.TemporaryDirectory(prefix="vfscreen_zip_") as folder, zipfile.ZipFile(self.path) as archive:
-            paths = []
-            for number, name in enumerate(names):
-                local_path = Path(folder) / f"{number}_{PurePosixPath(name).name}"
-                with archive.open(name) as source, open(local_path, "wb") as target:
-                    shutil.copyfileobj(source, target)
-                paths.append(local_path)
-            yield tuple(paths)
-
-
-def nifti_stem(name: str) -> str | None:
-    base = PurePosixPath(name).name
-    return next((base[: -len(s)] for s in NIFTI_SUFFIXES if base.endswith(s)), None)
-
-
-def safe_case_id(name: str) -> str:
-    return _UNSAFE.sub("_", name).lstrip("._-+") or "case"
 
 
 class _FirstKeyWinsLoader(yaml.SafeLoader):
