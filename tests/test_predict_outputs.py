@@ -263,3 +263,20 @@ def test_saliency_writes_gradcam_in_input_geometry(tmp_path):
     seg = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "case_seg.nii.gz")))
     assert values.min() >= 0 and values.max() <= 1 + 1e-5 and values[seg > 0].max() > 0
     assert outputs.case_is_complete(tmp_path / "out", "case", saliency=True)
+
+
+def test_2d_case_fails_alone_and_mr_like_range_warns(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    image = make_ct(folder / "good.nii.gz")
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((20, 20), np.int16)), str(folder / "flat.nii.gz"))
+    mr_array = (sitk.GetArrayFromImage(image).astype(np.float32) + 1000) / 4  # 0..425, no air below -500
+    mr_image = sitk.GetImageFromArray(mr_array)
+    mr_image.CopyInformation(image)
+    sitk.WriteImage(mr_image, str(folder / "mr.nii.gz"))
+    with pytest.warns(UserWarning, match="Hounsfield"):
+        table = predict(folder, tmp_path / "out", models=fake_models())
+    assert [e["case_id"] for e in table.attrs["errors"]] == ["flat"] and "2D" in table.attrs["errors"][0]["error"]
+    assert sorted(table.attrs["finished"]) == ["good", "mr"]
+    assert json.loads((tmp_path / "out" / "mr.json").read_text())["warnings"]
+    assert json.loads((tmp_path / "out" / "good.json").read_text())["warnings"] == []
