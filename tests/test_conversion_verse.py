@@ -221,3 +221,17 @@ def test_thin_cli_scripts_run(tmp_path):
         result = subprocess.run([sys.executable, str(root / "dataset_conversion" / script), "--help"],
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode == 0 and "--overwrite" in result.stdout
+
+
+def test_wide_grade_sheet_and_a_test_split_given_as_root(tmp_path):
+    root = tmp_path / "dataset-verse19test"
+    write_verse_scan(root, "sub-verse010", *make_case((19, 20, 21), seed=1))
+    write_verse_scan(tmp_path / "verse19", "sub-verse011", *make_case((19, 20), seed=2))
+    sheet = write_csv(tmp_path / "wide.csv", "subject,T12,L1,L2,comment", ["verse010,0,,3,ok", "verse011,1,2,,"])
+    folder, written, problems = convert_verse([tmp_path / "verse19", root], sheet, raw_root=tmp_path / "raw",
+                                              verify=False)
+    assert list_cases(folder, "Tr") == ["verse011"] and list_cases(folder, "Ts") == ["verse010"]
+    grades = read_grades(folder / "grades.csv")
+    assert sorted(zip(grades.case_id, grades.label, grades.grade)) == [
+        ("verse010", 19, 0), ("verse010", 21, 3), ("verse011", 19, 1), ("verse011", 20, 2)]
+    assert problems.messages == []

@@ -89,7 +89,7 @@ def find_scans(roots: list[Path], problems: ProblemLog) -> list[VerseScan]:
             raise ConfigError(f"{root}: no 'rawdata' folder found (expected ROOT/rawdata or ROOT/<split>/rawdata, "
                               "as in the VerSe download)")
         for rawdata in rawdata_folders:
-            split_folder = "" if rawdata.parent == root else rawdata.parent.name
+            split_folder = rawdata.parent.name  # the root itself when it is a split (e.g. dataset-verse19test)
             derivatives = rawdata.parent / "derivatives"
             for ct_path in sorted(p for p in rawdata.rglob("*") if p.name.endswith(CT_SUFFIXES)):
                 stem = _strip_suffix(ct_path.name, CT_SUFFIXES)
@@ -162,6 +162,18 @@ def _find_column(table: pd.DataFrame, role: str, path: Path, required: bool = Tr
     return None
 
 
+def _vertebra_columns(table: pd.DataFrame, subject_column: str) -> list[str]:
+    columns = []
+    for column in table.columns:
+        try:
+            if column != subject_column and not str(column).strip().isdigit():
+                labels.parse_vertebra(column)
+                columns.append(column)
+        except ValueError:
+            pass
+    return columns
+
+
 def scan_aliases(scans: list[VerseScan]) -> dict[str, list[VerseScan]]:
     """Lower-case names a grade sheet may use for a scan: its stem, case id, subject (with or without 'sub-'), the
     VerSe 2019 'split-' entity (the old challenge id)."""
@@ -180,7 +192,8 @@ def read_grade_sheet(path: Path, scans: list[VerseScan], problems: ProblemLog
 
     subject: as in the file names (``sub-verse004``, ``verse004``, ``gl003_dir-ax``, or the old challenge id
     ``verse253`` of a ``split-verse253`` scan); label: VerSe id or name (``20``, ``L1``); grade: Genant 0-3 (an empty
-    grade = not graded). Bad rows are reported one by one and skipped.
+    grade = not graded). Also accepted: a wide sheet with one row per subject and one column per vertebra name
+    (``subject,T11,T12,L1,...``). Bad rows are reported one by one and skipped.
     """
     path = Path(path)
     if not path.is_file():
@@ -189,13 +202,21 @@ def read_grade_sheet(path: Path, scans: list[VerseScan], problems: ProblemLog
         table = pd.read_csv(path, dtype=str, keep_default_na=False, sep=None, engine="python")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, csv.Error) as error:
         raise InputError(f"{path}: not a readable CSV ({error})") from None
-    subject_column, label_column = _find_column(table, "subject", path), _find_column(table, "label", path)
-    grade_column = _find_column(table, "grade", path)
-    type_column = _find_column(table, "fracture_type", path, required=False)
+    subject_column = _find_column(table, "subject", path)
+    records = [(line, row) for line, row in enumerate(table.to_dict("records"), start=2)]
+    wide_columns = _vertebra_columns(table, subject_column)
+    if _find_column(table, "label", path, required=False) is None and wide_columns:
+        # wide sheet: one row per subject, one column per vertebra (C1 ... L6, T13), empty cell = not graded
+        label_column, grade_column, type_column = "label", "grade", None
+        records = [(line, {subject_column: row[subject_column], "label": column, "grade": row[column]})
+                   for line, row in records for column in wide_columns]
+    else:
+        label_column, grade_column = _find_column(table, "label", path), _find_column(table, "grade", path)
+        type_column = _find_column(table, "fracture_type", path, required=False)
     aliases = scan_aliases(scans)
     grades: dict[str, dict[int, tuple[int, str | None]]] = {}
     unknown_subjects: dict[str, int] = {}
-    for line, row in enumerate(table.to_dict("records"), start=2):
+    for line, row in records:
         where = f"{path.name}, line {line}"
         subject, grade_text = str(row[subject_column]).strip(), str(row[grade_column]).strip()
         if not subject or not grade_text or grade_text.lower() in ("nan", "na", "-"):
