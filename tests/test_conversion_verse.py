@@ -235,3 +235,34 @@ def test_wide_grade_sheet_and_a_test_split_given_as_root(tmp_path):
     assert sorted(zip(grades.case_id, grades.label, grades.grade)) == [
         ("verse010", 19, 0), ("verse010", 21, 3), ("verse011", 19, 1), ("verse011", 20, 2)]
     assert problems.messages == []
+
+
+def test_real_ct_in_the_verse_layout(tmp_path, example_ct):
+    """The real example CT (RAS, int32) with a bone mask split into three 'vertebrae': geometry, pixel type and
+    centroids survive the conversion."""
+    import shutil
+
+    from fake_layouts import verse_centroid_json, world_centroids
+
+    ct = sitk.ReadImage(str(example_ct))
+    array = sitk.GetArrayFromImage(ct)
+    mask_array = np.zeros(array.shape, np.uint8)
+    bone = array > 250
+    for number, (start, stop) in enumerate(((30, 50), (50, 70), (70, 90))):
+        mask_array[start:stop][bone[start:stop]] = 20 + number
+    mask = sitk.GetImageFromArray(mask_array)
+    mask.CopyInformation(ct)
+    raw_folder, derivatives = tmp_path / "verse" / "rawdata" / "sub-ts001", tmp_path / "verse" / "derivatives" / "sub-ts001"
+    raw_folder.mkdir(parents=True)
+    derivatives.mkdir(parents=True)
+    shutil.copy(example_ct, raw_folder / "sub-ts001_ct.nii.gz")
+    sitk.WriteImage(mask, str(derivatives / "sub-ts001_seg-vert_msk.nii.gz"))
+    written_mask = sitk.ReadImage(str(derivatives / "sub-ts001_seg-vert_msk.nii.gz"))
+    (derivatives / "sub-ts001_seg-subreg_ctd.json").write_text(json.dumps(verse_centroid_json(written_mask, "PIR")))
+    sheet = write_csv(tmp_path / "grades.csv", "subject,label,grade", ["ts001,L1,0", "ts001,L2,1", "ts001,L3,2"])
+    folder, written, problems = convert_verse([tmp_path / "verse"], sheet, raw_root=tmp_path / "raw", verify=False)
+    assert problems.messages == []
+    ct_out = sitk.ReadImage(str(image_path(folder, "ts001")))
+    assert ct_out.GetPixelID() == ct.GetPixelID() == sitk.sitkInt32
+    assert_case_round_trips(folder, "ts001", "Tr", raw_folder / "sub-ts001_ct.nii.gz",
+                            derivatives / "sub-ts001_seg-vert_msk.nii.gz", world_centroids(written_mask))
