@@ -16,6 +16,7 @@ Rules applied to every case (documented in the README, "Using real data"):
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import shutil
 import sys
@@ -227,7 +228,8 @@ def verify_with_nnunet(folder: Path) -> None:
 
 def build_raw_dataset(final_folder: Path, sources: list[SourceCase], problems: ProblemLog, description: str,
                       overwrite: bool = False, verify: bool = True, dataset_json_extra: dict | None = None,
-                      progress: bool = True) -> list[WrittenCase]:
+                      progress: bool = True, licence: str | None = None, reference: str | None = None
+                      ) -> list[WrittenCase]:
     """Write every usable case into a temporary folder, add dataset.json and grades.csv, verify, rename into place.
 
     Raises InputError (nothing written) when no training case is usable.
@@ -253,6 +255,12 @@ def build_raw_dataset(final_folder: Path, sources: list[SourceCase], problems: P
                                patients={case.case_id: case.subject for case in written},
                                centroids_folder=CENTROIDS_FOLDER, centroid_coordinate_system=COORDINATE_SYSTEM,
                                background_verse_ids=BACKGROUND_VERSE_IDS, **(dataset_json_extra or {}))
+            if licence or reference:
+                dataset_json = json.loads((tmp_folder / "dataset.json").read_text())
+                dataset_json.update({"licence": licence or dataset_json.get("licence"),
+                                     "reference": reference or dataset_json.get("reference", ""),
+                                     "converted_by": "vfscreen"})
+                atomic_write_json(tmp_folder / "dataset.json", dataset_json, indent=4)
             rows = [row for case in written for row in case.grade_rows]
             grades = pd.DataFrame(rows, columns=["case_id", "label", "grade"] + (
                 ["morphology"] if any("morphology" in row for row in rows) else []))

@@ -183,7 +183,9 @@ def convert_original(source: Path, dataset_id: int = DEFAULT_DATASET_ID, drop_ce
     written = build_raw_dataset(
         final_folder, sources, problems, overwrite=overwrite, verify=verify, progress=progress,
         description="Faint-Features dataset (Wei et al. 2022, CC BY-SA 4.0), converted by vfscreen",
-        dataset_json_extra={"source": "Faint-Features original_dataset", "drop_cervical_grades": drop_cervical})
+        dataset_json_extra={"source": "Faint-Features original_dataset", "drop_cervical_grades": drop_cervical},
+        licence="CC BY-SA 4.0", reference="Wei et al., Faint Features Tell, BIBM 2022; "
+                                          "https://github.com/wxwxwwxxx/VertebralFractureGrading")
     return final_folder, written, problems
 
 

@@ -328,7 +328,9 @@ def convert_verse(roots: list[Path], grade_sheet: Path, dataset_id: int = DEFAUL
         final_folder, sources, problems, overwrite=overwrite, verify=verify, progress=progress,
         description="VerSe 2019/2020 (Sekuboyina et al. 2021) with Genant grades (Loeffler et al. 2020), converted "
                     "by vfscreen; sacrum/coccyx set to background; test split -> imagesTs",
-        dataset_json_extra={"source": "VerSe", "drop_cervical_grades": drop_cervical})
+        dataset_json_extra={"source": "VerSe", "drop_cervical_grades": drop_cervical}, licence="CC BY-SA 4.0",
+        reference="Sekuboyina et al., Med Image Anal 2021 (VerSe); Loeffler et al., Radiol Artif Intell 2020 (grades); "
+                  "https://github.com/anjany/verse")
     return final_folder, written, problems
 
 
