@@ -193,6 +193,10 @@ def test_bad_inputs(dataset):
         preprocess_grader_crops(DATASET, plans(), num_processes=1)
     write_case(dataset, "Tr", "case_1", CASES["case_1"], orientation="PIR")
 
+    (dataset / "labelsTr" / "case_2.nii.gz").unlink()
+    with pytest.raises(InputError, match="case_2.nii.gz: label mask of case case_2 missing"):
+        preprocess_grader_crops(DATASET, plans(), num_processes=1)
+
     with pytest.raises(ConfigError, match="made for Dataset001_Other"):
         preprocess_grader_crops(DATASET, plans(dataset_name="Dataset001_Other"))
     with pytest.raises(ConfigError, match="configurations.2d.grader.crop"):

@@ -1,7 +1,7 @@
 """Grader crops from the ground-truth masks: ``nnUNet_preprocessed/<Dataset>/vfscreen_crops_<configuration>/``.
 
     <case>_<label:02d>.npy   float16 (or the plan's storage_dtype) (C, D, H, W) crop of one vertebra (see .crops)
-    <case>.json              per-case record: plan hash, input file stats, the case's crops (incremental state)
+    <case>.record.json       per-case record: plan hash, input file stats, the case's crops (incremental state)
     crop_plan.json           the crop plan the folder was made with
     crops.csv                the index, one row per vertebra: case_id, label, name, grade (empty = ungraded, not
                              used for grader training), fold (the fold whose validation set holds the case), truncated,
@@ -39,6 +39,7 @@ from vfscreen.utils.image_io import check_same_geometry, read_image
 CROPS_INDEX = "crops.csv"
 CROP_PLAN_FILE = "crop_plan.json"
 SPLITS_FILE = "splits_final.json"
+RECORD_SUFFIX = ".record.json"
 STORAGE_DTYPES = ("float16", "float32")
 INDEX_COLUMNS = ("case_id", "label", "name", "grade", "fold", "truncated", "bbox", "crop_spacing_mm", "shape", "file",
                  "centroid_mm", "voxel_count", "plan_hash")
@@ -182,7 +183,7 @@ def _input_stats(task: dict) -> dict:
 
 
 def _record_file(folder, case_id) -> Path:
-    return Path(folder) / f"{case_id}.json"
+    return Path(folder) / f"{case_id}{RECORD_SUFFIX}"
 
 
 def _up_to_date_record(task: dict) -> dict | None:
@@ -200,7 +201,7 @@ def _up_to_date_record(task: dict) -> dict | None:
 
 
 def _stale_case_records(folder: Path, cases: set[str]) -> list[Path]:
-    return [f for f in folder.glob("*.json") if f.name != CROP_PLAN_FILE and f.stem not in cases]
+    return [f for f in folder.glob("*" + RECORD_SUFFIX) if f.name[: -len(RECORD_SUFFIX)] not in cases]
 
 
 def _remove_case(record_file: Path) -> None:
@@ -245,6 +246,9 @@ def crop_case(task: dict) -> dict:
     ct = read_image(task["image"], what=f"CT image of case {case_id}")
     class_labels = read_image(task["label"], what=f"label mask of case {case_id}")
     check_same_geometry(ct, class_labels, source=task["label"])
+    ct_array = sitk.GetArrayViewFromImage(ct)
+    if np.issubdtype(ct_array.dtype, np.floating) and not np.all(np.isfinite(ct_array)):
+        raise InputError(f"{task['image']}: contains NaN or infinite voxels (case {case_id})")
     class_array = sitk.GetArrayViewFromImage(class_labels)
     if not np.issubdtype(class_array.dtype, np.integer) and not np.array_equal(class_array, np.round(class_array)):
         raise InputError(f"{task['label']}: label values are not integers (case {case_id})")
