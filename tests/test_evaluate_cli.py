@@ -135,7 +135,7 @@ def test_cli_on_fabricated_predictions(reference, predictions, tmp_path, capsys)
 
 def test_fusion_file_gives_fused_score_and_thresholds(reference, predictions, tmp_path):
     model = {"schema_version": 1, "kind": "vfscreen_fusion", "features": list(fusion.FEATURES),
-             "coefficients": [1.0, -5.0], "intercept": 4.0,
+             "feature_mean": [0.0, 0.0], "feature_scale": [1.0, 1.0], "coefficients": [1.0, -5.0], "intercept": 4.0,
              "thresholds": {"grader": 0.35, "morphometry": 0.15, "fused": 0.5}}
     path = fusion.save_fusion(model, tmp_path / "fusion.json")
     result = evaluate_predictions(reference, predictions, fusion=path, n_bootstrap=0, progress=False)

@@ -212,6 +212,7 @@ def test_bootstrap_counts_undefined_replicates():
 
 def test_fused_probability_is_the_documented_logistic_model(tmp_path):
     model = {"schema_version": 1, "kind": "vfscreen_fusion", "features": list(fusion.FEATURES),
+             "feature_mean": [-1.0, 0.8], "feature_scale": [2.0, 0.1],
              "coefficients": [1.0, -2.0], "intercept": 0.5, "thresholds": {"grader": 0.5}}
     path = fusion.save_fusion(model, tmp_path / "fusion.json")
     loaded = fusion.load_fusion(path)
@@ -219,7 +220,8 @@ def test_fused_probability_is_the_documented_logistic_model(tmp_path):
     ratio[0] = np.nan  # not measured -> the grader's p
     fused = fusion.fused_probability(loaded, P_FRACTURE, ratio)
     for p, r, f in zip(P_FRACTURE, ratio, fused):
-        expected = p if math.isnan(r) else 1 / (1 + math.exp(-(math.log(p / (1 - p)) - 2 * r + 0.5)))
+        z = ((math.log(p / (1 - p)) + 1.0) / 2.0, (r - 0.8) / 0.1)
+        expected = p if math.isnan(r) else 1 / (1 + math.exp(-(1.0 * z[0] - 2.0 * z[1] + 0.5)))
         assert f == pytest.approx(expected, abs=TOL)
     (tmp_path / "bad.json").write_text('{"kind": "something else"}')
     with pytest.raises(ConfigError, match="bad.json"):

@@ -1,11 +1,14 @@
 """Fusion of the learned grade probabilities with the morphometric Genant ratio, and validation thresholds.
 
-Model (documented, deliberately small): a logistic regression (scikit-learn ``LogisticRegression``, L2, C = 1)
+Model (documented, deliberately small): a logistic regression (scikit-learn ``LogisticRegression``, L2, C = 1) on
+standardised features (scikit-learn ``StandardScaler``; the mean and scale are stored with the coefficients)
 
-    P_fused(fracture) = sigmoid(w1 * logit(p) + w2 * r + b)
+    P_fused(fracture) = sigmoid(w1 * z1 + w2 * z2 + b),   z = (x - feature_mean) / feature_scale,
+    x = (logit(p), r)
 
 with p = the grader's P(fracture) = 1 - P(G0) (clipped to [1e-6, 1 - 1e-6]) and r = genant_ratio = min/max of the
-anterior/middle/posterior body heights measured by vfscreen's morphometry. It is fitted on the grader's
+anterior/middle/posterior body heights measured by vfscreen's morphometry. Standardising makes the L2 penalty treat
+both inputs alike (r varies over a few tenths, logit(p) over several units). It is fitted on the grader's
 *validation* predictions of the training folds (cross-validation, never on test cases) for the binary target
 G1-G3 vs G0. Where the ratio is not measured (a truncated vertebra) the fused probability is the grader's p.
 
@@ -25,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import sklearn
 from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
 
 from vfscreen.errors import ConfigError
 from vfscreen.evaluation.metrics import youden_threshold
@@ -39,7 +43,7 @@ THRESHOLD_METHODS = ("grader", "morphometry", "fused")
 
 
 def fusion_features(p_fracture: np.ndarray, genant_ratio: np.ndarray) -> np.ndarray:
-    """(N, 2) feature matrix [logit(p), ratio] of N vertebrae."""
+    """(N, 2) feature matrix x = [logit(p), ratio] of N vertebrae (before standardisation)."""
     p_fracture = np.clip(np.asarray(p_fracture, dtype=float), PROBABILITY_CLIP, 1.0 - PROBABILITY_CLIP)
     return np.column_stack([np.log(p_fracture / (1.0 - p_fracture)), np.asarray(genant_ratio, dtype=float)])
 
@@ -61,7 +65,8 @@ def fused_probability(model: dict, p_fracture: np.ndarray, genant_ratio: np.ndar
     measured = np.isfinite(genant_ratio) & np.isfinite(p_fracture)
     if measured.any():
         features = fusion_features(p_fracture[measured], genant_ratio[measured])
-        fused[measured] = _classifier(model).predict_proba(features)[:, 1]
+        standardised = (features - np.asarray(model["feature_mean"])) / np.asarray(model["feature_scale"])
+        fused[measured] = _classifier(model).predict_proba(standardised)[:, 1]
     return fused
 
 
@@ -80,10 +85,14 @@ def fit_fusion(true_grades: np.ndarray, p_fracture: np.ndarray, genant_ratio: np
     if positives == 0 or negatives == 0:
         raise ConfigError(f"cannot fit the fusion model: the validation predictions have {positives} fractured and "
                           f"{negatives} non-fractured vertebrae with a measured Genant ratio (both are needed)")
+    features = fusion_features(p_fracture[measured], genant_ratio[measured])
+    scaler = StandardScaler().fit(features)
     classifier = LogisticRegression(C=REGULARIZATION_C)
-    classifier.fit(fusion_features(p_fracture[measured], genant_ratio[measured]), is_fractured[measured])
+    classifier.fit(scaler.transform(features), is_fractured[measured])
     model = {"schema_version": SCHEMA_VERSION, "kind": "vfscreen_fusion", "model": "logistic_regression",
-             "features": list(FEATURES), "coefficients": [float(c) for c in classifier.coef_[0]],
+             "features": list(FEATURES), "feature_mean": [float(v) for v in scaler.mean_],
+             "feature_scale": [float(v) for v in scaler.scale_],
+             "coefficients": [float(c) for c in classifier.coef_[0]],
              "intercept": float(classifier.intercept_[0]), "regularization_C": REGULARIZATION_C,
              "probability_clip": PROBABILITY_CLIP, "sklearn_version": sklearn.__version__,
              "num_vertebrae": int(measured.sum()), "num_fractured": positives}
@@ -121,12 +130,16 @@ def validate_fusion(model, source="fusion model") -> dict:
         raise ConfigError(f"{source}: not a vfscreen fusion model (\"kind\" must be \"vfscreen_fusion\")")
     if model.get("schema_version") != SCHEMA_VERSION:
         raise ConfigError(f"{source}: schema_version {model.get('schema_version')!r}, expected {SCHEMA_VERSION}")
-    coefficients = model.get("coefficients")
-    if (not isinstance(coefficients, list) or len(coefficients) != len(FEATURES)
-            or not all(isinstance(c, (int, float)) for c in coefficients)
+    def numbers(key):
+        values = model.get(key)
+        return isinstance(values, list) and len(values) == len(FEATURES) and \
+            all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+    if (not all(numbers(key) for key in ("coefficients", "feature_mean", "feature_scale"))
+            or not all(v > 0 for v in model["feature_scale"])
             or not isinstance(model.get("intercept"), (int, float)) or model.get("features") != list(FEATURES)):
-        raise ConfigError(f"{source}: needs features {list(FEATURES)}, {len(FEATURES)} numeric coefficients and "
-                          "a numeric intercept")
+        raise ConfigError(f"{source}: needs features {list(FEATURES)} and {len(FEATURES)} numbers each for "
+                          "coefficients, feature_mean and feature_scale (> 0), and a numeric intercept")
     thresholds = model.get("thresholds", {})
     if not isinstance(thresholds, dict) or not all(v is None or isinstance(v, (int, float))
                                                     for v in thresholds.values()):
