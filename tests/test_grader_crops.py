@@ -196,6 +196,7 @@ def test_bad_inputs(dataset):
     (dataset / "labelsTr" / "case_2.nii.gz").unlink()
     with pytest.raises(InputError, match="case_2.nii.gz: label mask of case case_2 missing"):
         preprocess_grader_crops(DATASET, plans(), num_processes=1)
+    write_case(dataset, "Tr", "case_2", CASES["case_2"])
 
     with pytest.raises(ConfigError, match="made for Dataset001_Other"):
         preprocess_grader_crops(DATASET, plans(dataset_name="Dataset001_Other"))
