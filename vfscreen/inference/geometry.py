@@ -24,6 +24,13 @@ def array_indices_to_world(image: sitk.Image, zyx_indices: np.ndarray) -> np.nda
     return np.asarray(image.GetOrigin()) + (ijk * np.asarray(image.GetSpacing())) @ direction_matrix(image).T
 
 
+def array_indices_to_local_affine(image: sitk.Image, centre_mm: np.ndarray, frame: np.ndarray
+                                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(matrix (3, 3), offset (3,)) with ``local = zyx_indices @ matrix + offset`` = (world - centre) @ frame."""
+    index_to_world = (direction_matrix(image) * np.asarray(image.GetSpacing()))[:, ::-1]  # columns: k, j, i
+    return index_to_world.T @ frame, (np.asarray(image.GetOrigin()) - centre_mm) @ frame
+
+
 def world_to_array_indices(image: sitk.Image, world_points: np.ndarray) -> np.ndarray:
     """(..., 3) world points -> (..., 3) continuous numpy-order indices (k, j, i)."""
     points = np.asarray(world_points, dtype=float)

@@ -24,8 +24,8 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from vfscreen.genant import genant_ratio, grade_from_heights
-from vfscreen.inference.geometry import (WORLD_ANTERIOR, WORLD_SUPERIOR, array_indices_to_world, touches_border,
-                                         voxel_shadow_mm)
+from vfscreen.inference.geometry import (WORLD_ANTERIOR, WORLD_SUPERIOR, array_indices_to_local_affine,
+                                         array_indices_to_world, touches_border, voxel_shadow_mm)
 from vfscreen.labels import MAX_VERSE_ID, is_vertebra, spine_position
 
 MEASUREMENT_INSET = 0.15  # anterior / posterior columns lie 15 % of the body depth inside the walls
@@ -154,11 +154,11 @@ def measure_vertebra(verse_map: np.ndarray, reference: sitk.Image, label: int, b
     pads = [int(np.ceil(2 * shadows[0] / spacing)) + 1 for spacing in reversed(reference.GetSpacing())]
     grown = tuple(slice(max(box.start - pad, 0), min(box.stop + pad, size))
                   for box, size, pad in zip(bbox, verse_map.shape, pads))
-    grid_indices = np.indices([box.stop - box.start for box in grown]).reshape(3, -1).T
-    grid_indices = grid_indices + np.array([box.start for box in grown])
-    local_grid = (array_indices_to_world(reference, grid_indices) - centroid_mm) @ frame  # (G, 3) (u, a, l)
+    matrix, offset = array_indices_to_local_affine(reference, centroid_mm, frame)  # index -> (u, a, l)
+    grid_indices = np.indices([box.stop - box.start for box in grown], dtype=np.int32).reshape(3, -1).T
+    grid_indices += np.array([box.start for box in grown], dtype=np.int32)
     is_mask = (verse_map[grown] == label).reshape(-1)
-    local_mask = local_grid[is_mask]
+    local_mask = grid_indices[is_mask] @ matrix + offset  # (M, 3) (u, a, l) of the vertebra's voxels
 
     posterior_limit = _body_posterior_limit(local_mask[:, 1], local_mask[:, 2], bin_mm=max(shadows[1], 0.5),
                                             strip_half_mm=max(3.0, shadows[2]), min_gap_mm=min_canal_gap_mm)
@@ -173,6 +173,10 @@ def measure_vertebra(verse_map: np.ndarray, reference: sitk.Image, label: int, b
 
     half_thickness = max(3.0, shadows[2])
     slab = body[np.abs(body[:, 2] - lateral_centre) <= half_thickness]
+    # all grid voxels of the mid-sagittal slab (only these can fall into a measurement prism)
+    grid_lateral = grid_indices @ matrix[:, 2] + offset[2]
+    slab_grid = grid_indices[np.abs(grid_lateral - lateral_centre) <= half_thickness]
+    local_grid = slab_grid @ matrix + offset  # (G, 3) (u, a, l)
     # depth at mid-height: a slightly tilted axis must not lengthen the body by the endplates' corners
     mid_height = np.abs(slab[:, 0] - np.median(slab[:, 0])) <= max(shadows[0], 0.15 * np.ptp(slab[:, 0]))
     slab = slab[mid_height] if np.count_nonzero(mid_height) >= MIN_BODY_VOXELS // 2 else slab
