@@ -108,7 +108,7 @@ def run(argv=None) -> int:
     from vfscreen.dataset import resolve_dataset_name
     from vfscreen.training.grader.ddp import launched_by_torchrun
 
-    dataset_name = resolve_dataset_name(args.dataset)
+    dataset_name = str(resolve_dataset_name(args.dataset))  # nnunetv2 may return a numpy.str_
     fold = parse_fold(args.fold)
     plans = _load_plans(dataset_name)
     if args.configuration not in plans.get("configurations", {}):

@@ -122,6 +122,9 @@ def load_grader(fold_folder, device="cpu", which: str = "final"):
     except RuntimeError as error:
         raise ConfigError(f"{checkpoint_path(fold_folder, which)}: weights do not fit the network in its metadata "
                           f"({str(error).splitlines()[0][:200]})") from None
-    network.to(torch.device(device) if isinstance(device, str) else device)
+    device = torch.device(device) if isinstance(device, str) else device
+    # channels-last 3D: faster 3D convolutions on CPU and with cuDNN; inputs of any memory layout are accepted
+    network.to(device, memory_format=torch.channels_last_3d if device.type in ("cpu", "cuda") else
+               torch.contiguous_format)
     network.eval()
     return network, plans
