@@ -293,7 +293,7 @@ def summary_text(dataset_folder: Path, written: list[WrittenCase], problems: Pro
     background = Counter(v for case in written for v in case.background_ids)
     lines = [f"{dataset_folder}:",
              f"  cases: {len(written)} ({splits['Tr']} training, {splits['Ts']} test), "
-             f"subjects: {len({case.subject for case in written})}",
+             f"patients: {len({case.subject for case in written})}",
              f"  vertebrae: {sum(len(case.vertebrae) for case in written)} segmented, "
              f"{sum(grade_histogram.values())} graded",
              "  grades: " + ", ".join(f"G{g} {grade_histogram.get(g, 0)}" for g in range(4))]
