@@ -285,3 +285,18 @@ def test_not_graded_vertebra_counts_as_g0(reference, predictions):
     assert row["genant_ratio"] == pytest.approx(0.78)  # morphometry still reported
     grader = result["metrics"]["classification"]["vertebra"]["grader"]
     assert grader["argmax"]["sensitivity"]["value"] == pytest.approx(1 / 3, abs=1e-12)
+
+
+def test_truncated_reference_vertebra_not_graded_is_excluded_and_listed(reference, predictions):
+    grades = pd.read_csv(reference / "grades.csv", dtype={"case_id": str})
+    grades["truncated"] = (grades["case_id"] == "caseB") & (grades["label"] == L3)  # the missed G2
+    grades.to_csv(reference / "grades.csv", index=False)
+    result = evaluate_predictions(reference, predictions, n_bootstrap=0, progress=False)
+    assert result["cases"]["excluded_truncated_not_graded"] == ["caseB:L3"]
+    assert len(result["vertebrae"]) == 8
+    grader = result["metrics"]["classification"]["vertebra"]["grader"]
+    assert grader["argmax"]["sensitivity"]["value"] == 1.0  # 2 of 2 graded fractures found
+    assert result["metrics"]["segmentation"]["num_missed"] == 4  # segmentation still counts it
+    counted = evaluate_predictions(reference, predictions, n_bootstrap=0, progress=False, include_truncated=True)
+    assert counted["metrics"]["classification"]["vertebra"]["grader"]["argmax"]["sensitivity"]["value"] == \
+        pytest.approx(2 / 3, abs=1e-12)

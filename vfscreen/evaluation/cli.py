@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fusion", help="fusion.json giving the fused score and validation thresholds")
     parser.add_argument("--split", choices=("Tr", "Ts", "all"),
                         help="labels split of a raw dataset reference (default: Ts when present, else Tr)")
+    parser.add_argument("--include-truncated", action="store_true",
+                        help="count reference vertebrae marked truncated in grades.csv that were not graded as "
+                             "predicted G0 (default: exclude and list them)")
     parser.add_argument("-o", "--output", help="metrics JSON to write")
     parser.add_argument("--bootstrap", type=int, default=DEFAULT_RESAMPLES,
                         help=f"bootstrap resamples of patients (default {DEFAULT_RESAMPLES}; 0 = no intervals)")
@@ -84,7 +87,7 @@ def run(args: argparse.Namespace) -> dict:
         result = evaluate.evaluate_cross_validation(args.dataset, args.configuration, folds=args.folds,
                                                     plans_name=args.plans, n_bootstrap=args.bootstrap,
                                                     seed=args.seed, fit_fusion=args.fit_fusion, progress=progress,
-                                                    loss=args.loss)
+                                                    loss=args.loss, include_truncated=args.include_truncated)
         output = Path(args.output) if args.output else Path(result["model_folder"]) / "cv_metrics.json"
         if result["fusion"].get("saved"):
             print(f"fusion model written: {result['fusion']['saved']}")
@@ -102,7 +105,8 @@ def run(args: argparse.Namespace) -> dict:
                       file=sys.stderr)
         result = evaluate.evaluate_predictions(args.reference, args.prediction, split=args.split, fusion=fusion,
                                                n_bootstrap=args.bootstrap, seed=args.seed,
-                                               max_distance_mm=args.max_distance_mm, progress=progress)
+                                               max_distance_mm=args.max_distance_mm,
+                                               include_truncated=args.include_truncated, progress=progress)
         output = Path(args.output) if args.output else Path(args.prediction) / "metrics.json"
     configuration = (result.get("model") or {}).get("configuration") or args.configuration
     print(format_result(result, describe_method(_plans_of_model(args, result), configuration),

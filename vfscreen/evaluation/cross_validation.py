@@ -17,7 +17,8 @@ from vfscreen.dataset import GRADES_FILE, label_path, raw_dataset_folder, read_g
 from vfscreen.errors import ConfigError, InputError
 from vfscreen.evaluation import fusion as fusion_module
 from vfscreen.evaluation.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED
-from vfscreen.evaluation.inputs import masks_use_class_ids, read_reference_mask, read_validation_predictions
+from vfscreen.evaluation.inputs import (masks_use_class_ids, read_reference_mask, read_validation_predictions,
+                                        truncated_flags)
 from vfscreen.evaluation.results import DEFAULT_PLANS, finish_result, grader_model_folder, grading_row
 from vfscreen.paths import nnUNet_preprocessed
 
@@ -58,18 +59,6 @@ def _validation_cases(dataset_name: str, folds: list[int]) -> dict[str, int]:
     return case_fold
 
 
-def _uses_truncated(model_folder: Path, fold_files: dict[int, Path], configuration: str) -> bool:
-    for predictions_file in fold_files.values():
-        plans_file = predictions_file.parent.parent / "plans.json"
-        if plans_file.is_file():
-            try:
-                plans = json.loads(plans_file.read_text())
-                return bool(plans["configurations"][configuration]["grader"]["crop"].get("use_truncated", True))
-            except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
-                return True
-    return True
-
-
 def measure_reference_morphometry(dataset_name: str, case_ids, progress: bool = True) -> dict[tuple, tuple]:
     """(case, VerSe id) -> (genant_ratio, morph_grade) measured by vfscreen.inference.morphometry (the code prediction
     runs) on the reference masks labelsTr/<case>.nii.gz; vertebrae it cannot measure (truncated) are left out."""
@@ -92,8 +81,8 @@ def measure_reference_morphometry(dataset_name: str, case_ids, progress: bool = 
 
 
 def cross_validation_table(dataset: str | int, configuration: str = "3d", folds=None,
-                           plans_name: str = DEFAULT_PLANS, progress: bool = True,
-                           loss: str = "supcon") -> tuple[pd.DataFrame, dict]:
+                           plans_name: str = DEFAULT_PLANS, progress: bool = True, loss: str = "supcon",
+                           include_truncated: bool = False) -> tuple[pd.DataFrame, dict]:
     """Pooled validation predictions of the grader folds against grades.csv: the evaluation table with a ``fold``
     column (not yet fused) and a description of cases/vertebrae that were missing, extra or excluded."""
     dataset_name = resolve_dataset_name(dataset)
@@ -102,11 +91,7 @@ def cross_validation_table(dataset: str | int, configuration: str = "3d", folds=
     case_fold = _validation_cases(dataset_name, list(fold_files))
     grades = read_grades(raw_dataset_folder(dataset_name) / GRADES_FILE)
     reference = grades[grades["case_id"].isin(case_fold.keys())].copy()
-    excluded_truncated = 0
-    if "truncated" in reference.columns and not _uses_truncated(model_folder, fold_files, configuration):
-        truncated = reference["truncated"].astype(str).str.lower().isin(("1", "true", "yes"))
-        excluded_truncated = int(truncated.sum())
-        reference = reference[~truncated]
+    reference["reference_truncated"] = truncated_flags(reference)
     predictions = pd.concat([read_validation_predictions(path, fold) for fold, path in fold_files.items()],
                             ignore_index=True)
     duplicated = predictions.duplicated(["case_id", "label"])
@@ -123,9 +108,13 @@ def cross_validation_table(dataset: str | int, configuration: str = "3d", folds=
         morphometry_source = ("measured on the reference masks by vfscreen.inference.morphometry (predictions.csv "
                               f"has no genant_ratio); {len(measured)} vertebrae measured")
     by_key = {(row.case_id, int(row.label)): row for row in predictions.itertuples(index=False)}
-    rows, folds_of_rows = [], []
-    for case_id, label, grade in zip(reference["case_id"], reference["label"], reference["grade"]):
+    rows, folds_of_rows, excluded_truncated = [], [], []
+    for case_id, label, grade, truncated in zip(reference["case_id"], reference["label"], reference["grade"],
+                                                reference["reference_truncated"]):
         found = by_key.get((case_id, int(label)))
+        if found is None and truncated and not include_truncated:
+            excluded_truncated.append(f"{case_id}:{labels.name_of(label)}")
+            continue
         if found is not None and math.isfinite(found.file_grade) and int(found.file_grade) != int(grade):
             raise InputError(f"{fold_files[found.fold]}: case {case_id} vertebra {labels.name_of(label)} has grade "
                              f"{int(found.file_grade)} but grades.csv says {int(grade)}")
@@ -149,7 +138,7 @@ def cross_validation_table(dataset: str | int, configuration: str = "3d", folds=
                       "ungraded_predictions": int(sum((c, int(lab)) not in reference_keys
                                                       for c, lab in zip(predictions["case_id"],
                                                                         predictions["label"]))),
-                      "excluded_truncated_vertebrae": excluded_truncated}}
+                      "excluded_truncated_not_graded": excluded_truncated}}
     if not (set(case_fold) & predicted_cases):
         raise ConfigError(f"no case in common between the validation predictions of folds {list(fold_files)} and "
                           f"the validation cases of {dataset_name}'s splits_final.json")
@@ -159,12 +148,13 @@ def cross_validation_table(dataset: str | int, configuration: str = "3d", folds=
 def evaluate_cross_validation(dataset: str | int, configuration: str = "3d", *, folds=None,
                               plans_name: str = DEFAULT_PLANS, n_bootstrap: int = DEFAULT_RESAMPLES,
                               seed: int = DEFAULT_SEED, fit_fusion: bool = False, progress: bool = True,
-                              loss: str = "supcon") -> dict:
+                              loss: str = "supcon", include_truncated: bool = False) -> dict:
     """Pool the folds' validation predictions; fused score and validation thresholds are cross-fitted (each fold's
     from the other folds), so nothing is tuned on the vertebrae it is evaluated on. ``fit_fusion``: also fit the
     fusion model on all folds and save it as fusion.json in the grader model folder (``fusion.saved`` in the result).
     """
-    table, info = cross_validation_table(dataset, configuration, folds, plans_name, progress, loss)
+    table, info = cross_validation_table(dataset, configuration, folds, plans_name, progress, loss,
+                                         include_truncated)
     saved = _fit_and_save_fusion(table, info, plans_name) if fit_fusion else None
     fitted, reasons = fusion_module.cross_fitted(table["grade"].to_numpy(), table["score_grader"].to_numpy(),
                                                  table["genant_ratio"].to_numpy(), table["fold"].to_numpy())

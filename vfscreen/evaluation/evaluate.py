@@ -55,11 +55,12 @@ def _resolve_fusion(fusion, predictions) -> tuple[dict | None, str]:
 def evaluate_predictions(reference: str | Path, prediction_folder: str | Path, *, split: str | None = None,
                          fusion: str | Path | dict | None = None, n_bootstrap: int = DEFAULT_RESAMPLES,
                          seed: int = DEFAULT_SEED, max_distance_mm: float = MAX_CENTROID_DISTANCE_MM,
-                         progress: bool = True) -> dict:
+                         include_truncated: bool = False, progress: bool = True) -> dict:
     """Compare ``vfscreen_predict`` outputs with reference masks + grades.csv (see inputs.py for the reference
     layout). ``fusion``: a fusion.json path or dict giving the fused score and the validation thresholds (default:
     ``model.fusion`` of the prediction JSONs, else fusion.json in the grader folder named by their
-    ``model.grader.folder``, else those metrics are reported as unavailable)."""
+    ``model.grader.folder``, else those metrics are reported as unavailable). Truncated reference vertebrae the
+    method did not grade are excluded from the grading metrics and listed unless ``include_truncated``."""
     ref = load_reference(reference, split)
     predictions, failed = load_prediction_folder(prediction_folder)
     common = sorted(set(ref.masks) & set(predictions))
@@ -70,7 +71,7 @@ def evaluate_predictions(reference: str | Path, prediction_folder: str | Path, *
                                                           if predictions else ")"))
     fusion_model, fusion_source = _resolve_fusion(fusion, predictions)
     grades_by_case = {case: group for case, group in ref.grades.groupby("case_id")}
-    grading_rows, vertebra_rows, extra_rows, per_case, grades_without_mask = [], [], [], [], []
+    grading_rows, vertebra_rows, extra_rows, per_case, grades_without_mask, excluded_truncated = [], [], [], [], [], []
     for case_id in tqdm(sorted(ref.masks), desc="evaluating cases", disable=not progress, leave=False):
         reference_image = read_reference_mask(ref.masks[case_id], ref.class_ids)
         prediction = predictions.get(case_id)
@@ -87,8 +88,9 @@ def evaluate_predictions(reference: str | Path, prediction_folder: str | Path, *
         vertebra_rows += match.vertebra_rows()
         extra_rows += match.extra_rows()
         in_mask = set(match.reference_labels)
-        case_grades = grades_by_case.get(case_id, pd.DataFrame(columns=["label", "grade"]))
-        for label, grade in zip(case_grades["label"], case_grades["grade"]):
+        case_grades = grades_by_case.get(case_id, pd.DataFrame(columns=["label", "grade", "reference_truncated"]))
+        for label, grade, truncated in zip(case_grades["label"], case_grades["grade"],
+                                           case_grades["reference_truncated"]):
             vertebra = None
             if prediction is not None and label in prediction.vertebrae:
                 if label in match.identified:
@@ -98,6 +100,9 @@ def evaluate_predictions(reference: str | Path, prediction_folder: str | Path, *
             if label not in in_mask:
                 grades_without_mask.append({"case_id": case_id, "label": int(label), "name": labels.name_of(label),
                                             "matched_by_label_only": vertebra is not None})
+            if truncated and not include_truncated and (vertebra is None or not vertebra["graded"]):
+                excluded_truncated.append(f"{case_id}:{labels.name_of(label)}")
+                continue
             grading_rows.append(grading_row(case_id, label, grade, vertebra))
         per_case.append({"case_id": case_id, "predicted": prediction is not None,
                          "num_reference_vertebrae": len(match.reference_labels),
@@ -117,6 +122,7 @@ def evaluate_predictions(reference: str | Path, prediction_folder: str | Path, *
                         "grades_without_mask": grades_without_mask,
                         "matched_not_graded": [f"{r['case_id']}:{r['name']}" for r in grading_rows
                                                if r["matched"] and not r["graded"]],
+                        "excluded_truncated_not_graded": excluded_truncated,
                         "grades_of_cases_without_mask": ref.ignored_grade_cases,
                         "reference_masks": "nnU-Net class ids" if ref.class_ids else "VerSe ids",
                         "grades_file": str(ref.grades_path)},

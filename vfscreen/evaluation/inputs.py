@@ -10,6 +10,11 @@ Label ids of the masks: nnU-Net class ids when the dataset folder (the folder, o
 folder) has a ``dataset.json`` with a ``"vfscreen"`` entry - the vfscreen raw format -, else VerSe ids (1-25, 28;
 sacrum 26 and coccyx 27 are not graded vertebrae and are ignored). Grades of cases without a reference mask are not
 part of the evaluation (a raw dataset's grades.csv covers training and test cases).
+
+Truncated vertebrae: a reference vertebra marked ``truncated`` in grades.csv (cut by the field of view) that the
+method did not grade (not graded, or not found) is excluded from the grading metrics and listed - vfscreen does not
+grade vertebrae it cannot see whole when its plan says so; one it did grade is evaluated. ``include_truncated``
+counts them against the method instead. Segmentation metrics always include every reference vertebra.
 """
 from __future__ import annotations
 
@@ -83,10 +88,18 @@ def load_reference(reference: str | Path, split: str | None = None) -> Reference
         raise ConfigError(f"{reference}: no label masks (*{FILE_ENDING}) found"
                           + (f" in labels{split or 'Ts/labelsTr'}" if is_dataset else ""))
     grades = read_grades(grades_path)
+    grades["reference_truncated"] = truncated_flags(grades)
     in_reference = grades["case_id"].isin(masks.keys())
     return Reference(masks=masks, class_ids=masks_use_class_ids(dataset_folder),
                      grades=grades[in_reference].reset_index(drop=True), grades_path=grades_path,
                      ignored_grade_cases=sorted(set(grades.loc[~in_reference, "case_id"])))
+
+
+def truncated_flags(grades: pd.DataFrame) -> pd.Series:
+    """grades.csv's optional ``truncated`` column (True/False, 1/0, yes/no) as booleans; False when absent."""
+    if "truncated" not in grades.columns:
+        return pd.Series(False, index=grades.index)
+    return grades["truncated"].astype(str).str.strip().str.lower().isin(("1", "true", "yes"))
 
 
 def read_reference_mask(path: Path, class_ids: bool) -> sitk.Image:
