@@ -357,7 +357,7 @@ def paste_crops_to_image(items, reference_image: sitk.Image, interpolator=sitk.s
 
 def _resample_to_reference_region(values_in_crop_grid, crop: VertebraCrop, reference_image: sitk.Image,
                                   interpolator, background: float):
-    """((z, y, x) slices of the reference grid, float32 values there) for the region the crop covers, or (None, None)."""
+    """((z, y, x) slices of the reference grid, float32 values there) where the crop lies, or (None, None)."""
     crop_image = crop.grid_image(values_in_crop_grid)
     size_xyz = np.asarray(reference_image.GetSize())
     corner_low = -0.5 * np.ones(3)
