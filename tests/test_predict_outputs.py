@@ -130,12 +130,15 @@ def test_no_vertebra_is_a_valid_output(tmp_path):
 
 def test_failing_case_goes_to_errors_and_the_rest_runs(input_folder, tmp_path):
     (input_folder / "broken.nii.gz").write_text("not an image")
+    make_ct(input_folder / "bad name.nii.gz")  # a case id that is not safe as a file name
     out = tmp_path / "out"
     table = predict(input_folder, out, models=fake_models())
-    assert [e["case_id"] for e in table.attrs["errors"]] == ["broken"]
+    assert [e["case_id"] for e in table.attrs["errors"]] == ["bad name", "broken"]
     errors = pd.read_csv(out / "errors.csv")
-    assert list(errors["case_id"]) == ["broken"] and "cannot read" in errors["error"][0]
-    assert not list(out.glob("broken*"))  # nothing else written for it
+    assert list(errors["case_id"]) == ["bad name", "broken"] and "cannot read" in errors["error"][1]
+    assert "not safe as a file name" in errors["error"][0]
+    assert not list(out.glob("broken*")) and not list(out.glob("bad*"))  # nothing else written for them
+    (input_folder / "bad name.nii.gz").unlink()
     assert (out / "caseC.json").is_file()
     # the case is fixed: --continue processes it, skips the others, errors.csv disappears
     (input_folder / "broken.nii.gz").unlink()

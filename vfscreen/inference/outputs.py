@@ -148,12 +148,17 @@ def write_summary(output_folder: Path, case_ids: list[str]) -> pd.DataFrame:
     return table
 
 
-def update_errors(output_folder: Path, processed_case_ids: list[str], failures: list[dict]) -> Path | None:
-    """errors.csv = earlier failures of cases not processed now + this run's failures; removed when empty."""
+def update_errors(output_folder: Path, processed_case_ids: list[str], failures: list[dict],
+                  input_case_ids: list[str] | None = None) -> Path | None:
+    """errors.csv = earlier failures of input cases not processed now (e.g. another part's) + this run's failures;
+    removed when empty."""
     path = Path(output_folder) / "errors.csv"
     previous = pd.read_csv(path, dtype=str, keep_default_na=False) if path.is_file() else \
         pd.DataFrame(columns=ERROR_COLUMNS)
-    previous = previous[~previous["case_id"].isin(processed_case_ids)] if len(previous) else previous
+    if len(previous):
+        previous = previous[~previous["case_id"].isin(processed_case_ids)]
+        if input_case_ids is not None:
+            previous = previous[previous["case_id"].isin(input_case_ids)]
     table = pd.concat([previous, pd.DataFrame(failures, columns=ERROR_COLUMNS)], ignore_index=True)
     if table.empty:
         path.unlink(missing_ok=True)

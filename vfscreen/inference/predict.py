@@ -216,6 +216,14 @@ def predict_case(image: sitk.Image, case_id: str, models: Models, saliency: bool
             "gradcam": gradcam, "probabilities": probabilities, "components": components, "timings_s": timings}
 
 
+def _safe(case_id: str) -> bool:
+    try:
+        check_case_id(case_id)
+    except InputError:
+        return False
+    return True
+
+
 def _check_output_folder(input_path: Path, output_folder: Path) -> None:
     input_folder = input_path if input_path.is_dir() else input_path.parent
     if output_folder.resolve() == input_folder.resolve():
@@ -236,14 +244,12 @@ def predict(input, output, dataset=501, configuration: str = "3d", folds=None, d
     input_path, output_folder = Path(input), Path(output)
     _check_output_folder(input_path, output_folder)
     all_cases = list_cases(input_path)
-    for case in all_cases:
-        check_case_id(case.case_id)
     cases = split_cases(all_cases, num_parts, part_id)
     if num_threads:
         import torch
         torch.set_num_threads(int(num_threads))
-    skipped = [case.case_id for case in cases if continue_prediction and outputs.case_is_complete(
-        output_folder, case.case_id, saliency, save_probabilities)]
+    skipped = [case.case_id for case in cases if continue_prediction and _safe(case.case_id)
+               and outputs.case_is_complete(output_folder, case.case_id, saliency, save_probabilities)]
     todo = [case for case in cases if case.case_id not in skipped]
     if todo and models is None:
         from vfscreen.inference.segmentation import load_models
@@ -253,6 +259,7 @@ def predict(input, output, dataset=501, configuration: str = "3d", folds=None, d
     failures, finished = [], []
     for case in tqdm(todo, desc="vfscreen_predict", unit="case", disable=not todo):
         try:
+            check_case_id(case.case_id)
             image = read_case_image(case)
             result = predict_case(image, case.case_id, models, saliency)
             from vfscreen.inference.report import render_report
@@ -280,8 +287,9 @@ def predict(input, output, dataset=501, configuration: str = "3d", folds=None, d
                              if message else type(error).__name__})
             tqdm.write(f"vfscreen: case {case.case_id} failed: {failures[-1]['error']}")
     if output_folder.is_dir():
-        table = outputs.write_summary(output_folder, [case.case_id for case in all_cases])
-        outputs.update_errors(output_folder, [case.case_id for case in todo], failures)
+        table = outputs.write_summary(output_folder, [case.case_id for case in all_cases if _safe(case.case_id)])
+        outputs.update_errors(output_folder, [case.case_id for case in todo], failures,
+                              [case.case_id for case in all_cases])
     else:
         table = pd.DataFrame(columns=outputs.SUMMARY_COLUMNS)
     table = table[table["case_id"].isin(finished + skipped)].reset_index(drop=True)
