@@ -266,3 +266,19 @@ def test_real_ct_in_the_verse_layout(tmp_path, example_ct):
     assert ct_out.GetPixelID() == ct.GetPixelID() == sitk.sitkInt32
     assert_case_round_trips(folder, "ts001", "Tr", raw_folder / "sub-ts001_ct.nii.gz",
                             derivatives / "sub-ts001_seg-vert_msk.nii.gz", world_centroids(written_mask))
+
+
+def test_implant_list_from_a_file(tmp_path):
+    from vfscreen.conversion.common import ProblemLog
+    from vfscreen.conversion.verse import find_scans, read_exclusions
+
+    write_verse_scan(tmp_path / "verse", "sub-verse001", *make_case(seed=1))
+    write_verse_scan(tmp_path / "verse", "sub-verse002", *make_case(seed=2))
+    implants = tmp_path / "implants.csv"
+    implants.write_text("subject,label\nsub-verse001,L1\nverse001,T12  # screws\nverse002\nverse003,L1\n")
+    problems = ProblemLog()
+    scans = find_scans([tmp_path / "verse"], problems)
+    assert read_exclusions(str(implants), scans, problems) == {"verse001": {19, 20}, "verse002": None}
+    assert len(problems.messages) == 1 and "verse003" in problems.messages[0]
+    with pytest.raises(ConfigError, match="does not exist"):
+        read_exclusions(str(tmp_path / "missing.csv"), scans, problems)

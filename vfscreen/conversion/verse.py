@@ -259,6 +259,8 @@ def read_exclusions(text: str | None, scans: list[VerseScan], problems: ProblemL
     ``subject:label`` items. Returns case id -> excluded VerSe ids (None = the whole case)."""
     if not text:
         return {}
+    if not Path(text).is_file() and re.search(r"\.(csv|txt|tsv)$", text, re.IGNORECASE):
+        raise ConfigError(f"--exclude-implants {text}: file does not exist")
     if Path(text).is_file():
         items = []
         for line in Path(text).read_text().splitlines():
