@@ -59,6 +59,9 @@ def _validation_cases(dataset_name: str, folds: list[int]) -> dict[str, int]:
     return case_fold
 
 
+_MORPHOMETRY_CACHE: dict[tuple, dict] = {}  # (mask path, modification time) -> measurements, for this process
+
+
 def measure_reference_morphometry(dataset_name: str, case_ids, progress: bool = True) -> dict[tuple, tuple]:
     """(case, VerSe id) -> (genant_ratio, morph_grade) measured by vfscreen.inference.morphometry (the code prediction
     runs) on the reference masks labelsTr/<case>.nii.gz; vertebrae it cannot measure (truncated) are left out."""
@@ -73,10 +76,14 @@ def measure_reference_morphometry(dataset_name: str, case_ids, progress: bool = 
         path = label_path(raw, case_id, "Tr")
         if not path.is_file():
             continue
-        mask = read_reference_mask(path, class_ids)
-        for label, result in measure_vertebrae(sitk.GetArrayFromImage(mask), mask).items():
-            if result.genant_ratio is not None:
-                measured[(case_id, int(label))] = (float(result.genant_ratio), float(result.morph_grade))
+        key = (str(path), path.stat().st_mtime_ns, class_ids)
+        if key not in _MORPHOMETRY_CACHE:
+            mask = read_reference_mask(path, class_ids)
+            _MORPHOMETRY_CACHE[key] = {
+                int(label): (float(result.genant_ratio), float(result.morph_grade))
+                for label, result in measure_vertebrae(sitk.GetArrayFromImage(mask), mask).items()
+                if result.genant_ratio is not None}
+        measured.update({(case_id, label): value for label, value in _MORPHOMETRY_CACHE[key].items()})
     return measured
 
 
