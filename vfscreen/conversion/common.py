@@ -114,11 +114,11 @@ def integer_hu(ct: sitk.Image) -> tuple[sitk.Image, bool]:
 
 def mask_to_verse_array(mask: sitk.Image, source: str) -> np.ndarray:
     """Integer VerSe-id array (z, y, x) of a mask; sacrum/coccyx still in it. Raises InputError on bad values."""
-    array = sitk.GetArrayFromImage(mask)
+    array = sitk.GetArrayFromImage(mask)  # a copy, (z, y, x)
     if not np.issubdtype(array.dtype, np.integer):
         if not np.all(np.isfinite(array)) or not np.all(array == np.rint(array)):
             raise InputError(f"{source}: mask has non-integer values; expected VerSe ids (1-25, 28)")
-    array = array.astype(np.int64)
+        array = array.astype(np.int32)
     values = [int(v) for v in np.unique(array) if v != 0]
     unknown = [v for v in values if not labels.is_vertebra(v) and v not in BACKGROUND_VERSE_IDS]
     if unknown:
