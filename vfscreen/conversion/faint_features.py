@@ -12,8 +12,12 @@ Two inputs, zipped or unzipped (a zip is read with :mod:`zipfile`; the input is 
 2. The processed patches (``processed_dataset.zip``: ``img/``, ``seg/``, ``{image}_{label}_{grade}.nii.gz``,
    ``train_file_list.{tag}.yaml`` / ``test_file_list.{tag}.yaml``) -> grader-only training data in
    ``nnUNet_preprocessed/Dataset504_FaintFeaturesPatches``: each patch becomes a crop (THE crop function of
-   :mod:`vfscreen.preprocessing.crops` applied to the patch and its mask, margin 0, in ``vfscreen_crops_3d/`` with
-   ``crops.csv``), and each tag's train/test lists become one fold of ``splits_final.json`` (test list = validation).
+   :mod:`vfscreen.preprocessing.crops` applied to the patch and its mask, in ``vfscreen_crops_3d/`` with ``crops.csv``
+   in the columns of :mod:`vfscreen.preprocessing.grader_crops`), and each tag's train/test lists become one fold of
+   ``splits_final.json`` (test list = validation; ``fold`` in crops.csv = the fold whose validation set holds the
+   image, empty when none). The crop plan: ``--plans-from`` a planned dataset (its grader crop plan, and its plans
+   are copied so that ``vfscreen_train 504 3d 0 --stage grader`` runs; context beyond the authors' patch, which is
+   the vertebra's box, is air), else ``--crop-plan FILE``, else fit mode, margin 0, ``--patch-size``^3.
 """
 from __future__ import annotations
 
