@@ -129,3 +129,18 @@ def test_reorientation_round_trip_is_voxel_exact(model_folder, orientation):
     class_map, probabilities = segmenter(image)
     assert np.array_equal(class_map, (array > 0).astype(np.uint8))
     assert np.array_equal(probabilities[1], (array > 0).astype(np.float16))
+
+
+def test_vfscreen_trainer_checkpoints_are_found(model_folder):
+    """Checkpoints written by vfscreenSegTrainer (not findable by nnunetv2's own look-up) load too."""
+    from vfscreen.inference.segmentation import NnunetSegmenter, load_nnunet_checkpoint
+
+    for fold in (0, 1):
+        path = model_folder / f"fold_{fold}" / "checkpoint_final.pth"
+        checkpoint = load_nnunet_checkpoint(path)
+        checkpoint["trainer_name"] = "vfscreenSegTrainer"
+        torch.save(checkpoint, path)
+    segmenter = NnunetSegmenter(model_folder, [0, 1], "cpu", use_mirroring=False)
+    assert segmenter.trainer_name == "vfscreenSegTrainer"
+    class_map, _ = segmenter(sitk.GetImageFromArray(np.zeros((8, 8, 8), np.float32)))
+    assert class_map.shape == (8, 8, 8)

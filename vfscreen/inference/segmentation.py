@@ -1,8 +1,8 @@
 """Segmentation + labelling with nnunetv2's ``nnUNetPredictor`` (fold ensemble), and loading all trained models.
 
 nnunetv2 looks trainer classes up by name inside its own package and loads checkpoints with ``weights_only=False``;
-vfscreen therefore builds the network itself (the trainer class's ``build_network_architecture``: vfscreen's
-``vfscreenSegTrainer`` or any nnU-Net trainer) from checkpoints read with ``torch.load(weights_only=True)`` and hands
+vfscreen therefore builds the network itself (the trainer class's ``build_network_architecture``, class found by
+vfscreen.training.segmentation.trainer_class: vfscreen's ``vfscreenSegTrainer`` or any nnU-Net trainer) from checkpoints read with ``torch.load(weights_only=True)`` and hands
 everything to ``nnUNetPredictor.manual_initialization``. Prediction itself (preprocessing, sliding window, Gaussian
 weighting, mirroring, fold averaging, resampling back to the input grid) is nnU-Net's.
 """
@@ -18,17 +18,6 @@ from vfscreen.errors import ConfigError
 from vfscreen.inference.predict import Models
 
 NNUNET_CHECKPOINTS = {"final": "checkpoint_final.pth", "best": "checkpoint_best.pth", "latest": "checkpoint_latest.pth"}
-
-
-def _trainer_class(trainer_name: str):
-    if trainer_name == "vfscreenSegTrainer":
-        from vfscreen.training.segmentation import vfscreenSegTrainer
-        return vfscreenSegTrainer
-    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-    try:
-        return recursive_find_trainer_class_by_name(trainer_name)
-    except RuntimeError:
-        raise ConfigError(f"segmentation trainer {trainer_name!r} is neither vfscreen's nor nnU-Net's") from None
 
 
 def load_nnunet_checkpoint(path: Path) -> dict:
@@ -78,7 +67,8 @@ class NnunetSegmenter:
                        for fold in folds]
         first = checkpoints[0]
         configuration_manager = plans_manager.get_configuration(first["init_args"]["configuration"])
-        trainer_class = _trainer_class(first["trainer_name"])
+        from vfscreen.training.segmentation import trainer_class as find_trainer_class
+        trainer_class = find_trainer_class(first["trainer_name"])
         network = trainer_class.build_network_architecture(
             plans_manager, configuration_manager,
             determine_num_input_channels(plans_manager, configuration_manager, dataset_json),
@@ -122,6 +112,7 @@ def load_models(dataset, configuration: str = "3d", folds=None, device: str = "c
     from vfscreen.inference.grading import FoldEnsembleGrader
     from vfscreen.paths import nnUNet_results
     from vfscreen.training.grader.trainer import TRAINER_NAMES, grader_model_folder, resolve_device
+    from vfscreen.training.segmentation import segmentation_model_folder
 
     dataset_name = resolve_dataset_name(dataset)
     torch_device = resolve_device(device)
@@ -141,9 +132,7 @@ def load_models(dataset, configuration: str = "3d", folds=None, device: str = "c
         raise ConfigError(f"{grader_folder}: its plans belong to {grader.plans.get('dataset_name')!r}, not "
                           f"{dataset_name!r}")
     segmentation_plan = grader.plans["configurations"][configuration]["segmentation"]
-    segmentation_folder = nnUNet_results / dataset_name / (
-        f"{segmentation_plan['trainer']}__{segmentation_plan.get('nnunet_plans_identifier', 'nnUNetPlans')}__"
-        f"{segmentation_plan['nnunet_configuration']}")
+    segmentation_folder = segmentation_model_folder(dataset_name, segmentation_plan)
     segmentation_existing = available_folds(segmentation_folder, NNUNET_CHECKPOINTS[checkpoint])
     segmentation_folds = [f for f in folds if f in segmentation_existing] or segmentation_existing
     if not segmentation_folds:
