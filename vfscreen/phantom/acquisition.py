@@ -94,10 +94,12 @@ def sample_acquisition(rng: np.random.Generator, case: SpineCase, preset: Preset
 
 def apply_scanner(hu: np.ndarray, acquisition: Acquisition, rng: np.random.Generator) -> np.ndarray:
     """Blur (scanner point-spread) + Gaussian noise, rounded to int16 HU. ``hu`` is (nz, ny, nx) float32."""
-    sigma_voxels = acquisition.blur_sigma_mm / acquisition.grid.spacing[::-1]  # (z, y, x)
-    blurred = ndimage.gaussian_filter(hu, sigma=sigma_voxels, mode="nearest")
-    noisy = blurred + rng.normal(0.0, acquisition.noise_sigma_hu, size=hu.shape).astype(np.float32)
-    return np.clip(np.rint(noisy), *HU_RANGE).astype(np.int16)
+    if acquisition.blur_sigma_mm > 0:
+        sigma_voxels = acquisition.blur_sigma_mm / acquisition.grid.spacing[::-1]  # (z, y, x)
+        hu = ndimage.gaussian_filter(hu, sigma=sigma_voxels, mode="nearest")
+    if acquisition.noise_sigma_hu > 0:
+        hu = hu + rng.standard_normal(size=hu.shape, dtype=np.float32) * np.float32(acquisition.noise_sigma_hu)
+    return np.clip(np.rint(hu), *HU_RANGE).astype(np.int16)
 
 
 def to_image(array_lps: np.ndarray, grid: Grid, orientation: str) -> sitk.Image:

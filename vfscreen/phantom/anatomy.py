@@ -3,14 +3,14 @@ curved spine (cervical and lumbar lordosis, thoracic kyphosis, mild scoliosis in
 densities and the cranio-caudal field of view. Everything is drawn from one ``numpy.random.Generator``."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from vfscreen import labels
 from vfscreen.phantom import shapes
 from vfscreen.phantom.vertebra import (MORPHOLOGIES, MORPHOLOGY_PROBABILITIES, Vertebra, endplate_irregularity,
-                                       fracture_heights, normal_heights)
+                                       fracture_heights, near_threshold, normal_heights)
 
 # Size tables over the anatomical level coordinate (C3 = 2, C7 = 6, T1 = 7, T6 = 12, T12 = 18, L1 = 19, L5 = 23), mm.
 _LEVELS = (2.0, 6.0, 7.0, 12.0, 18.0, 19.0, 23.0)
@@ -34,6 +34,13 @@ FOV_KINDS = {  # name: (probability, first and last vertebra name allowed to be 
     "thoracic": (0.15, "T2", "T12"),
     "cervicothoracic": (0.20, "C4", "T8"),
 }
+_TEMPLATE = Vertebra(  # stand-in used to evaluate candidate body surfaces (only height-related fields matter)
+    verse_id=20, name="L1", level=19.0, centre=np.zeros(3), axes=np.eye(3), nominal_height=1.0, half_width=1.0,
+    half_depth=1.0, waist=0.0, exponent_anterior=2.0, exponent_posterior=2.0, shell_mm=1.0, top_fraction=0.5,
+    intended_heights=(1.0, 1.0, 1.0), dish=False, bump_amplitudes=np.zeros((2, 1)),
+    bump_frequencies=np.zeros((2, 1, 2)), bump_phases=np.zeros((2, 1)), canal_half_width=1.0, canal_half_depth=1.0,
+    arch_thickness=1.0, spinous_length=1.0, spinous_angle_deg=0.0, spinous_half_height=1.0, transverse_length=1.0,
+    transverse_angle_deg=0.0, cortical_hu=800.0, cancellous_hu=200.0)
 FRACTURE_HOT_SPOTS = {"T7": 2.0, "T8": 2.0, "T11": 2.5, "T12": 3.5, "T13": 3.0, "L1": 3.5, "L2": 2.0}
 
 
@@ -141,13 +148,16 @@ def build_case(rng: np.random.Generator, target_worst_grade: int, num_whole_rang
         region = 0 if level < 6.5 else (1 if level < 18.5 else 2)
         sagittal += table("curvature_deg", level) * curvature_scale[region]
         h0 = table("nominal_height", level) * size * rng.uniform(0.96, 1.04)
-        if index in intended:
-            grade, morphology = intended[index]
-            heights = fracture_heights(rng, grade, morphology, h0)
-        else:
-            grade, morphology = 0, "normal"
-            heights = normal_heights(rng, level, h0)
-        bumps = endplate_irregularity(rng, rng.uniform(0.2, 0.9))
+        grade, morphology = intended.get(index, (0, "normal"))
+        for _attempt in range(50):  # re-draw shapes whose final Genant reduction sits on a threshold
+            heights = fracture_heights(rng, grade, morphology, h0) if grade else normal_heights(rng, level, h0)
+            bumps = endplate_irregularity(rng, rng.uniform(0.2, 0.9))
+            top_fraction = rng.uniform(0.55, 0.8) if grade else rng.uniform(0.3, 0.7)
+            trial = replace(_TEMPLATE, nominal_height=h0, intended_heights=heights, dish=morphology == "biconcave",
+                            bump_amplitudes=bumps[0], bump_frequencies=bumps[1], bump_phases=bumps[2],
+                            top_fraction=top_fraction, half_width=10.0)
+            if not near_threshold(trial.measure_heights()):
+                break
         cancellous = rng.uniform(50.0, 110.0) if osteoporotic else rng.uniform(130.0, 300.0)
         vertebra = Vertebra(
             verse_id=verse_id, name=names[index], level=level, centre=np.zeros(3),
@@ -158,7 +168,7 @@ def build_case(rng: np.random.Generator, target_worst_grade: int, num_whole_rang
             half_depth=table("half_depth", level) * size * rng.uniform(0.95, 1.05),
             waist=rng.uniform(0.03, 0.1), exponent_anterior=rng.uniform(2.0, 2.6),
             exponent_posterior=rng.uniform(3.0, 4.5), shell_mm=rng.uniform(0.8, 1.6),
-            top_fraction=rng.uniform(0.55, 0.8) if grade else rng.uniform(0.3, 0.7),
+            top_fraction=top_fraction,
             intended_heights=heights, dish=morphology == "biconcave",
             bump_amplitudes=bumps[0], bump_frequencies=bumps[1], bump_phases=bumps[2],
             canal_half_width=table("canal_half_width", level) * size,

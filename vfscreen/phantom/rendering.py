@@ -161,8 +161,8 @@ def render(case: SpineCase, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
         blocks = (last - first, ss, ny, ss, nx, ss)
         background = _background(case, coarse_x[None, None, :], coarse_y[None, :, None],
                                  coarse_z[first:last, None, None])
-        hu = np.ascontiguousarray(np.broadcast_to(background[:, None, :, None, :, None], blocks)).reshape(
-            (blocks[0] * ss, ny * ss, nx * ss))
+        hu = np.empty((blocks[0] * ss, ny * ss, nx * ss), dtype=np.float32)
+        hu.reshape(blocks)[...] = background[:, None, :, None, :, None]
         label = np.zeros(hu.shape, dtype=np.uint8)
         slab_z = zs[first * ss:last * ss]
         z_low, z_high = slab_z[0], slab_z[-1]

@@ -22,6 +22,11 @@ MEASURE_NU = (0.8, 0.0, -0.8)  # anterior, middle, posterior measurement positio
 MORPHOLOGIES = ("wedge", "biconcave", "crush")
 MORPHOLOGY_PROBABILITIES = (0.5, 0.3, 0.2)
 # Height-reduction bands (1 - min/max) sampled for intended fracture grades 1-3.
+# Final height reductions within this distance of a Genant threshold are re-drawn: the ground truth must be
+# re-measurable from a label mask (a 0.5 mm voxel moves a 20 mm height by ~0.5 %), so no vertebra sits exactly on a
+# border. Healthy vertebrae still reach ~19 % and mild fractures start at ~21 %: the faint G0/G1 border remains.
+THRESHOLD_MARGIN = 0.01
+MAX_SURFACE_DEFICIT = 0.44  # fraction of H0 one endplate may lose
 FRACTURE_REDUCTION_BANDS = {1: (0.20, 0.25), 2: (0.25, 0.40), 3: (0.40, 0.62)}
 
 
@@ -78,11 +83,14 @@ class Vertebra:
     def surfaces(self, u: np.ndarray, nu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Top and bottom endplate heights w (mm) at lateral position u (mm) and normalised AP position nu."""
         h0 = self.nominal_height
-        deficit = np.clip(h0 - self.height_profile(np.clip(nu, -1.0, 1.0)), 0.0, 0.9 * h0)
-        if self.dish:
-            deficit = deficit * np.sqrt(np.clip(1.0 - (u / self.half_width) ** 2, 0.0, 1.0))
-        top = h0 / 2 - self.top_fraction * deficit + self._bumps(0, u, nu)
-        bottom = -h0 / 2 + (1.0 - self.top_fraction) * deficit - self._bumps(1, u, nu)
+        deficit = np.clip(h0 - self.height_profile(np.clip(nu, -1.0, 1.0)), 0.0, 0.85 * h0)
+        if self.dish:  # concave laterally too, flat near the mid-sagittal plane
+            deficit = deficit * np.sqrt(np.clip(1.0 - (u / self.half_width) ** 4, 0.0, 1.0))
+        # each endplate keeps >= 6 % of H0 on its side of the mid-plane, so the mid-height AP line stays inside
+        top_deficit = np.clip(self.top_fraction * deficit, deficit - MAX_SURFACE_DEFICIT * h0,
+                              MAX_SURFACE_DEFICIT * h0)
+        top = h0 / 2 - top_deficit + self._bumps(0, u, nu)
+        bottom = -h0 / 2 + (deficit - top_deficit) - self._bumps(1, u, nu)
         return top, bottom
 
     def _bumps(self, which: int, u, nu):
@@ -105,6 +113,11 @@ class Vertebra:
     @property
     def morphology(self) -> str:
         return genant.morphology_from_heights(*self.heights)
+
+
+def near_threshold(heights) -> bool:
+    reduction = 1.0 - genant.genant_ratio(*heights)
+    return any(abs(reduction - threshold) < THRESHOLD_MARGIN for threshold in genant.REDUCTION_THRESHOLDS)
 
 
 def normal_heights(rng: np.random.Generator, level: float, nominal_height: float) -> tuple[float, float, float]:
@@ -145,6 +158,8 @@ def fracture_heights(rng: np.random.Generator, grade: int, morphology: str,
 def endplate_irregularity(rng: np.random.Generator, amplitude_mm: float, num_waves: int = 3):
     """Random smooth endplate bumps: (amplitudes (2, K), frequencies (2, K, 2), phases (2, K))."""
     amplitudes = rng.uniform(0.0, amplitude_mm, size=(2, num_waves)) / num_waves ** 0.5
-    frequencies = rng.uniform(0.3, 1.5, size=(2, num_waves, 2)) * rng.choice([-1, 1], size=(2, num_waves, 2))
+    frequencies = np.stack([rng.uniform(0.05, 0.4, size=(2, num_waves)),  # across the width (u / half width)
+                            rng.uniform(0.3, 1.5, size=(2, num_waves))], axis=-1)  # along the depth (nu)
+    frequencies *= rng.choice([-1, 1], size=(2, num_waves, 2))
     phases = rng.uniform(0.0, 2 * np.pi, size=(2, num_waves))
     return amplitudes, frequencies, phases
