@@ -56,3 +56,39 @@ def make_dataset(raw_root: Path, dataset_id: int = 990, name: str = "PlanTest", 
     (folder / "grades.csv").write_text("\n".join(rows) + "\n")
     write_dataset_json(folder, dataset_name, num_cases, "planner test dataset")
     return dataset_name
+
+
+def synthetic_fingerprint(p95_extent_mm=90.0, min_spacing_mm=0.8, grade_counts=(500, 60, 50, 40)) -> dict:
+    """The parts of a vfscreen fingerprint the grader planner reads."""
+    return {"vertebra_extent_mm": {"p50": p95_extent_mm * 0.8, "p95": p95_extent_mm, "max": p95_extent_mm * 1.1},
+            "median_min_spacing_mm": min_spacing_mm,
+            "grade_histogram_vertebrae": {str(g): n for g, n in enumerate(grade_counts)}}
+
+
+def fullres_configuration(spacing=(1.0, 1.0, 1.0), median_shape=(200, 160, 160)) -> dict:
+    """An nnU-Net 3d_fullres configuration like nnunetv2's planner writes (the keys vfscreen's planner reads)."""
+    return {
+        "data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor", "batch_size": 2,
+        "patch_size": [128, 112, 112], "median_image_size_in_voxels": list(median_shape), "spacing": list(spacing),
+        "normalization_schemes": ["CTNormalization"], "use_mask_for_norm": [False],
+        "architecture": {
+            "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+            "arch_kwargs": {"n_stages": 6, "features_per_stage": [32, 64, 128, 256, 320, 320],
+                            "conv_op": "torch.nn.modules.conv.Conv3d", "kernel_sizes": [[3, 3, 3]] * 6,
+                            "strides": [[1, 1, 1]] + [[2, 2, 2]] * 5, "n_conv_per_stage": [2] * 6,
+                            "n_conv_per_stage_decoder": [2] * 5, "conv_bias": True,
+                            "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+                            "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None,
+                            "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
+                            "nonlin_kwargs": {"inplace": True}},
+            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]},
+        "batch_dice": False}
+
+
+def nnunet_plans(configurations: dict | None = None, dataset_name="Dataset990_PlanTest") -> dict:
+    return {"dataset_name": dataset_name, "plans_name": "nnUNetPlans", "transpose_forward": [0, 1, 2],
+            "transpose_backward": [0, 1, 2], "image_reader_writer": "SimpleITKIO", "label_manager": "LabelManager",
+            "original_median_spacing_after_transp": [1.0, 1.0, 1.0],
+            "original_median_shape_after_transp": [200, 160, 160],
+            "foreground_intensity_properties_per_channel": {},
+            "configurations": configurations or {"3d_fullres": fullres_configuration()}}

@@ -121,15 +121,20 @@ def time_steps(step, steps: int) -> float:
     return sorted(durations)[len(durations) // 2]
 
 
-def measure_peak_memory_gb(which: str, plan_json: str, threads: int = 1) -> dict:
-    """Run one training step of ``which`` ('seg' or 'grader') in a fresh process; peak RSS increase in GB."""
+def measure_peak_memory_gb(configurations: dict[str, dict], threads: int = 1) -> dict[str, float]:
+    """Peak RSS increase (GB) of one training step per network, in one fresh process.
+
+    ``configurations``: {"seg": nnU-Net configuration, "grader": grader section} (either may be left out). glibc is
+    told to serve every allocation >= 128 kB by mmap, so memory freed after one net's step goes back to the system
+    before the next net is measured.
+    """
     code = ("import json,sys; from vfscreen.experiment_planning.benchmark_budget import _peak_memory_child as c; "
-            "print(json.dumps(c(sys.argv[1], sys.argv[2], int(sys.argv[3]))))")
+            "print(json.dumps(c(json.loads(sys.argv[1]), int(sys.argv[2]))))")
     environment = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "VFSCREEN_QUIET": "1"}
-    result = subprocess.run([sys.executable, "-c", code, which, plan_json, str(threads)], capture_output=True,
-                            text=True, env=environment, timeout=600)
+    result = subprocess.run([sys.executable, "-c", code, json.dumps(configurations), str(threads)],
+                            capture_output=True, text=True, env=environment, timeout=600)
     if result.returncode != 0:
-        raise RuntimeError(f"memory measurement of {which} failed: {result.stderr[-2000:]}")
+        raise RuntimeError(f"memory measurement failed: {result.stderr[-2000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -141,18 +146,23 @@ def _read_status_kb(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def _peak_memory_child(which: str, plan_json: str, threads: int) -> dict:
+def _peak_memory_child(configurations: dict, threads: int) -> dict[str, float]:
+    import gc
+
     import torch
 
     torch.set_num_threads(threads)
-    plan = json.loads(plan_json)
-    step = segmentation_step(plan) if which == "seg" else grader_step(plan)
-    baseline_kb = _read_status_kb("VmRSS")
-    with open("/proc/self/clear_refs", "w") as handle:
-        handle.write("5")  # reset the peak (VmHWM) to the current RSS
-    step()
-    peak_kb = _read_status_kb("VmHWM")
-    return {"which": which, "peak_increase_gb": (peak_kb - baseline_kb) / 1024 ** 2}
+    measured = {}
+    for which, plan in configurations.items():
+        step = segmentation_step(plan) if which == "seg" else grader_step(plan)
+        baseline_kb = _read_status_kb("VmRSS")
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")  # reset the peak (VmHWM) to the current RSS
+        step()
+        measured[which] = (_read_status_kb("VmHWM") - baseline_kb) / 1024 ** 2
+        del step
+        gc.collect()
+    return measured
 
 
 def main(argv=None) -> int:
@@ -197,10 +207,10 @@ def main(argv=None) -> int:
                        views, args.threads, targets.cpu_gflops_per_thread, targets.cpu_gelements_per_thread), 2)},
     }
     if args.memory:
-        for name, plan, cost, batch in (("segmentation", seg, seg_cost, seg["batch_size"]),
-                                        ("grader", grader, grader_cost, views)):
-            measured = measure_peak_memory_gb("seg" if name == "segmentation" else "grader", json.dumps(plan))
-            report[name]["measured_peak_memory_gb"] = round(measured["peak_increase_gb"], 3)
+        measured = measure_peak_memory_gb({"seg": seg, "grader": grader})
+        for name, key, cost, batch in (("segmentation", "seg", seg_cost, seg["batch_size"]),
+                                       ("grader", "grader", grader_cost, views)):
+            report[name]["measured_peak_memory_gb"] = round(measured[key], 3)
             report[name]["model_memory_gb"] = round(cost.training_memory_gb(batch, 4), 3)
     print(json.dumps(report, indent=2))
     return 0

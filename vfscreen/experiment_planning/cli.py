@@ -63,7 +63,7 @@ def run_nnunet_planner(dataset_name: str, device: B.DeviceBudget, targets: B.Pla
         def save_plans(self, plans):  # vfscreen writes the file atomically, after everything is planned
             self.plans = plans
 
-    with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net prints every configuration
+    with contextlib.redirect_stdout(io.StringIO()), _at_least_one_thread():  # nnU-Net prints every configuration
         planner = _InMemoryPlanner(dataset_name, gpu_memory_target_in_gb=8)
         nnunet_plans = planner.plan_experiment()
     if "3d_fullres" not in nnunet_plans["configurations"]:
@@ -74,10 +74,24 @@ def run_nnunet_planner(dataset_name: str, device: B.DeviceBudget, targets: B.Pla
     if device.type == "cpu":
         configuration = P.plan_segmentation_cpu(fullres, device, targets)
     else:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), _at_least_one_thread():
             configuration = P.plan_segmentation_small_gpu(planner, fullres, device, targets)
     nnunet_plans["configurations"][P.VFSCREEN_SEG_CONFIGURATION] = configuration
     return nnunet_plans, P.VFSCREEN_SEG_CONFIGURATION
+
+
+@contextlib.contextmanager
+def _at_least_one_thread():
+    """nnU-Net's planner sets torch's threads to nnUNet_n_proc_DA while estimating VRAM; 0 (no data-augmentation
+    workers, a valid training setting) would crash it, so planning sees at least 1."""
+    previous = os.environ.get("nnUNet_n_proc_DA")
+    if previous is not None and previous.strip() in ("0", ""):
+        os.environ["nnUNet_n_proc_DA"] = "1"
+    try:
+        yield
+    finally:
+        if previous is not None:
+            os.environ["nnUNet_n_proc_DA"] = previous
 
 
 def write_nnunet_plans(dataset_name: str, nnunet_plans: dict) -> Path:

@@ -47,6 +47,11 @@ def check_raw_dataset(dataset_name: str) -> list[str]:
     for case_id in cases:
         if not label_path(folder, case_id).is_file():
             raise InputError(f"{label_path(folder, case_id)}: label mask of training case {case_id} missing")
+    for label_file in sorted((folder / "labelsTr").glob("*.nii.gz")):
+        case_id = label_file.name[: -len(".nii.gz")]
+        if case_id not in cases:
+            raise InputError(f"{image_path(folder, case_id)}: CT image of training case {case_id} missing "
+                             f"(its label {label_file.name} exists)")
     return cases
 
 
