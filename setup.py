@@ -26,6 +26,7 @@ setup(
         "scikit-learn",
         "matplotlib",
         "tqdm",
+        "pyyaml",
     ],
     extras_require={"test": ["pytest>=7"]},
     entry_points={

@@ -30,3 +30,7 @@ def example_ct() -> Path:
     if not EXAMPLE_CT.is_file():
         pytest.skip(f"real example CT not available ({EXAMPLE_CT} is absent; it lives in ../shared/data)")
     return EXAMPLE_CT
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes more than ~20 s (still part of the default run)")
