@@ -53,3 +53,18 @@ def test_ablation_without_training(session_home, capsys):
     difference = ablation["supcon_minus_ce"]["macro_f1"]
     assert difference["value"] == pytest.approx(expected, abs=1e-9)
     assert difference["ci95"][0] > 0 and difference["verdict"].startswith("SupCon better")
+
+
+def test_speed_reports_every_stage(tmp_path):
+    from test_predict_outputs import fake_models, make_ct
+    from vfscreen.evaluation.speed import format_speed, run_speed
+
+    (tmp_path / "in").mkdir()
+    make_ct(tmp_path / "in" / "caseA_0000.nii.gz")
+    speed = run_speed(tmp_path / "in", models=fake_models(), progress=False)
+    assert speed["num_cases"] == 1 and speed["per_case"][0]["num_crops"] == 3
+    assert {"read", "segmentation", "label_consistency", "morphometry", "grading", "report"} <= \
+        set(speed["mean_seconds_per_stage"])
+    assert speed["mean_seconds_per_case"] == pytest.approx(sum(speed["per_case"][0]["seconds"].values()))
+    assert speed["crops_per_second"] > 0 and speed["memory"]["peak_rss_gb"] > 0
+    assert "s per case" in format_speed(speed)

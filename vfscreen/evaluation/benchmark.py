@@ -1,4 +1,5 @@
-"""``python -m vfscreen.evaluation.benchmark ablation -d 501 -c 3d``: the paper's ablation on our data.
+"""``python -m vfscreen.evaluation.benchmark ablation -d 501 -c 3d``: the paper's ablation on our data
+(``... speed -i INPUT``: prediction speed, see vfscreen.evaluation.speed).
 
 On the same folds (the plan's splits) and the same budget (the plan's grader settings), the SupCon grader (the paper)
 and the cross-entropy grader (the paper's baseline) are trained where a fold has no validation predictions yet
@@ -190,12 +191,32 @@ def build_parser() -> argparse.ArgumentParser:
     ablation.add_argument("--seed", type=int, default=DEFAULT_SEED)
     ablation.add_argument("-o", "--output", help="JSON to write (default: ablation.json in the SupCon model folder)")
     ablation.add_argument("--verbose", action="store_true")
+    speed = commands.add_parser("speed", help="seconds per case for each stage of prediction, crops/s, peak memory")
+    speed.add_argument("-i", "--input", required=True, help="input cases (as for vfscreen_predict)")
+    speed.add_argument("-d", "--dataset", default="501")
+    speed.add_argument("-c", "--configuration", default="3d")
+    speed.add_argument("-f", "--folds", nargs="+", type=int, help="folds (default: those trained)")
+    speed.add_argument("-device", "--device", choices=("cpu", "cuda", "mps"), default="cpu")
+    speed.add_argument("-n", "--num-cases", type=int, help="time only the first N cases")
+    speed.add_argument("-np", "--num-threads", type=int, help="torch CPU threads")
+    speed.add_argument("--saliency", action="store_true", help="include Grad-CAM")
+    speed.add_argument("-o", "--output", default="speed.json", help="JSON to write (default: ./speed.json)")
+    speed.add_argument("--verbose", action="store_true")
     return parser
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "speed":
+        from vfscreen.evaluation.speed import format_speed, run_speed
+
+        speed = run_speed(args.input, args.dataset, args.configuration, args.folds, args.device, args.num_cases,
+                          args.saliency, num_threads=args.num_threads)
+        print(format_speed(speed))
+        atomic_write_json(args.output, speed)
+        print(f"speed written: {args.output}")
+        return 0
     folds = args.folds if args.folds is not None else (None if args.no_train or args.quick else [0, 1, 2, 3, 4])
     ablation = run_ablation(args.dataset, args.configuration, folds, args.plans, train=not args.no_train,
                             quick=args.quick, device=args.device, n_resamples=args.bootstrap, seed=args.seed)

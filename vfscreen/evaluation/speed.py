@@ -1,0 +1,100 @@
+"""Speed of prediction, stage by stage: ``python -m vfscreen.evaluation.benchmark speed -d 501 -c 3d -i INPUT``.
+
+For each input case (vfscreen_predict's input conventions): seconds to read the image, the stages of
+``vfscreen.inference.predict.predict_case`` (segmentation, label consistency, morphometry, grading [crops + grader],
+saliency when asked), the report PNG, and the crops per second of THE crop function on the predicted mask alone;
+peak resident memory of the process (and peak GPU memory on CUDA). The machine is described in the JSON. Training
+throughput (samples per second of the grader and of nnU-Net) is not measured here: the trainers log it.
+"""
+from __future__ import annotations
+
+import datetime
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from vfscreen.errors import ConfigError
+
+
+def peak_memory_gb() -> dict:
+    """Peak resident memory of this process (Linux reports KiB, macOS bytes) and peak CUDA memory if used."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak_bytes = peak if sys.platform == "darwin" else peak * 1024
+    memory = {"peak_rss_gb": round(peak_bytes / 2**30, 3)}
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        memory["peak_cuda_allocated_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    return memory
+
+
+def run_speed(input_path, dataset=501, configuration: str = "3d", folds=None, device: str = "cpu",
+              num_cases: int | None = None, saliency: bool = False, models=None, num_threads: int | None = None,
+              progress: bool = True) -> dict:
+    """Time prediction stage by stage on the cases of ``input_path``; ``models`` replaces loading trained ones."""
+    from vfscreen.evaluation.benchmark import machine_description
+    from vfscreen.inference.predict import list_cases, predict_case, read_case_image
+    from vfscreen.inference.report import render_report
+    from vfscreen.preprocessing.crops import extract_vertebra_crops
+
+    if num_threads:
+        import torch
+        torch.set_num_threads(int(num_threads))
+    cases = list_cases(input_path)[: num_cases or None]
+    if not cases:
+        raise ConfigError(f"{input_path}: no input case found (NIfTI files or DICOM series)")
+    start = time.perf_counter()
+    if models is None:
+        from vfscreen.inference.segmentation import load_models
+        models = load_models(dataset, configuration, folds, device, saliency=saliency)
+    loading_s = time.perf_counter() - start
+    per_case = []
+    with tempfile.TemporaryDirectory(prefix="vfscreen_speed_") as scratch:
+        for case in tqdm(cases, desc="speed", unit="case", disable=not progress):
+            timings = {}
+            start = time.perf_counter()
+            image = read_case_image(case)
+            timings["read"] = time.perf_counter() - start
+            result = predict_case(image, case.case_id, models, saliency)
+            timings.update(result["timings_s"])
+            start = time.perf_counter()
+            render_report(Path(scratch) / f"{case.case_id}_report.png", image, result["verse_map"], result["json"],
+                          result["morphometry"])
+            timings["report"] = time.perf_counter() - start
+            start = time.perf_counter()
+            crops = extract_vertebra_crops(image, result["seg_image"], models.grader.crop_plan)
+            crop_seconds = time.perf_counter() - start
+            per_case.append({"case_id": case.case_id, "size": list(image.GetSize()),
+                             "spacing_mm": [round(s, 4) for s in image.GetSpacing()],
+                             "num_vertebrae": len(result["json"]["vertebrae"]), "seconds": timings,
+                             "total_s": sum(timings.values()), "num_crops": len(crops),
+                             "crops_per_second": len(crops) / crop_seconds if crop_seconds > 0 and crops else None})
+    stages = sorted({stage for case in per_case for stage in case["seconds"]})
+    crops_total = sum(case["num_crops"] for case in per_case)
+    return {"schema_version": 1, "kind": "vfscreen_speed",
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join(["python -m vfscreen.evaluation.benchmark"] + sys.argv[1:]),
+            "input": str(input_path), "device": device, "machine": machine_description(),
+            "model": dict(getattr(models, "info", {}) or {}), "model_loading_s": loading_s,
+            "num_cases": len(per_case),
+            "mean_seconds_per_stage": {stage: float(np.mean([case["seconds"].get(stage, 0.0) for case in per_case]))
+                                       for stage in stages},
+            "mean_seconds_per_case": float(np.mean([case["total_s"] for case in per_case])),
+            "crops_per_second": (crops_total / sum(case["num_crops"] / case["crops_per_second"] for case in per_case
+                                                   if case["crops_per_second"])) if crops_total else None,
+            "memory": peak_memory_gb(), "per_case": per_case,
+            "not_measured": "training throughput (samples/s) of the grader and of nnU-Net: see their training logs"}
+
+
+def format_speed(speed: dict) -> str:
+    lines = [f"Prediction speed on {speed['num_cases']} case(s), device {speed['device']} "
+             f"({speed['machine']['cpu_count']} CPU cores visible): {speed['mean_seconds_per_case']:.2f} s per case",
+             "  " + ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in speed["mean_seconds_per_stage"].items()),
+             f"  model loading {speed['model_loading_s']:.2f} s; crops per second "
+             + (f"{speed['crops_per_second']:.1f}" if speed["crops_per_second"] else "n/a")
+             + f"; peak memory {speed['memory']}"]
+    return "\n".join(lines)
