@@ -89,11 +89,13 @@ def render_report(path, image: sitk.Image, verse_map: np.ndarray, case_json: dic
     width_mm, height_mm = extent[1] - extent[0], extent[3] - extent[2]
     image_height_in = 9.0
     image_width_in = max(3.0, image_height_in * width_mm / max(height_mm, 1.0))
-    text_column_in, total_height_in = 3.4, image_height_in + 1.4
+    # layout in inches: top band (case id + legend, then the verdict), image, bottom band (axis label, footnote)
+    text_column_in, top_in, bottom_in = 3.4, 1.3, 0.75
     total_width_in = image_width_in + text_column_in + 0.6
+    total_height_in = image_height_in + top_in + bottom_in
     figure = plt.figure(figsize=(total_width_in, total_height_in), dpi=100)
-    axes = figure.add_axes((text_column_in / total_width_in, 0.06, image_width_in / total_width_in,
-                            image_height_in / total_height_in))
+    axes = figure.add_axes((text_column_in / total_width_in, bottom_in / total_height_in,
+                            image_width_in / total_width_in, image_height_in / total_height_in))
     axes.imshow(ct, cmap="gray", vmin=DISPLAY_WINDOW_HU[0], vmax=DISPLAY_WINDOW_HU[1], extent=extent,
                 origin="upper", interpolation="bilinear")
     ys = np.linspace(extent[0], extent[1], ct.shape[1])
@@ -139,17 +141,21 @@ def render_report(path, image: sitk.Image, verse_map: np.ndarray, case_json: dic
     axes.tick_params(labelsize=7)
     axes.yaxis.tick_right()  # the left margin belongs to the vertebra labels
     verdict, verdict_colour = _verdict(case_json)
-    figure.text(0.02, 0.975, f"{case_json['case_id']}", fontsize=13, fontweight="bold", va="top")
-    figure.text(0.02, 0.945, verdict, fontsize=12, fontweight="bold", color=verdict_colour, va="top")
+    def from_top(inches):
+        return 1.0 - inches / total_height_in
+
+    figure.text(0.02, from_top(0.12), f"{case_json['case_id']}", fontsize=13, fontweight="bold", va="top")
+    figure.text(0.02, from_top(0.78), verdict, fontsize=12, fontweight="bold", color=verdict_colour, va="top")
     model = case_json.get("model", {})
-    figure.text(0.02, 0.012, f"vfscreen {case_json.get('vfscreen_version', '')} | {model.get('dataset', '')} "
-                f"folds {model.get('grader', {}).get('folds', '')} | P = P(fracture) = 1 - P(G0); h = min/max body "
-                f"height (morphometry) | '?' = label confidence < {LABEL_CONFIDENCE_WARNING} | research use, "
-                "not a diagnosis", fontsize=7, color="#444444")
+    figure.text(0.02, 0.1 / total_height_in,
+                f"vfscreen {case_json.get('vfscreen_version', '')} | {model.get('dataset', '')} folds "
+                f"{model.get('grader', {}).get('folds', '')} | research use, not a diagnosis\n"
+                f"P = P(fracture) = 1 - P(G0); h = min/max body height (morphometry); "
+                f"'?' = label confidence < {LABEL_CONFIDENCE_WARNING}", fontsize=7, color="#444444")
     handles = [Patch(facecolor=GRADE_COLOURS[g], label=GRADE_LABELS[g]) for g in (0, 1, 2, 3, None)]
     handles.append(Line2D([0], [0], color="white", markeredgecolor="black", label="measured heights"))
     legend = figure.legend(handles=handles, loc="upper right", fontsize=9, frameon=True, facecolor="#222222",
-                           labelcolor="white", bbox_to_anchor=(0.99, 0.995), ncol=3)
+                           labelcolor="white", bbox_to_anchor=(0.99, from_top(0.05)), ncol=3)
     legend.get_frame().set_edgecolor("#222222")
     if not vertebrae:
         axes.text(0.5, 0.5, "no vertebra found", transform=axes.transAxes, color="white", fontsize=16,
