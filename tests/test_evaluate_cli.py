@@ -300,3 +300,17 @@ def test_truncated_reference_vertebra_not_graded_is_excluded_and_listed(referenc
     counted = evaluate_predictions(reference, predictions, n_bootstrap=0, progress=False, include_truncated=True)
     assert counted["metrics"]["classification"]["vertebra"]["grader"]["argmax"]["sensitivity"]["value"] == \
         pytest.approx(2 / 3, abs=1e-12)
+
+
+def test_method_columns_from_the_plan_and_the_model_folder():
+    from vfscreen.evaluation.results import loss_of_grader_folder
+    from vfscreen.evaluation.table import describe_method
+
+    plans = {"configurations": {"3d": {"grader": {
+        "network": {"squeeze_excitation": True, "n_blocks_per_stage": [1, 3, 4, 6, 3]},
+        "loss": {"name": "supcon"}, "optimizer": {"name": "sgd"}}}}}
+    assert describe_method(plans) == {"FE": "SE-ResNet (17 blocks)", "Loss": "SupCon", "Optimizer": "SGD"}
+    assert describe_method(plans, loss="ce")["Loss"] == "Cross Entropy"  # a CE model keeps the SupCon plan
+    assert loss_of_grader_folder("/r/Dataset501_X/vfscreen_graderCE__vfscreenPlans__3d") == "ce"
+    assert loss_of_grader_folder("/r/Dataset501_X/vfscreen_grader__vfscreenPlans__3d") == "supcon"
+    assert loss_of_grader_folder("/r/Dataset501_X/nnUNetTrainer__nnUNetPlans__3d_fullres") is None

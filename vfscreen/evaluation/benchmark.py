@@ -30,11 +30,10 @@ from vfscreen.evaluation.bootstrap import DEFAULT_SEED, bootstrap_intervals
 from vfscreen.evaluation.cross_validation import evaluate_cross_validation
 from vfscreen.evaluation.metrics import compute_metrics, defined, undefined
 from vfscreen.evaluation.results import DEFAULT_PLANS, grader_model_folder
-from vfscreen.evaluation.table import HEADER, describe_method, render, table_rows
+from vfscreen.evaluation.table import HEADER, LOSS_NAMES, describe_method, render, table_rows
 from vfscreen.utils.atomic import atomic_write_json
 
 LOSSES = ("supcon", "ce")
-LOSS_NAMES = {"supcon": "SupCon", "ce": "Cross Entropy"}
 DEFAULT_ABLATION_RESAMPLES = 1000
 QUICK_RESAMPLES = 100
 
@@ -147,8 +146,7 @@ def format_ablation(ablation: dict) -> str:
     rows = []
     for loss in LOSSES:
         result = ablation["results"][loss]
-        method = describe_method(_fold_plans(Path(result["model_folder"])), ablation["configuration"])
-        method["Loss"] = LOSS_NAMES[loss]
+        method = describe_method(_fold_plans(Path(result["model_folder"])), ablation["configuration"], loss)
         for row in table_rows(result, method, ablation["dataset"]):
             score = row[4]
             if score == "morphometry" and loss != LOSSES[0]:

@@ -18,7 +18,7 @@ from vfscreen.errors import ConfigError, cli_entry
 from vfscreen.evaluation import evaluate
 from vfscreen.evaluation.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED
 from vfscreen.evaluation.matching import MAX_CENTROID_DISTANCE_MM
-from vfscreen.evaluation.results import DEFAULT_PLANS, fusion_path, grader_model_folder
+from vfscreen.evaluation.results import DEFAULT_PLANS, fusion_path, grader_model_folder, loss_of_grader_folder
 from vfscreen.evaluation.table import describe_method, format_result
 from vfscreen.utils.atomic import atomic_write_json
 
@@ -109,7 +109,11 @@ def run(args: argparse.Namespace) -> dict:
                                                include_truncated=args.include_truncated, progress=progress)
         output = Path(args.output) if args.output else Path(args.prediction) / "metrics.json"
     configuration = (result.get("model") or {}).get("configuration") or args.configuration
-    print(format_result(result, describe_method(_plans_of_model(args, result), configuration),
+    grader = (result.get("model") or {}).get("grader")
+    loss = args.loss if args.cv or args.dataset else (
+        loss_of_grader_folder(grader["folder"]) if isinstance(grader, dict) and isinstance(grader.get("folder"), str)
+        else None)
+    print(format_result(result, describe_method(_plans_of_model(args, result), configuration, loss),
                         dataset_label=result.get("dataset") or (Path(args.reference).name if args.reference else None)))
     atomic_write_json(output, result)
     print(f"metrics written: {output}")

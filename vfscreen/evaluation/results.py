@@ -35,6 +35,12 @@ def grader_model_folder(dataset_name: str, configuration: str, plans_name: str =
     return nnUNet_results / dataset_name / f"{GRADER_FOLDER_PREFIX[loss]}__{plans_name}__{configuration}"
 
 
+def loss_of_grader_folder(folder: str | Path) -> str | None:
+    """'supcon' / 'ce' from a grader model folder's name, None for another name."""
+    prefix = Path(folder).name.split("__")[0]
+    return next((loss for loss, name in GRADER_FOLDER_PREFIX.items() if name == prefix), None)
+
+
 def fusion_path(dataset: str | int, configuration: str, plans_name: str = DEFAULT_PLANS, loss: str = "supcon") -> Path:
     return grader_model_folder(resolve_dataset_name(dataset), configuration, plans_name, loss) / \
         fusion_module.FUSION_FILE

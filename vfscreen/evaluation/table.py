@@ -26,16 +26,20 @@ def cell(leaf: dict | None, digits: int = 2) -> str:
     return text
 
 
-def describe_method(plans: dict | None, configuration: str = "3d") -> dict:
-    """FE / Loss / Optimizer columns from a grader plan (contract 2); '-' for what is not there."""
+LOSS_NAMES = {"supcon": "SupCon", "ce": "Cross Entropy"}
+
+
+def describe_method(plans: dict | None, configuration: str = "3d", loss: str | None = None) -> dict:
+    """FE / Loss / Optimizer columns from a grader plan (contract 2); '-' for what is not there. ``loss`` (the
+    trained grader's loss) overrides the plan's: a cross-entropy model keeps a copy of the SupCon plan."""
     try:
         grader = plans["configurations"][configuration]["grader"]
     except (KeyError, TypeError):
-        return {"FE": "-", "Loss": "-", "Optimizer": "-"}
+        return {"FE": "-", "Loss": LOSS_NAMES.get(loss, "-"), "Optimizer": "-"}
     network = grader.get("network", {})
     backbone = "SE-ResNet" if network.get("squeeze_excitation") else "ResNet"
     depth = sum(network.get("n_blocks_per_stage", []) or [])
-    loss = {"supcon": "SupCon", "ce": "Cross Entropy"}.get(str(grader.get("loss", {}).get("name", "")).lower(), "-")
+    loss = LOSS_NAMES.get(loss or str(grader.get("loss", {}).get("name", "")).lower(), "-")
     optimizer = str(grader.get("optimizer", {}).get("name", "-")).upper() if grader.get("optimizer") else "-"
     return {"FE": f"{backbone} ({depth} blocks)" if depth else backbone, "Loss": loss, "Optimizer": optimizer}
 
