@@ -129,7 +129,6 @@ def predict_case(image: sitk.Image, case_id: str, models: Models, saliency: bool
     from vfscreen.preprocessing.crops import extract_vertebra_crops
 
     timings = {}
-    start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         check_ct_intensities(sitk.GetArrayViewFromImage(image), source=case_id)
@@ -137,6 +136,7 @@ def predict_case(image: sitk.Image, case_id: str, models: Models, saliency: bool
     for message in case_warnings:
         warnings.warn(message, stacklevel=2)
 
+    start = time.perf_counter()
     class_map, probabilities = models.segmenter(image)
     timings["segmentation"] = time.perf_counter() - start
     if class_map.shape != sitk.GetArrayViewFromImage(image).shape:
