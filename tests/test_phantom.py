@@ -159,3 +159,16 @@ def test_console_entry_point_writes_dataset(tmp_path, capsys):
     grades = pd.read_csv(folder / "grades.csv")
     assert grades["grade"].max() >= 2  # a G3 patient (bands may shift a vertebra to G2 by endplate irregularity)
     assert os.path.isfile(folder / "dataset.json") and "wrote" in capsys.readouterr().out
+
+
+def test_sagittal_preview_is_written(tiny_dataset, tmp_path, capsys):
+    from vfscreen.phantom import preview
+
+    output = tmp_path / "figures" / "example.png"
+    with pytest.raises(SystemExit) as exit_info:
+        preview.main([str(tiny_dataset), "synspine_0001", str(output)])
+    assert exit_info.value.code == 0 and output.stat().st_size > 10_000
+    assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(SystemExit) as exit_info:
+        preview.main([str(tiny_dataset), "no_such_case", str(tmp_path / "x.png")])
+    assert exit_info.value.code == 2 and "no_such_case" in capsys.readouterr().err

@@ -20,6 +20,7 @@ from vfscreen.phantom.rendering import Grid
 from vfscreen.phantom.shapes import shapes_bbox
 
 HU_RANGE = (-1024, 3071)
+NOISE_CORRELATION_VOXELS = 0.6  # Gaussian kernel sigma of the noise texture
 ALL_ORIENTATIONS = tuple("".join(pair[sign] for pair, sign in zip(permuted, signs))
                          for permuted in itertools.permutations((("L", "R"), ("P", "A"), ("S", "I")))
                          for signs in itertools.product((0, 1), repeat=3))
@@ -97,8 +98,9 @@ def apply_scanner(hu: np.ndarray, acquisition: Acquisition, rng: np.random.Gener
     if acquisition.blur_sigma_mm > 0:
         sigma_voxels = acquisition.blur_sigma_mm / acquisition.grid.spacing[::-1]  # (z, y, x)
         hu = ndimage.gaussian_filter(hu, sigma=sigma_voxels, mode="nearest")
-    if acquisition.noise_sigma_hu > 0:
-        hu = hu + rng.standard_normal(size=hu.shape, dtype=np.float32) * np.float32(acquisition.noise_sigma_hu)
+    if acquisition.noise_sigma_hu > 0:  # spatially correlated, like reconstructed CT noise
+        noise = ndimage.gaussian_filter(rng.standard_normal(size=hu.shape, dtype=np.float32), NOISE_CORRELATION_VOXELS)
+        hu = hu + noise * np.float32(acquisition.noise_sigma_hu / max(float(noise.std()), 1e-6))
     return np.clip(np.rint(hu), *HU_RANGE).astype(np.int16)
 
 

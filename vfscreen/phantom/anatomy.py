@@ -27,7 +27,7 @@ _TABLES = {
     "spinous_half_height": (4.0, 5.0, 6.0, 6.0, 8.0, 10.0, 10.0),
     "transverse_length": (9.0, 13.0, 17.0, 17.0, 13.0, 24.0, 22.0),
     "transverse_angle_deg": (0.0, 10.0, 35.0, 40.0, 30.0, 10.0, 10.0),
-    "curvature_deg": (4.0, 4.0, -3.5, -3.5, -3.5, 10.0, 10.0),  # sagittal angle change per level (+ = lordosis)
+    "curvature_deg": (4.0, 4.0, -3.5, -3.5, -3.5, 8.0, 8.0),  # sagittal angle change per level (+ = lordosis)
 }
 FOV_KINDS = {  # name: (probability, first and last vertebra name allowed to be whole)
     "thoracolumbar": (0.65, "T6", "L6"),
@@ -139,7 +139,7 @@ def build_case(rng: np.random.Generator, target_worst_grade: int, num_whole_rang
     intended = _assign_grades(rng, names, whole, target_worst_grade)
     osteoporotic = bool(rng.random() < (0.6 if target_worst_grade else 0.25))
     size = rng.uniform(0.88, 1.12)
-    curvature_scale = rng.uniform(0.5, 1.4, size=3)  # cervical, thoracic, lumbar
+    curvature_scale = rng.uniform(0.6, 1.2, size=3)  # cervical, thoracic, lumbar
     scoliosis = rng.uniform(4.0, 10.0) if rng.random() < 0.3 else 0.0
     scoliosis_phase, scoliosis_period = rng.uniform(0, 2 * np.pi), rng.uniform(8.0, 16.0)
 
