@@ -32,6 +32,7 @@ setup(
     entry_points={
         "console_scripts": [
             "vfscreen_generate_synthetic = vfscreen.phantom.cli:main",
+            "vfscreen_predict = vfscreen.inference.cli:main",
         ],
     },
     classifiers=[

@@ -2,3 +2,10 @@
 from vfscreen import paths  # noqa: F401  (must run before nnunetv2 is imported anywhere)
 
 __version__ = "0.1.0"
+
+
+def predict(*args, **kwargs):
+    """Screen CT scans; see :func:`vfscreen.inference.predict.predict` (returns a pandas DataFrame)."""
+    from vfscreen.inference.predict import predict as _predict
+
+    return _predict(*args, **kwargs)
