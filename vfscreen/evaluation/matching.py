@@ -1,7 +1,8 @@
 """Matching predicted to reference vertebrae, identification rate and Dice.
 
 A reference vertebra is *identified* when the predicted vertebra with the same label exists and its centroid lies
-within 20 mm of the reference centroid (the identification criterion of the VerSe challenge, Sekuboyina et al. 2021).
+within 20 mm of the reference centroid (the 20 mm criterion of the VerSe challenge, Sekuboyina et al. 2021; VerSe
+additionally asks that no other predicted centroid be closer, which this simpler rule does not).
 An identified vertebra is *matched* to that predicted vertebra; its grade, probabilities and morphometry are compared
 with the reference. A reference vertebra that is not identified is *missed* (a missed fractured vertebra is a false
 negative: it is scored as predicted G0 with P(fracture) = 0). A predicted vertebra that is not matched is *extra*
