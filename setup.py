@@ -33,6 +33,8 @@ setup(
         "console_scripts": [
             "vfscreen_generate_synthetic = vfscreen.phantom.cli:main",
             "vfscreen_predict = vfscreen.inference.cli:main",
+            "vfscreen_evaluate = vfscreen.evaluation.cli:main",
+            "vfscreen_benchmark = vfscreen.evaluation.benchmark:main",
         ],
     },
     classifiers=[
