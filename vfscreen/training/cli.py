@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 import re
 from pathlib import Path
@@ -96,11 +95,8 @@ def run_segmentation_stage(dataset_name: str, configuration: str, fold, plans: d
     except ImportError:
         raise ConfigError("the segmentation stage (vfscreen.training.segmentation) is not available in this "
                           "installation; use --stage grader or --pretrained-seg") from None
-    offered = {"dataset_name": dataset_name, "configuration": configuration, "fold": fold, "plans": plans,
-               "device": args.device, "continue_training": args.c, "npz": args.npz,
-               "export_validation_probabilities": args.npz}
-    accepted = inspect.signature(train_segmentation).parameters
-    train_segmentation(**{name: value for name, value in offered.items() if name in accepted})
+    train_segmentation(dataset_name, plans, configuration, fold, device=args.device, continue_training=args.c,
+                       export_validation_probabilities=args.npz)
 
 
 def run(argv=None) -> int:

@@ -118,10 +118,11 @@ def _new_history() -> dict:
 
 
 class GraderTrainer:
-    def __init__(self, setup: GraderSetup, num_workers: int | None = None, show_progress: bool = True):
+    def __init__(self, setup: GraderSetup, context: ddp.DistributedContext, num_workers: int | None = None,
+                 show_progress: bool = True):
         self.setup = setup
         self.plan = setup.grader_plan
-        self.context = ddp.init_distributed(setup.device.type)
+        self.context = context
         self.log = TrainingLog(setup.fold_folder, enabled=self.context.is_main, echo=show_progress)
         self.show_progress = show_progress and self.context.is_main
         self.device = setup.device
@@ -358,14 +359,13 @@ def train_grader(setup: GraderSetup, continue_training: bool = False, num_worker
         load_checkpoint(final)  # refuse a corrupt final checkpoint rather than report success
         print(f"vfscreen: {fold_folder} is already trained (checkpoint_final.pth); nothing to do")
         return None
-    trainer = GraderTrainer(setup, num_workers=num_workers, show_progress=show_progress)
+    context = ddp.init_distributed(setup.device.type)
     try:
+        trainer = GraderTrainer(setup, context, num_workers=num_workers, show_progress=show_progress)
         if continue_training and not trainer.resume():
             trainer.log("no checkpoint_latest.pth to continue from: starting a new training")
-        elif not continue_training:
-            ddp.barrier(trainer.context)
         if trainer.context.is_main:
             atomic_write_json(fold_folder / PLANS_COPY, setup.plans)
         return trainer.run(stop_after_epoch=stop_after_epoch)
     finally:
-        ddp.shutdown(trainer.context)
+        ddp.shutdown(context)
