@@ -43,6 +43,9 @@ class Preset:
     noise_sigma_hu: tuple[float, float] = (10.0, 40.0)
     blur_sigma_mm: tuple[float, float] = (0.3, 0.8)
     orientation: str | None = None  # None: random per case
+    # Probability of drawing the stored orientation from all 48 axis permutations / flips (PIR, ASL, ...) instead of
+    # the common ones (RAS, LPS, LAS, LPI, RAI, which differ only by flips).
+    any_orientation_probability: float = 0.5
 
     def with_changes(self, **changes) -> "Preset":
         return replace(self, **changes)
@@ -85,7 +88,7 @@ def sample_acquisition(rng: np.random.Generator, case: SpineCase, preset: Preset
                      max(high[1], skin) + rng.uniform(*preset.posterior_air_mm), case.fov_z[1]])
     size = tuple(int(math.ceil((high[axis] - low[axis]) / spacing[axis])) for axis in range(3))
     grid = Grid(origin=low + spacing / 2, spacing=spacing, size=size, supersampling=preset.supersampling)
-    if rng.random() < 0.5:
+    if rng.random() < 1.0 - preset.any_orientation_probability:
         orientation = COMMON_ORIENTATIONS[rng.integers(len(COMMON_ORIENTATIONS))]
     else:
         orientation = ALL_ORIENTATIONS[rng.integers(len(ALL_ORIENTATIONS))]
