@@ -15,7 +15,8 @@ from vfscreen.utils.image_io import orientation_code
 FINE = PRESETS["demo"].with_changes(name="fine", inplane_spacing_mm=(0.6, 0.6), slice_thickness_mm=(0.3, 0.3),
                                     supersampling=1, whole_vertebrae=(7, 7), lateral_margin_mm=(1.0, 2.0),
                                     anterior_margin_mm=(2.0, 4.0), posterior_air_mm=(1.0, 2.0),
-                                    noise_sigma_hu=(0.0, 0.0), blur_sigma_mm=(0.0, 0.0), orientation="LPS")
+                                    noise_sigma_hu=(0.0, 0.0), blur_sigma_mm=(0.0, 0.0), trabecular_texture_hu=(0.0, 0.0),
+                                    orientation="LPS")
 COARSE = PRESETS["demo"].with_changes(name="coarse", whole_vertebrae=(2, 2), inplane_spacing_mm=(2.5, 2.5),
                                       slice_thickness_mm=(3.0, 3.0))
 

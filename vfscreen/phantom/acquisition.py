@@ -42,6 +42,7 @@ class Preset:
     posterior_air_mm: tuple[float, float] = (3.0, 15.0)
     noise_sigma_hu: tuple[float, float] = (10.0, 40.0)
     blur_sigma_mm: tuple[float, float] = (0.3, 0.8)
+    trabecular_texture_hu: tuple[float, float] = (15.0, 45.0)  # standard deviation of the cancellous texture
     orientation: str | None = None  # None: random per case
     # Probability of drawing the stored orientation from all 48 axis permutations / flips (PIR, ASL, ...) instead of
     # the common ones (RAS, LPS, LAS, LPI, RAI, which differ only by flips).

@@ -138,6 +138,7 @@ def build_case(rng: np.random.Generator, target_worst_grade: int, num_whole_rang
     kind, whole = _choose_whole_range(rng, names, int(rng.integers(num_whole_range[0], num_whole_range[1] + 1)))
     intended = _assign_grades(rng, names, whole, target_worst_grade)
     osteoporotic = bool(rng.random() < (0.6 if target_worst_grade else 0.25))
+    degeneration = rng.uniform(0.0, 1.0) ** 1.5  # osteophytes, narrower discs
     size = rng.uniform(0.88, 1.12)
     curvature_scale = rng.uniform(0.6, 1.2, size=3)  # cervical, thoracic, lumbar
     scoliosis = rng.uniform(4.0, 10.0) if rng.random() < 0.3 else 0.0
@@ -184,7 +185,12 @@ def build_case(rng: np.random.Generator, target_worst_grade: int, num_whole_rang
             sclerosis_hu=rng.uniform(40.0, 150.0) if grade and rng.random() < 0.6 else 0.0)
         vertebra.heights = vertebra.measure_heights()
         vertebrae.append(vertebra)
-        discs.append(table("disc_height", level) * size * rng.uniform(0.85, 1.15))
+        vertebra.osteophytes = [(rng.choice([-1.0, 1.0]) * rng.uniform(0.3, 0.75), rim,
+                                 1.0 + 6.0 * degeneration * rng.uniform(0.3, 1.0),
+                                 min(rng.uniform(1.0, 2.2), 0.15 * vertebra.half_depth))
+                                for rim in (1.0, -1.0) if rng.random() < 0.4 * degeneration]
+        discs.append(table("disc_height", level) * size * rng.uniform(0.85, 1.15)
+                     * (1.0 - 0.35 * degeneration * rng.uniform(0.5, 1.0)))
 
     _place_along_curve(rng, vertebrae, discs, whole)
     fov_z = _choose_fov_z(rng, vertebrae, whole)

@@ -20,7 +20,7 @@ from vfscreen import dataset, labels
 from vfscreen.errors import ConfigError
 from vfscreen.phantom.acquisition import PRESETS, Preset, apply_scanner, sample_acquisition, to_image
 from vfscreen.phantom.anatomy import SpineCase, build_case
-from vfscreen.phantom.rendering import render
+from vfscreen.phantom.rendering import add_trabecular_texture, render
 from vfscreen.utils.atomic import atomic_directory, atomic_write_csv, atomic_write_image
 
 DATASET_SUFFIX = "SyntheticSpine"
@@ -73,8 +73,8 @@ def case_specs(seed: int, num_cases: int, num_test_cases: int, preset: Preset,
 
 
 def _case_rng(spec: CaseSpec, stream: int) -> np.random.Generator:
-    """Independent random stream ``stream`` of a case (0 anatomy, 1 acquisition, 2 noise); stateless, so a spec
-    gives the same case however often it is generated."""
+    """Independent random stream ``stream`` of a case (0 anatomy, 1 acquisition, 2 noise, 3 bone texture);
+    stateless, so a spec gives the same case however often it is generated."""
     return np.random.default_rng(np.random.SeedSequence(spec.seed.entropy,
                                                         spawn_key=tuple(spec.seed.spawn_key) + (stream,)))
 
@@ -90,6 +90,9 @@ def generate_case(spec: CaseSpec) -> GeneratedCase:
     acquisition_rng, noise_rng = _case_rng(spec, 1), _case_rng(spec, 2)
     acquisition = sample_acquisition(acquisition_rng, anatomy, spec.preset)
     hu, verse_labels = render(anatomy, acquisition.grid)
+    texture_rng = _case_rng(spec, 3)
+    hu = add_trabecular_texture(hu, verse_labels, acquisition.grid.spacing, texture_rng,
+                                texture_rng.uniform(*spec.preset.trabecular_texture_hu))
     ct_array = apply_scanner(hu, acquisition, noise_rng)
     rows = grade_rows(spec, anatomy, verse_labels)
     ct = to_image(ct_array, acquisition.grid, acquisition.orientation)

@@ -9,11 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
 from vfscreen.phantom import shapes
 from vfscreen.phantom.anatomy import SpineCase
 
 SLAB_SLICES = 16  # output slices rendered at once
+TRABECULAR_SCALE_MM = 1.2  # correlation length of the cancellous-bone texture
 
 
 @dataclass
@@ -109,7 +111,9 @@ def _background(case: SpineCase, x, y, z) -> np.ndarray:
     hu[inner <= 1.0] = t.soft_hu
     chest_wall = t.subcutaneous_fat_mm + 18.0
     chest = (dx / (trunk_width - chest_wall)) ** 2 + (dy / (trunk_depth - chest_wall)) ** 2 <= 1.0
-    lungs = chest & (level > 7.3) & (level < 18.2) & (np.abs(x - track_x) > half_width + 9.0) \
+    lateral_distance = np.abs(x - track_x)
+    diaphragm = 17.3 + 1.8 * np.clip((lateral_distance - half_width) / 70.0, 0.0, 1.0)  # dome, in spine levels
+    lungs = chest & (level > 7.3) & (level < diaphragm) & (lateral_distance > half_width + 9.0) \
         & (y < track_y + half_depth + 2.2 * canal_depth)
     hu[lungs] = t.lung_hu
     sx, sy = x - track_x, y - track_y
@@ -204,3 +208,16 @@ def _majority(label: np.ndarray, blocks: tuple) -> np.ndarray:
     result = high.copy()
     result[mixed] = values[np.argmax(counts, axis=0)]
     return result
+
+
+def add_trabecular_texture(hu: np.ndarray, verse_labels: np.ndarray, spacing: np.ndarray,
+                           rng: np.random.Generator, amplitude_hu: float) -> np.ndarray:
+    """Heterogeneous cancellous bone: smooth random texture added to vertebra voxels in the cancellous HU range.
+    ``hu``, ``verse_labels``: (nz, ny, nx); ``spacing``: (x, y, z) mm."""
+    if amplitude_hu <= 0:
+        return hu
+    texture = ndimage.gaussian_filter(rng.standard_normal(size=hu.shape, dtype=np.float32),
+                                      TRABECULAR_SCALE_MM / np.asarray(spacing)[::-1])
+    texture *= np.float32(amplitude_hu / max(float(texture.std()), 1e-6))
+    weight = (verse_labels > 0) * np.clip((550.0 - hu) / 200.0, 0.0, 1.0)
+    return hu + texture * weight.astype(np.float32)

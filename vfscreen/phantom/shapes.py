@@ -187,9 +187,27 @@ def process_shapes(vertebra: Vertebra, hu: float) -> list[Capsule]:
     return shapes
 
 
+def osteophyte_shapes(vertebra: Vertebra) -> list[Capsule]:
+    """Bony spurs growing from the anterolateral endplate rims towards the neighbouring vertebra (labelled)."""
+    v = vertebra
+    lateral, anterior, superior = v.axes
+    result = []
+    for u_fraction, rim, length, radius in v.osteophytes:
+        u = u_fraction * v.half_width
+        edge = v.half_depth * (1.0 + v.waist) * (1.0 - abs(u_fraction) ** v.exponent_anterior) ** (
+            1.0 / v.exponent_anterior)
+        top, bottom = v.surfaces(np.array(u), np.array(edge / v.half_depth))
+        start = world_point(v, (u, edge - 0.5 * radius, (float(top) - 1.0) if rim > 0 else (float(bottom) + 1.0)))
+        end = start + length * (0.55 * anterior + 0.85 * rim * superior)
+        result.append(Capsule(start, end, lateral, radius, radius, 0.8 * v.cortical_hu, v.verse_id, taper=0.6))
+    return result
+
+
 def vertebra_shapes(vertebra: Vertebra, posterior_hu: float) -> list:
-    """Labelled shapes of one vertebra: arch, processes, then the body (painted last, it owns the overlap)."""
-    return [ArchShape(vertebra, posterior_hu), *process_shapes(vertebra, posterior_hu), BodyShape(vertebra)]
+    """Labelled shapes of one vertebra: arch, processes, osteophytes, then the body (painted last, it owns the
+    overlap)."""
+    return [ArchShape(vertebra, posterior_hu), *process_shapes(vertebra, posterior_hu),
+            *osteophyte_shapes(vertebra), BodyShape(vertebra)]
 
 
 def shapes_bbox(shapes) -> tuple[np.ndarray, np.ndarray]:

@@ -64,6 +64,9 @@ class Vertebra:
     intended_morphology: str = "normal"
     sclerosis_hu: float = 0.0  # condensation band under a fractured endplate
     heights: tuple[float, float, float] = field(default=(0.0, 0.0, 0.0))  # final reported heights (mm)
+    # degenerative spurs at the anterolateral endplate rims: (u / half_width (|.| >= 0.3), rim +1 top / -1 bottom,
+    # length mm, radius mm); never on the mid-sagittal measurement lines
+    osteophytes: list = field(default_factory=list)
 
     # ----------------------------------------------------------------------------------------------- geometry
     def canal_centre_v(self) -> float:
