@@ -142,3 +142,17 @@ def test_full_run_preprocesses_segmentation_and_crops(planned_dataset):
     assert crops["grade"].notna().sum() == 23
     assert np.all(crops.groupby("case_id")["fold"].nunique() == 1)
     assert cli.run(["-d", name, "-np", "1"]) == 0  # second run: up to date, nothing recomputed
+
+
+def test_hand_edit_of_the_segmentation_mirror_is_refused(planned_dataset, capsys):
+    name, _ = planned_dataset
+    path = plans_file(name)
+    original = path.read_text()
+    plans = json.loads(original)
+    plans["configurations"]["3d"]["segmentation"]["patch_size"] = [16, 16, 16]
+    path.write_text(json.dumps(plans))
+    try:
+        assert _exit_code(["-d", name, "-np", "1"]) == 2
+        assert "segmentation.patch_size" in capsys.readouterr().err
+    finally:
+        path.write_text(original)

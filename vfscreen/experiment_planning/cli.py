@@ -140,7 +140,12 @@ def preprocess_segmentation(dataset_name: str, plans: dict, num_processes: int) 
     nnunet_plans_path = folder / f"{segmentation['nnunet_plans_identifier']}.json"
     if not nnunet_plans_path.is_file():
         raise ConfigError(f"{nnunet_plans_path}: nnU-Net plans missing; re-run with --overwrite-plans")
-    configuration = PlansManager(str(nnunet_plans_path)).get_configuration(segmentation["nnunet_configuration"])
+    try:
+        configuration = PlansManager(str(nnunet_plans_path)).get_configuration(segmentation["nnunet_configuration"])
+    except ValueError:
+        raise ConfigError(f"{nnunet_plans_path}: configuration {segmentation['nnunet_configuration']!r} missing; "
+                          "re-run with --overwrite-plans") from None
+    _check_segmentation_mirrors_nnunet(segmentation, configuration.configuration, nnunet_plans_path)
     output = folder / configuration.data_identifier
     stamp = _preprocessing_stamp(dataset_name, configuration.configuration)
     stamp_file = folder / f"vfscreen_preprocessed_{configuration.data_identifier}.json"  # nnU-Net's folder: data only
@@ -154,6 +159,25 @@ def preprocess_segmentation(dataset_name: str, plans: dict, num_processes: int) 
                            configurations=[segmentation["nnunet_configuration"]],
                            num_processes=[max(1, num_processes)], verbose=False, show_progress_bar=True)
     atomic_write_json(stamp_file, stamp)
+
+
+def _check_segmentation_mirrors_nnunet(segmentation: dict, configuration: dict, nnunet_plans_path: Path) -> None:
+    """The segmentation network is defined by nnUNetPlans.json; vfscreenPlans.json mirrors it. A hand edit of only
+    the mirror would silently not take effect, so it is refused."""
+    mirrored = {"patch_size": configuration["patch_size"], "batch_size": configuration["batch_size"],
+                "target_spacing_mm": configuration["spacing"],
+                "features_per_stage": configuration["architecture"]["arch_kwargs"]["features_per_stage"]}
+    schedule = configuration.get("vfscreen", {"iterations_per_epoch": 250, "num_epochs": 1000})  # stock: nnU-Net's
+    mirrored.update({key: schedule[key] for key in ("iterations_per_epoch", "num_epochs") if key in schedule})
+    for field, value in mirrored.items():
+        expected = [round(float(v), 4) for v in value] if isinstance(value, list) else value
+        actual = segmentation[field]
+        actual = [round(float(v), 4) for v in actual] if isinstance(actual, list) else actual
+        if actual != expected:
+            raise ConfigError(f"field 'configurations.{CONFIGURATION}.segmentation.{field}' is {segmentation[field]} "
+                              f"but {nnunet_plans_path.name} ({segmentation['nnunet_configuration']}) says {value}; "
+                              f"the segmentation network is defined there: edit {nnunet_plans_path} (or re-plan "
+                              "with --overwrite-plans)")
 
 
 def _preprocessing_stamp(dataset_name: str, configuration: dict) -> dict:
