@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from vfscreen import labels
+from vfscreen import genant, labels
 from vfscreen.phantom import shapes
 from vfscreen.phantom.vertebra import (MORPHOLOGIES, MORPHOLOGY_PROBABILITIES, Vertebra, endplate_irregularity,
                                        fracture_heights, near_threshold, normal_heights)
@@ -150,14 +150,17 @@ def build_case(rng: np.random.Generator, target_worst_grade: int, num_whole_rang
         sagittal += table("curvature_deg", level) * curvature_scale[region]
         h0 = table("nominal_height", level) * size * rng.uniform(0.96, 1.04)
         grade, morphology = intended.get(index, (0, "normal"))
-        for _attempt in range(50):  # re-draw shapes whose final Genant reduction sits on a threshold
+        # Re-draw shapes whose final Genant reduction sits on a threshold or whose endplate irregularity moved them
+        # out of the intended band (keeps the patient mix); the ground truth is still computed from the heights.
+        for _attempt in range(50):
             heights = fracture_heights(rng, grade, morphology, h0) if grade else normal_heights(rng, level, h0)
             bumps = endplate_irregularity(rng, rng.uniform(0.2, 0.9))
             top_fraction = rng.uniform(0.55, 0.8) if grade else rng.uniform(0.3, 0.7)
             trial = replace(_TEMPLATE, nominal_height=h0, intended_heights=heights, dish=morphology == "biconcave",
                             bump_amplitudes=bumps[0], bump_frequencies=bumps[1], bump_phases=bumps[2],
                             top_fraction=top_fraction, half_width=10.0)
-            if not near_threshold(trial.measure_heights()):
+            trial_heights = trial.measure_heights()
+            if not near_threshold(trial_heights) and genant.grade_from_heights(*trial_heights) == grade:
                 break
         cancellous = rng.uniform(50.0, 110.0) if osteoporotic else rng.uniform(130.0, 300.0)
         vertebra = Vertebra(
