@@ -113,7 +113,7 @@ def _learning_rate(optimizer_plan: dict, epoch: int, num_epochs: int) -> float:
 
 def _new_history() -> dict:
     keys = ("epoch", "train_loss", "train_supcon", "train_ce", "learning_rate", "epoch_seconds", "data_wait_seconds",
-            "samples_per_second", "val_epoch", "val_loss", "val_macro_f1", "val_auroc")
+            "views_per_second", "val_epoch", "val_loss", "val_macro_f1", "val_auroc")
     return {key: [] for key in keys}
 
 
@@ -222,7 +222,7 @@ class GraderTrainer:
         self.network.train()
         self.sampler.set_epoch(epoch)
         totals = {"loss": 0.0, "supcon": 0.0, "ce": 0.0}
-        num_batches, num_samples, data_wait = 0, 0, 0.0
+        num_batches, num_views, data_wait = 0, 0, 0.0
         started = time.perf_counter()
         batches = iter(self.train_loader)
         progress = tqdm(total=len(self.sampler), desc=f"epoch {epoch + 1}/{self.num_epochs}",
@@ -238,13 +238,13 @@ class GraderTrainer:
             for key in totals:
                 totals[key] += losses[key]
             num_batches += 1
-            num_samples += views.shape[0] * views.shape[1]
+            num_views += views.shape[0] * views.shape[1]
             progress.update()
             progress.set_postfix(loss=f"{losses['loss']:.4f}")
         progress.close()
         seconds = time.perf_counter() - started
         means = {key: ddp.mean_over_ranks(value / max(1, num_batches), self.context) for key, value in totals.items()}
-        samples_per_second = ddp.mean_over_ranks(num_samples / seconds, self.context) * self.context.world_size
+        views_per_second = ddp.mean_over_ranks(num_views / seconds, self.context) * self.context.world_size
         self.history["epoch"].append(epoch + 1)
         self.history["train_loss"].append(means["loss"])
         self.history["train_supcon"].append(means["supcon"] if self.setup.loss_name == "supcon" else None)
@@ -252,10 +252,10 @@ class GraderTrainer:
         self.history["learning_rate"].append(learning_rate)
         self.history["epoch_seconds"].append(seconds)
         self.history["data_wait_seconds"].append(data_wait)
-        self.history["samples_per_second"].append(samples_per_second)
+        self.history["views_per_second"].append(views_per_second)
         self.log(f"epoch {epoch + 1}/{self.num_epochs}: loss {means['loss']:.4f} (SupCon {means['supcon']:.4f}, "
                  f"CE {means['ce']:.4f}), lr {learning_rate:g}, {num_batches} batches, {seconds:.1f} s, "
-                 f"{samples_per_second:.1f} views/s, waiting for data {data_wait:.2f} s "
+                 f"{views_per_second:.1f} views/s, waiting for data {data_wait:.2f} s "
                  f"({100 * data_wait / max(seconds, 1e-9):.0f} %)")
 
     def _train_step(self, views: torch.Tensor, grades: torch.Tensor) -> dict:
@@ -322,8 +322,8 @@ class GraderTrainer:
         setup = self.setup
         train_counts = np.bincount(setup.train_rows["grade"], minlength=4).tolist()
         self.log(f"grader {setup.loss_name} {setup.dataset_name} {setup.configuration} fold {setup.fold} on "
-                 f"{self.device} x{self.context.world_size}: {len(setup.train_rows)} training crops per grade "
-                 f"{train_counts}, {len(setup.val_rows)} validation crops, {len(self.sampler)} batches/epoch, "
+                 f"{self.device} x{self.context.world_size}: {len(setup.train_rows)} training crops (per grade "
+                 f"{train_counts}), {len(setup.val_rows)} validation crops, {len(self.sampler)} batches/epoch, "
                  f"{self.num_workers} data worker(s), epochs {self.start_epoch + 1}-{self.num_epochs}")
         metrics = None
         for epoch in range(self.start_epoch, self.num_epochs):
