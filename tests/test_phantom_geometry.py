@@ -146,3 +146,21 @@ def test_every_orientation_holds_the_same_anatomy_in_world_coordinates():
         if not row["truncated"]:
             assert row["centre_y_mm"] < reference_centroids[row["label"]][1]
             assert row["superior_z"] > 0.8 and row["anterior_y"] < -0.5
+
+
+def test_all_48_stored_orientations_keep_world_coordinates():
+    from vfscreen.phantom.acquisition import ALL_ORIENTATIONS, to_image
+    from vfscreen.phantom.rendering import Grid
+
+    rng = np.random.default_rng(0)
+    array = rng.integers(0, 5, size=(6, 7, 8)).astype(np.uint8)  # (z, y, x) on an LPS grid
+    grid = Grid(origin=np.array([-10.0, 5.0, 30.0]), spacing=np.array([0.7, 0.9, 2.5]), size=(8, 7, 6))
+    reference = _centroids(to_image(array, grid, "LPS"))
+    assert len(ALL_ORIENTATIONS) == 48
+    for code in ALL_ORIENTATIONS:
+        image = to_image(array, grid, code)
+        assert orientation_code(image) == code
+        centroids = _centroids(image)
+        assert centroids.keys() == reference.keys()
+        for value, centroid in centroids.items():
+            assert np.allclose(centroid, reference[value], atol=1e-6), (code, value)
