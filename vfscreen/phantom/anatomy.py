@@ -131,6 +131,26 @@ def _assign_grades(rng, names: list[str], whole: list[int], target_worst_grade: 
     return result
 
 
+def _draw_body_profile(rng, grade: int, morphology: str, level: float, nominal_height: float):
+    """Intended heights, endplate irregularity and deficit split of one body whose *final* heights fall in the
+    band of ``grade`` and at least THRESHOLD_MARGIN away from every Genant threshold. Shapes that miss are re-drawn
+    (this keeps the patient mix); the ground truth is still computed from the final heights."""
+    for _attempt in range(50):
+        if grade:
+            heights = fracture_heights(rng, grade, morphology, nominal_height)
+        else:
+            heights = normal_heights(rng, level, nominal_height)
+        bumps = endplate_irregularity(rng, rng.uniform(0.2, 0.9))
+        top_fraction = rng.uniform(0.55, 0.8) if grade else rng.uniform(0.3, 0.7)
+        trial = replace(_TEMPLATE, nominal_height=nominal_height, intended_heights=heights,
+                        dish=morphology == "biconcave", bump_amplitudes=bumps[0], bump_frequencies=bumps[1],
+                        bump_phases=bumps[2], top_fraction=top_fraction, half_width=10.0)
+        final_heights = trial.measure_heights()
+        if not near_threshold(final_heights) and genant.grade_from_heights(*final_heights) == grade:
+            break
+    return heights, bumps, top_fraction
+
+
 def build_case(rng: np.random.Generator, target_worst_grade: int, num_whole_range: tuple[int, int]) -> SpineCase:
     """Draw one patient's anatomy."""
     ids_levels = vertebra_list(rng)
@@ -150,18 +170,7 @@ def build_case(rng: np.random.Generator, target_worst_grade: int, num_whole_rang
         sagittal += table("curvature_deg", level) * curvature_scale[region]
         h0 = table("nominal_height", level) * size * rng.uniform(0.96, 1.04)
         grade, morphology = intended.get(index, (0, "normal"))
-        # Re-draw shapes whose final Genant reduction sits on a threshold or whose endplate irregularity moved them
-        # out of the intended band (keeps the patient mix); the ground truth is still computed from the heights.
-        for _attempt in range(50):
-            heights = fracture_heights(rng, grade, morphology, h0) if grade else normal_heights(rng, level, h0)
-            bumps = endplate_irregularity(rng, rng.uniform(0.2, 0.9))
-            top_fraction = rng.uniform(0.55, 0.8) if grade else rng.uniform(0.3, 0.7)
-            trial = replace(_TEMPLATE, nominal_height=h0, intended_heights=heights, dish=morphology == "biconcave",
-                            bump_amplitudes=bumps[0], bump_frequencies=bumps[1], bump_phases=bumps[2],
-                            top_fraction=top_fraction, half_width=10.0)
-            trial_heights = trial.measure_heights()
-            if not near_threshold(trial_heights) and genant.grade_from_heights(*trial_heights) == grade:
-                break
+        heights, bumps, top_fraction = _draw_body_profile(rng, grade, morphology, level, h0)
         cancellous = rng.uniform(50.0, 110.0) if osteoporotic else rng.uniform(130.0, 300.0)
         vertebra = Vertebra(
             verse_id=verse_id, name=names[index], level=level, centre=np.zeros(3),
