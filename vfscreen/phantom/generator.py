@@ -28,7 +28,7 @@ DEFAULT_PATIENT_MIX = (1.0, 3.0, 3.0, 3.0)  # patients by worst grade G0:G1:G2:G
 CASE_PREFIX = "synspine"
 MAX_CASES = 100_000
 GRADE_COLUMNS = ["case_id", "label", "grade", "anterior_mm", "middle_mm", "posterior_mm", "morphology", "truncated",
-                 "name", "split", "intended_grade", "centre_x_mm", "centre_y_mm", "centre_z_mm",
+                 "name", "split", "centre_x_mm", "centre_y_mm", "centre_z_mm",
                  "superior_x", "superior_y", "superior_z", "anterior_x", "anterior_y", "anterior_z"]
 
 
@@ -121,7 +121,7 @@ def grade_rows(spec: CaseSpec, anatomy: SpineCase, verse_labels: np.ndarray) -> 
             "case_id": spec.case_id, "label": vertebra.verse_id, "grade": vertebra.grade,
             "anterior_mm": round(anterior, 3), "middle_mm": round(middle, 3), "posterior_mm": round(posterior, 3),
             "morphology": vertebra.morphology, "truncated": vertebra.verse_id in cut, "name": vertebra.name,
-            "split": spec.split, "intended_grade": vertebra.intended_grade,
+            "split": spec.split,
             **{f"centre_{axis}_mm": round(float(value), 4) for axis, value in zip("xyz", vertebra.centre)},
             **{f"superior_{axis}": round(float(value), 6) for axis, value in zip("xyz", superior)},
             **{f"anterior_{axis}": round(float(value), 6) for axis, value in zip("xyz", anterior_axis)},
