@@ -73,6 +73,9 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
             raise RuntimeError("crash")
     assert json.loads(target.read_text()) == {"a": 1}  # old content intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
 
 
 def test_atomic_directory(tmp_path):

@@ -12,6 +12,15 @@ from pathlib import Path
 import numpy as np
 
 
+def _current_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+_UMASK = _current_umask()
+
+
 def _fsync_dir(folder: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
@@ -34,6 +43,7 @@ def atomic_path(final_path: str | os.PathLike, suffix: str | None = None):
     fd, tmp_name = tempfile.mkstemp(prefix=f".{final_path.name}.", suffix=".tmp" + suffix, dir=final_path.parent)
     os.close(fd)
     tmp_path = Path(tmp_name)
+    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; final files get the usual permissions
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as handle:
@@ -85,6 +95,7 @@ def atomic_directory(final_dir: str | os.PathLike, overwrite: bool = False):
         raise FileExistsError(f"{final_dir} exists and is not empty (use --overwrite to replace it)")
     final_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", suffix=".tmp", dir=final_dir.parent))
+    os.chmod(tmp_dir, 0o777 & ~_UMASK)  # mkdtemp makes 0700
     try:
         yield tmp_dir
         if final_dir.exists():
