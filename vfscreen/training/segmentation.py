@@ -34,6 +34,10 @@ class vfscreenSegTrainer(nnUNetTrainer):  # noqa: N801  (nnU-Net's trainer namin
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
+        if torch.device(device).type == "cpu" and "nnUNet_n_proc_DA" not in os.environ:
+            # nnU-Net would start one augmentation worker per core; on a CPU the network needs those cores. One
+            # worker keeps up with the small budget-fitted patches (measured 0.02-0.5 s per batch of the demo plan).
+            os.environ["nnUNet_n_proc_DA"] = "1"
         super().__init__(plans, configuration, fold, dataset_json, device)
         schedule = self.configuration_manager.configuration.get(SCHEDULE_KEY, {})
         self.num_iterations_per_epoch = int(schedule.get("iterations_per_epoch", self.num_iterations_per_epoch))
