@@ -3,7 +3,7 @@
 Memory model (training, one step, both nets)
     peak_bytes = batch x sum(stored activation elements per sample) x bytes_per_activation x ACTIVATION_OVERHEAD
                + n_parameters x 4 bytes x 3   (weights, gradients, SGD momentum)
-               + DEVICE_OVERHEAD_GB           (CUDA context and allocator slack; 0 on CPU)
+and a plan fits when peak_bytes <= usable memory = 85% of the device - GPU_OVERHEAD_GB (CUDA context; 0 on CPU).
 "Stored activation elements" are the tensors autograd keeps for the backward pass, counted layer by layer:
   * nnU-Net's PlainConvUNet (conv -> instance norm -> LeakyReLU in place): per conv 2 x C x V (conv output, norm
     output); per decoder stage the transposed-conv output C x V and the skip concatenation 2C x V; per deep-supervision
@@ -12,14 +12,15 @@ Memory model (training, one step, both nets)
     residual sum (+ projection conv/norm of the skip when the shape changes); BottleneckD = 3 x (conv, norm) with the
     bottleneck width + SE product + sum (+ skip projection)).
 BYTES_PER_ACTIVATION is 4 (float32) on CPU and MPS, 2 on CUDA where both nnU-Net and the grader train with automatic
-mixed precision (convolutions and batch/instance norm run in float16 there).
+mixed precision (half-precision activations; this CUDA figure has not been measured in this project).
 ACTIVATION_OVERHEAD (1.3) covers what the layer count leaves out (activation gradients alive during backward,
-allocator fragmentation); it was set from one measurement of peak resident memory (tests/test_budget.py measures
-both nets of the CPU plan and asserts the model is within +-50%).
+allocator slack). Checked against measurement on CPU: peak resident-memory increase of one training step of the CPU
+plan (tests/test_budget.py, asserts +-50%): segmentation 0.33 GB measured vs 0.35 GB modelled, grader 1.03 GB vs
+1.35 GB.
 
 Speed model (CPU plans)
-    seconds_per_step = batch x (3 x forward_FLOPs / GFLOPS_PER_THREAD
-                                + stored_activation_elements / ELEMENTS_PER_SECOND_PER_THREAD) / num_threads
+    seconds_per_step = batch x (3 x forward_FLOPs / (GFLOPS_PER_THREAD x 1e9)
+                                + stored_activation_elements / (GELEMENTS_PER_THREAD x 1e9)) / num_threads
 (one forward + a backward of about twice the forward's cost, plus the memory traffic of writing and re-reading every
 stored activation). forward_FLOPs counts 2 x k^3 x C_in x C_out per output voxel of every convolution. On a CPU the
 narrow 3D nets vfscreen plans are bound by memory traffic, not arithmetic: a least-squares fit to 8 measured
@@ -35,7 +36,7 @@ at the target rate: >= 1 segmentation iteration/s, >= 4 grader samples/s with he
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 BYTES_PER_ACTIVATION = {"cpu": 4, "mps": 4, "cuda": 2}
 ACTIVATION_OVERHEAD = 1.3
@@ -85,14 +86,13 @@ class PlanningTargets:
     max_grader_epochs: int = 1000
     min_seg_epochs: int = 5
     max_seg_epochs: int = 1000
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def from_preset(cls, budget_section: dict | None) -> "PlanningTargets":
         from vfscreen.errors import ConfigError
 
         budget_section = dict(budget_section or {})
-        known = {f.name for f in fields(cls)} - {"extra"}
+        known = {f.name for f in fields(cls)}
         unknown = sorted(set(budget_section) - known)
         if unknown:
             raise ConfigError(f"preset field 'budget' has unknown key(s) {unknown}; known: {sorted(known)}")
