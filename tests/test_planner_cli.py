@@ -129,7 +129,6 @@ def test_unknown_dataset_and_budget_too_small(capsys):
     assert not (folder / "splits_final.json").exists()
 
 
-@pytest.mark.slow
 def test_full_run_preprocesses_segmentation_and_crops(planned_dataset):
     name, _ = planned_dataset
     assert cli.run(["-d", name, "-np", "1"]) == 0
