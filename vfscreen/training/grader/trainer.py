@@ -211,7 +211,10 @@ class GraderTrainer:
         metadata = checkpoint["metadata"]
         self.start_epoch = int(metadata["epoch"])
         self.best_macro_f1 = metadata["best_macro_f1"]
-        self.history = metadata["history"]
+        self.history = _new_history()  # keys a checkpoint of an older vfscreen lacks are filled with None
+        for key in self.history:
+            length = len(metadata["history"]["val_epoch" if key.startswith("val_") else "epoch"])
+            self.history[key] = list(metadata["history"].get(key, [None] * length))
         return True
 
     # ------------------------------------------------------------------ epochs
