@@ -155,3 +155,26 @@ def test_hand_edit_of_the_segmentation_mirror_is_refused(planned_dataset, capsys
         assert "segmentation.patch_size" in capsys.readouterr().err
     finally:
         path.write_text(original)
+
+
+@pytest.mark.slow
+def test_train_segmentation_runs_nnunet_with_the_planned_schedule(planned_dataset):
+    """One short nnU-Net training of fold 0 through train_segmentation (nnunetv2's own loop and validation)."""
+    from vfscreen.training.segmentation import train_segmentation
+
+    name, _ = planned_dataset
+    assert cli.run(["-d", name, "-np", "1"]) == 0
+    nnunet_plans_file = paths.nnUNet_preprocessed / name / "nnUNetPlans.json"
+    original = nnunet_plans_file.read_text()
+    nnunet_plans = json.loads(original)
+    nnunet_plans["configurations"]["3d_vfscreen"]["vfscreen"].update(num_epochs=1, iterations_per_epoch=2,
+                                                                     val_iterations_per_epoch=1)
+    nnunet_plans_file.write_text(json.dumps(nnunet_plans))
+    try:
+        output = train_segmentation(name, load_plans(name), "3d", 0, "cpu")
+    finally:
+        nnunet_plans_file.write_text(original)
+    assert output.name == "fold_0" and output.parent.name == "vfscreenSegTrainer__nnUNetPlans__3d_vfscreen"
+    assert (output / "checkpoint_final.pth").is_file() and (output / "validation" / "summary.json").is_file()
+    log = next(output.glob("training_log_*.txt")).read_text()
+    assert "Epoch 0" in log and "Epoch 1" not in log
