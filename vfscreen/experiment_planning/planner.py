@@ -287,12 +287,12 @@ def assemble_plans(dataset_name: str, fingerprint: dict, nnunet_plans: dict, seg
                    seed: int = DEFAULT_SEED, num_folds: int = DEFAULT_NUM_FOLDS) -> dict:
     """vfscreenPlans.json (contract 2): computed sections, then the preset's fixed values merged over them."""
     grader = plan_grader(fingerprint, device, targets, num_folds)
+    segmentation = segmentation_section(nnunet_plans, seg_configuration, device)
     plans = {
         "schema_version": SCHEMA_VERSION, "vfscreen_version": __version__, "dataset_name": dataset_name,
         "plans_name": PLANS_NAME, "seed": int(seed), "num_folds": int(num_folds),
         "device": device.as_plan_entry(), "preset": (preset or {}).get("name"),
-        "configurations": {CONFIGURATION: {"segmentation": segmentation_section(nnunet_plans, seg_configuration, device),
-                                           "grader": grader}},
+        "configurations": {CONFIGURATION: {"segmentation": segmentation, "grader": grader}},
     }
     if preset and preset.get("configurations"):
         plans["configurations"] = deep_merge(plans["configurations"], preset["configurations"])
