@@ -12,7 +12,6 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["vfscreen", "vfscreen.*"]),
-    package_data={"vfscreen": ["presets/*.json"]},
     install_requires=[
         "torch>=2.1",
         "nnunetv2>=2.5",
@@ -32,6 +31,8 @@ setup(
     entry_points={
         "console_scripts": [
             "vfscreen_generate_synthetic = vfscreen.phantom.cli:main",
+            "vfscreen_plan_and_preprocess = vfscreen.experiment_planning.cli:main",
+            "vfscreen_train = vfscreen.training.cli:main",
             "vfscreen_predict = vfscreen.inference.cli:main",
             "vfscreen_evaluate = vfscreen.evaluation.cli:main",
             "vfscreen_benchmark = vfscreen.evaluation.benchmark:main",
