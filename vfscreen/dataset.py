@@ -26,6 +26,12 @@ GRADES_FILE = "grades.csv"
 GRADES_REQUIRED_COLUMNS = ("case_id", "label", "grade")
 FILE_ENDING = ".nii.gz"
 CHANNEL_SUFFIX = "_0000"
+# nnunetv2's own reader that reorients every image to the closest canonical orientation (RAS) on read and back on
+# write: the segmentation network then sees one anatomical axis layout whatever orientation a scanner stored.
+# Prediction reorients with SimpleITK to the same layout (SEGMENTATION_ORIENTATION; tests/test_orientation.py
+# checks that both give identical arrays).
+NNUNET_READER_WRITER = "NibabelIOWithReorient"
+SEGMENTATION_ORIENTATION = "RAS"
 
 
 def resolve_dataset_name(dataset: str | int) -> str:
@@ -54,6 +60,7 @@ def write_dataset_json(folder: Path, dataset_name: str, num_training_cases: int,
     generate_dataset_json(str(folder), channel_names={0: "CT"}, labels=labels.nnunet_labels_dict(),
                           num_training_cases=num_training_cases, file_ending=FILE_ENDING,
                           dataset_name=dataset_name, description=description,
+                          overwrite_image_reader_writer=NNUNET_READER_WRITER,
                           vfscreen={"verse_ids": labels.verse_ids_dict(), "grades_file": GRADES_FILE, **extra})
 
 

@@ -274,7 +274,17 @@ def segmentation_section(nnunet_plans: dict, configuration_name: str, device: B.
             "iterations_per_epoch": int(extra.get("iterations_per_epoch", 250)),
             "val_iterations_per_epoch": int(extra.get("val_iterations_per_epoch", 50)),
             "num_epochs": int(extra.get("num_epochs", 1000)), "estimated_memory_gb": float(memory),
-            "axis_order": "nnU-Net array axes after transpose_forward (see nnUNetPlans.json)"}
+            "axis_order": "nnU-Net array axes after transpose_forward (see nnUNetPlans.json)",
+            **_orientation_entry(nnunet_plans)}
+
+
+def _orientation_entry(nnunet_plans: dict) -> dict:
+    """Images read by nnU-Net's reorienting reader are in one canonical layout; prediction must reorient likewise."""
+    from vfscreen.dataset import NNUNET_READER_WRITER, SEGMENTATION_ORIENTATION
+
+    if nnunet_plans.get("image_reader_writer") == NNUNET_READER_WRITER:
+        return {"orientation": SEGMENTATION_ORIENTATION}
+    return {}
 
 
 def uses_stock_nnunet(device: B.DeviceBudget) -> bool:
