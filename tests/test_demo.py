@@ -1,0 +1,130 @@
+"""vfscreen_demo's orchestration with every stage stubbed (no data generation, training or prediction): stage order,
+the skip/continue decisions of a second run, and the CLI's argument errors."""
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+
+import vfscreen.evaluation.evaluate
+import vfscreen.evaluation.table
+import vfscreen.experiment_planning.cli
+import vfscreen.inference.predict
+import vfscreen.paths
+import vfscreen.phantom.generator
+import vfscreen.training.grader.trainer
+import vfscreen.training.segmentation
+from vfscreen import demo
+from vfscreen.errors import EXIT_USAGE
+
+SEGMENTATION_PLAN = {"nnunet_plans_identifier": "nnUNetPlans", "nnunet_configuration": "3d_vfscreen",
+                     "trainer": "vfscreenSegTrainer", "num_epochs": 2, "iterations_per_epoch": 3}
+FAKE_PLANS = {"preset": demo.PLANNING_PRESET,
+              "configurations": {"3d": {"segmentation": SEGMENTATION_PLAN, "grader": {}}}}
+
+
+@pytest.fixture
+def stubbed(tmp_path, monkeypatch):
+    """Every heavy call of the demo replaced by a fake that writes what the real one leaves behind."""
+    raw, results = tmp_path / "raw", tmp_path / "results"
+    monkeypatch.setattr(vfscreen.paths, "nnUNet_raw", raw)
+    monkeypatch.setattr(vfscreen.paths, "nnUNet_results", results)
+    calls = []
+
+    def generate_dataset(output_root, **kwargs):
+        calls.append(("generate", kwargs["preset"]))
+        folder = output_root / demo.DATASET_NAME
+        (folder / "imagesTs").mkdir(parents=True)
+        (folder / "dataset.json").write_text("{}")
+        return folder
+
+    def planning_run(argv):
+        calls.append(("plan", tuple(argv)))
+        return 0
+
+    def train_segmentation(dataset_name, plans, configuration, fold, device, continue_training):
+        calls.append(("segmentation", continue_training))
+        folder = demo.segmentation_fold_folder(plans)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "checkpoint_final.pth").write_bytes(b"")
+
+    grader_folder = results / demo.DATASET_NAME / "vfscreen_grader__vfscreenPlans__3d" / "fold_0"
+
+    def prepare_grader_training(dataset_name, configuration, fold, plans, loss, device):
+        return SimpleNamespace(fold_folder=grader_folder)
+
+    def train_grader(setup, continue_training):
+        calls.append(("grader", continue_training))
+        setup.fold_folder.mkdir(parents=True, exist_ok=True)
+        (setup.fold_folder / "checkpoint_final.pth").write_bytes(b"")
+
+    def predict(input_folder, output_folder, **kwargs):
+        calls.append(("predict", kwargs["continue_prediction"], tuple(kwargs["folds"])))
+        output_folder.mkdir(parents=True, exist_ok=True)
+        done = (output_folder / "case_report.png").is_file()
+        (output_folder / "case_report.png").write_bytes(b"png")
+        table = pd.DataFrame()
+        table.attrs.update(finished=[] if done else ["case"], skipped=["case"] if done else [], errors=[])
+        return table
+
+    def evaluate_predictions(reference, prediction_folder, **kwargs):
+        calls.append(("evaluate", kwargs["split"], kwargs["n_bootstrap"]))
+        return {"metrics": {}, "cases": {}}
+
+    monkeypatch.setattr(vfscreen.phantom.generator, "generate_dataset", generate_dataset)
+    monkeypatch.setattr(vfscreen.experiment_planning.cli, "run", planning_run)
+    monkeypatch.setattr(demo, "load_demo_plans", lambda: FAKE_PLANS)
+    monkeypatch.setattr(vfscreen.training.segmentation, "train_segmentation", train_segmentation)
+    monkeypatch.setattr(vfscreen.training.grader.trainer, "prepare_grader_training", prepare_grader_training)
+    monkeypatch.setattr(vfscreen.training.grader.trainer, "train_grader", train_grader)
+    monkeypatch.setattr(vfscreen.inference.predict, "predict", predict)
+    monkeypatch.setattr(vfscreen.evaluation.evaluate, "evaluate_predictions", evaluate_predictions)
+    monkeypatch.setattr(vfscreen.evaluation.table, "format_result", lambda result, method, dataset_label: "TABLE")
+    return SimpleNamespace(calls=calls, tmp_path=tmp_path, grader_folder=grader_folder)
+
+
+def test_first_run_runs_every_stage_in_order(stubbed, capsys):
+    run = demo.run_demo(stubbed.tmp_path / "out", num_threads=1, bootstrap=7)
+    assert [call[0] for call in stubbed.calls] == ["generate", "plan", "segmentation", "grader", "predict",
+                                                   "evaluate"]
+    assert ("generate", demo.PHANTOM_PRESET) in stubbed.calls
+    plan_argv = stubbed.calls[1][1]
+    assert plan_argv[:2] == ("-d", "501") and "--preset" in plan_argv and demo.PLANNING_PRESET in plan_argv
+    assert ("segmentation", False) in stubbed.calls and ("evaluate", "Ts", 7) in stubbed.calls
+    assert ("predict", True, (0,)) in stubbed.calls  # always --continue, fold 0 only
+    assert [timing.status for timing in run.timings] == ["done", "done", "done", "done", "done", "done"]
+    printed = capsys.readouterr().out
+    assert "[3/6] train segmentation" in printed and "TABLE" in printed
+    assert str(stubbed.tmp_path / "out" / "case_report.png") in printed
+    assert (stubbed.tmp_path / "out" / "metrics.json").is_file()
+
+
+def test_second_run_reuses_what_the_first_finished(stubbed):
+    demo.run_demo(stubbed.tmp_path / "out", num_threads=1)
+    stubbed.calls.clear()
+    run = demo.run_demo(stubbed.tmp_path / "out", num_threads=1)
+    assert [call[0] for call in stubbed.calls] == ["plan", "predict", "evaluate"]  # plan reuses its own files
+    assert [timing.status for timing in run.timings] == ["skipped", "done", "skipped", "skipped", "skipped", "done"]
+
+
+def test_interrupted_trainings_are_continued(stubbed):
+    stubbed.grader_folder.mkdir(parents=True)
+    (stubbed.grader_folder / "checkpoint_latest.pth").write_bytes(b"")
+    segmentation_folder = demo.segmentation_fold_folder(FAKE_PLANS)
+    segmentation_folder.mkdir(parents=True)
+    (segmentation_folder / "checkpoint_latest.pth").write_bytes(b"")
+    run = demo.run_demo(stubbed.tmp_path / "out", num_threads=1)
+    assert ("segmentation", True) in stubbed.calls and ("grader", True) in stubbed.calls
+    assert [timing.status for timing in run.timings][2:4] == ["continued", "continued"]
+
+
+def test_default_output_follows_vfscreen_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("VFSCREEN_HOME", str(tmp_path / "home"))
+    assert demo.default_output_folder() == (tmp_path / "home" / "demo_predictions").resolve()
+
+
+@pytest.mark.parametrize("argv", [["-np", "0"], ["--bootstrap", "-1"]])
+def test_bad_arguments_exit_with_usage_code(argv, stubbed):
+    with pytest.raises(SystemExit) as exit_info:
+        demo.main(argv)
+    assert exit_info.value.code == EXIT_USAGE
+    assert stubbed.calls == []
