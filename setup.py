@@ -30,6 +30,7 @@ setup(
     extras_require={"test": ["pytest>=7"]},
     entry_points={
         "console_scripts": [
+            "vfscreen_demo = vfscreen.demo:main",
             "vfscreen_generate_synthetic = vfscreen.phantom.cli:main",
             "vfscreen_plan_and_preprocess = vfscreen.experiment_planning.cli:main",
             "vfscreen_train = vfscreen.training.cli:main",
