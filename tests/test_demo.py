@@ -28,6 +28,7 @@ def stubbed(tmp_path, monkeypatch):
     raw, results = tmp_path / "raw", tmp_path / "results"
     monkeypatch.setattr(vfscreen.paths, "nnUNet_raw", raw)
     monkeypatch.setattr(vfscreen.paths, "nnUNet_results", results)
+    monkeypatch.setattr(vfscreen.training.grader.trainer, "nnUNet_results", results)
     calls = []
 
     def generate_dataset(output_root, **kwargs):
@@ -62,6 +63,7 @@ def stubbed(tmp_path, monkeypatch):
         output_folder.mkdir(parents=True, exist_ok=True)
         done = (output_folder / "case_report.png").is_file()
         (output_folder / "case_report.png").write_bytes(b"png")
+        (output_folder / "summary.csv").write_text("case_id\ncase\n")
         table = pd.DataFrame()
         table.attrs.update(finished=[] if done else ["case"], skipped=["case"] if done else [], errors=[])
         return table
@@ -104,6 +106,19 @@ def test_second_run_reuses_what_the_first_finished(stubbed):
     run = demo.run_demo(stubbed.tmp_path / "out", num_threads=1)
     assert [call[0] for call in stubbed.calls] == ["plan", "predict", "evaluate"]  # plan reuses its own files
     assert [timing.status for timing in run.timings] == ["skipped", "done", "skipped", "skipped", "skipped", "done"]
+
+
+def test_predictions_older_than_a_model_are_redone(stubbed):
+    import os
+    import time
+
+    demo.run_demo(stubbed.tmp_path / "out", num_threads=1)
+    assert demo.vfscreen_grader_final(FAKE_PLANS) == stubbed.grader_folder / "checkpoint_final.pth"
+    later = time.time() + 60
+    os.utime(stubbed.grader_folder / "checkpoint_final.pth", (later, later))  # the grader was retrained
+    stubbed.calls.clear()
+    demo.run_demo(stubbed.tmp_path / "out", num_threads=1)
+    assert ("predict", False, (0,)) in stubbed.calls
 
 
 def test_interrupted_trainings_are_continued(stubbed):

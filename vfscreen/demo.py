@@ -155,8 +155,11 @@ def stage_grader(run: DemoRun) -> str:
 def stage_predict(run: DemoRun) -> str:
     from vfscreen.inference.predict import predict
 
+    reuse = not predictions_are_stale(run)
+    if not reuse:
+        print(f"a model is newer than the predictions in {run.output_folder}: predicting every case again")
     table = predict(run.raw_folder / "imagesTs", run.output_folder, dataset=DATASET_ID, configuration=CONFIGURATION,
-                    folds=[FOLD], device="cpu", continue_prediction=True, num_threads=run.num_threads)
+                    folds=[FOLD], device="cpu", continue_prediction=reuse, num_threads=run.num_threads)
     finished, skipped, errors = table.attrs["finished"], table.attrs["skipped"], table.attrs["errors"]
     print(f"{len(finished)} case(s) predicted, {len(skipped)} already complete, {len(errors)} failed "
           f"-> {run.output_folder}")
@@ -165,6 +168,24 @@ def stage_predict(run: DemoRun) -> str:
     if not finished and not errors:
         return "skipped"
     return "continued" if skipped else "done"
+
+
+def predictions_are_stale(run: DemoRun) -> bool:
+    """True when a fold-0 model was (re)trained after the last prediction run (its summary.csv)."""
+    summary = run.output_folder / "summary.csv"
+    if not summary.is_file():
+        return False
+    plans = load_demo_plans()
+    checkpoints = [segmentation_fold_folder(plans) / "checkpoint_final.pth", vfscreen_grader_final(plans)]
+    newest = max((c.stat().st_mtime for c in checkpoints if c.is_file()), default=0.0)
+    return newest > summary.stat().st_mtime
+
+
+def vfscreen_grader_final(plans: dict) -> Path:
+    from vfscreen.training.grader.trainer import grader_model_folder
+
+    return grader_model_folder(DATASET_NAME, plans.get("plans_name", "vfscreenPlans"), CONFIGURATION) \
+        / f"fold_{FOLD}" / "checkpoint_final.pth"
 
 
 def stage_evaluate(run: DemoRun) -> str:
