@@ -29,7 +29,8 @@ from tqdm import tqdm
 from vfscreen import labels
 from vfscreen.dataset import GRADES_FILE, image_path, label_path, list_cases, raw_dataset_folder, read_grades
 from vfscreen.errors import ConfigError, InputError
-from vfscreen.utils.image_io import check_ct_intensities, check_same_geometry, orientation_code, read_image
+from vfscreen.utils.image_io import (check_case_id, check_ct_intensities, check_same_geometry, orientation_code,
+                                     read_image)
 
 PERCENTILES = (0.5, 5, 50, 95, 99.5)
 
@@ -45,6 +46,7 @@ def check_raw_dataset(dataset_name: str) -> list[str]:
     if not cases:
         raise InputError(f"{folder / 'imagesTr'}: no training images (<case>_0000.nii.gz)")
     for case_id in cases:
+        _check_case_id(case_id, image_path(folder, case_id))
         if not label_path(folder, case_id).is_file():
             raise InputError(f"{label_path(folder, case_id)}: label mask of training case {case_id} missing")
     for label_file in sorted((folder / "labelsTr").glob("*.nii.gz")):
@@ -53,6 +55,13 @@ def check_raw_dataset(dataset_name: str) -> list[str]:
             raise InputError(f"{image_path(folder, case_id)}: CT image of training case {case_id} missing "
                              f"(its label {label_file.name} exists)")
     return cases
+
+
+def _check_case_id(case_id: str, source: Path) -> None:
+    try:
+        check_case_id(case_id)
+    except InputError as error:
+        raise InputError(f"{source}: {error}") from None
 
 
 def case_fingerprint(task: tuple) -> dict:
@@ -108,6 +117,8 @@ def compute_fingerprint(dataset_name: str, num_processes: int = 2, with_nnunet_f
     folder = raw_dataset_folder(dataset_name)
     cases = check_raw_dataset(dataset_name)
     grades = read_grades(folder / GRADES_FILE)
+    for case_id in grades["case_id"].unique():
+        _check_case_id(case_id, folder / GRADES_FILE)
     graded_by_case = {case: dict(zip(group["label"], group["grade"].astype(int)))
                       for case, group in grades.groupby("case_id")}
     if verify_dataset_integrity:

@@ -2,8 +2,10 @@
 the converters. Every check raises :class:`vfscreen.errors.InputError` with a message naming the file."""
 from __future__ import annotations
 
+import gzip
 import re
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +35,34 @@ def read_image(path: str | Path, what: str = "image") -> sitk.Image:
     except RuntimeError as error:
         first_line = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown reason"
         raise InputError(f"{path}: cannot read {what} ({first_line[:200]})") from None
+    if path.name.endswith((".nii", ".nii.gz")):
+        _check_nifti_data(path, what)
     return ensure_3d(image, path)
+
+
+def _check_nifti_data(path: Path, what: str) -> None:
+    """What SimpleITK's NIfTI reader lets through silently: a truncated file (the missing voxels become 0) and NaN
+    voxels (turned into 0). Checked with nibabel (header + one streamed pass over the data)."""
+    import nibabel
+
+    try:
+        nifti = nibabel.load(str(path))
+        header = nifti.header
+        expected_bytes = (int(header.get_data_offset())
+                          + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize)
+        if path.name.endswith(".gz"):
+            size = 0
+            with gzip.open(path, "rb") as stream:
+                while chunk := stream.read(1 << 24):
+                    size += len(chunk)
+        else:
+            size = path.stat().st_size
+    except (OSError, EOFError, zlib.error, ValueError, nibabel.filebasedimages.ImageFileError) as error:
+        raise InputError(f"{path}: {what} is truncated or corrupt ({str(error).splitlines()[0][:200]})") from None
+    if size < expected_bytes:
+        raise InputError(f"{path}: {what} is truncated ({size} of {expected_bytes} bytes)")
+    if header.get_data_dtype().kind == "f" and not np.all(np.isfinite(np.asanyarray(nifti.dataobj))):
+        raise InputError(f"{path}: {what} contains NaN or infinite voxels")
 
 
 def ensure_3d(image: sitk.Image, source="image") -> sitk.Image:

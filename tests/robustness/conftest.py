@@ -1,0 +1,129 @@
+"""Shared builders of the robustness suite: fabricated trained-model folders (random tiny networks saved in the exact
+checkpoint formats training writes), tiny preprocessed grader datasets, bad-input files, and in-process CLI runs."""
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from vfscreen import paths
+
+PREDICT_DATASET = "Dataset940_RobustPredict"  # a good fabricated model
+EVIL_DATASET = "Dataset941_RobustEvil"  # its checkpoints get replaced by hostile pickles
+NETWORK_DATASET = "Dataset946_RobustOffline"
+
+
+def run_cli(main, argv: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
+    """Run a console entry point in-process: (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["vfscreen"] + [str(a) for a in argv])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as raised:
+        main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return raised.value.code, captured.out, captured.err
+
+
+def error_lines(text: str) -> list[str]:
+    """Lines of a CLI's error output (tqdm's progress bars on stderr are not messages)."""
+    return [line for line in text.replace("\r", "\n").splitlines() if "vfscreen: error:" in line]
+
+
+def write_segmentation_model(results_dataset: Path, folds=(0, 1)) -> Path:
+    """nnU-Net model folder (nnU-Net's checkpoint format, numpy scalars in its log) with a random 2-stage U-Net."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    from test_predict_segmentation import tiny_plans
+
+    from vfscreen.labels import NUM_CLASSES, nnunet_labels_dict
+
+    folder = results_dataset / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    folder.mkdir(parents=True)
+    plans = tiny_plans()
+    dataset_json = {"channel_names": {"0": "CT"}, "labels": nnunet_labels_dict(), "numTraining": 1,
+                    "file_ending": ".nii.gz"}
+    (folder / "plans.json").write_text(json.dumps(plans))
+    (folder / "dataset.json").write_text(json.dumps(dataset_json))
+    manager = PlansManager(plans)
+    for fold in folds:
+        torch.manual_seed(fold)
+        network = nnUNetTrainer.build_network_architecture(
+            manager, manager.get_configuration("3d_fullres"), 1, NUM_CLASSES, enable_deep_supervision=False)
+        (folder / f"fold_{fold}").mkdir()
+        torch.save({"network_weights": network.state_dict(), "trainer_name": "nnUNetTrainer",
+                    "init_args": {"plans": plans, "configuration": "3d_fullres", "fold": fold,
+                                  "dataset_json": dataset_json, "device": torch.device("cpu")},
+                    "inference_allowed_mirroring_axes": (0, 1, 2), "current_epoch": 1,
+                    "_best_ema": np.float64(0.5), "logging": {"mean_fg_dice": [np.float64(0.4)]}},
+                   folder / f"fold_{fold}" / "checkpoint_final.pth")
+    return folder
+
+
+def write_trained_models(dataset_name: str, folds=(0, 1)) -> Path:
+    """nnUNet_results/<dataset_name>/ with a segmentation and a grader fold ensemble (random weights)."""
+    from test_predict_models import write_grader_folds
+
+    folder = paths.nnUNet_results / dataset_name
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    write_segmentation_model(folder, folds)
+    write_grader_folds(folder, dataset_name, folds)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def trained_models():
+    torch.set_num_threads(1)
+    return write_trained_models(PREDICT_DATASET)
+
+
+def make_ct(path: Path, **kwargs) -> sitk.Image:
+    from test_predict_outputs import make_ct as make_tiny_ct
+
+    return make_tiny_ct(path, **kwargs)
+
+
+def write_preprocessed_grader_dataset(dataset_name: str, num_epochs: int = 2, seed: int = 0) -> dict:
+    """nnUNet_preprocessed/<dataset_name>/ with valid tiny plans, splits and fake crops; no old results."""
+    from grader_fakes import tiny_plans, write_dataset
+
+    plans = tiny_plans(dataset_name, num_epochs=num_epochs)
+    shutil.rmtree(paths.nnUNet_preprocessed / dataset_name, ignore_errors=True)
+    shutil.rmtree(paths.nnUNet_results / dataset_name, ignore_errors=True)
+    write_dataset(paths.nnUNet_preprocessed, dataset_name, plans, seed=seed)
+    return plans
+
+
+def final_weights(dataset_name: str, fold: int = 0) -> dict:
+    path = (paths.nnUNet_results / dataset_name / "vfscreen_grader__vfscreenPlans__3d" / f"fold_{fold}"
+            / "checkpoint_final.pth")
+    return torch.load(path, map_location="cpu", weights_only=True)["network_weights"]
+
+
+def assert_same_weights(first: dict, second: dict) -> None:
+    assert first.keys() == second.keys()
+    for name, tensor in first.items():
+        assert torch.equal(tensor, second[name]), name
+
+
+@contextlib.contextmanager
+def no_network():
+    """Every attempt to create a socket (any family: TCP, UDP, unix) raises."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise OSError("network access attempted at run time (sockets are disabled in this test)")
+
+    original_socket, original_create_connection = socket.socket, socket.create_connection
+    socket.socket = refuse  # type: ignore[misc]
+    socket.create_connection = refuse  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        socket.socket, socket.create_connection = original_socket, original_create_connection
