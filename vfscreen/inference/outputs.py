@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vfscreen.utils.atomic import atomic_path, atomic_write_csv, atomic_write_json
+from vfscreen.utils.atomic import atomic_path, atomic_write_csv, atomic_write_json, remove_stale_temporaries
 
 JSON_SCHEMA_VERSION = 1
 VERTEBRA_FIELDS = {  # field -> allowed Python types of its JSON value
@@ -92,6 +92,8 @@ def write_case_outputs(output_folder: Path, case_id: str, case_json: dict, seg_i
 
     validate_case_json(case_json)
     files = case_files(output_folder, case_id, gradcam_image is not None, probabilities is not None)
+    for path in files.values():  # left by a run killed while writing this case (only one run writes a case)
+        remove_stale_temporaries(path)
     written = []
     try:
         atomic_write_image(files["seg"], seg_image)

@@ -109,3 +109,19 @@ def atomic_directory(final_dir: str | os.PathLike, overwrite: bool = False):
     finally:
         if tmp_dir.exists():
             shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def remove_stale_temporaries(final_path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files :func:`atomic_path` left next to ``final_path`` when its process was killed
+    (kill -9, power loss: no clean-up code ran). Call only when no other process can be writing ``final_path``
+    (e.g. when a resumed run is about to redo that file). Returns the paths removed."""
+    import glob
+
+    final_path = Path(final_path)
+    stale = sorted(final_path.parent.glob(f".{glob.escape(final_path.name)}.*.tmp*"))
+    for path in stale:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return stale

@@ -25,8 +25,8 @@ from vfscreen.paths import nnUNet_preprocessed, nnUNet_results
 from vfscreen.preprocessing.crops import patch_shape
 from vfscreen.training.grader import ddp
 from vfscreen.training.grader.augmentation import GraderAugmentation, check_augmentation_plan
-from vfscreen.training.grader.checkpoint import PLANS_COPY, checkpoint_path, load_checkpoint, restore_rng_state, \
-    save_checkpoint
+from vfscreen.training.grader.checkpoint import CHECKPOINT_NAMES, PLANS_COPY, checkpoint_path, load_checkpoint, \
+    restore_rng_state, save_checkpoint
 from vfscreen.training.grader.data import (PREPROCESS_HINT, TrainingViews, ValidationPatches, crops_folder,
                                            fold_case_ids, make_loader, read_crops_table, select_fold)
 from vfscreen.training.grader.network import LOSS_NAMES, build_grader
@@ -34,7 +34,7 @@ from vfscreen.training.grader.progress import PROGRESS_PLOT, TrainingLog, plot_p
 from vfscreen.training.grader.sampler import PerClassBatchSampler
 from vfscreen.training.grader.supcon import SupConLoss
 from vfscreen.training.grader.validation import grading_metrics, predictions_table
-from vfscreen.utils.atomic import atomic_write_csv, atomic_write_json
+from vfscreen.utils.atomic import atomic_write_csv, atomic_write_json, remove_stale_temporaries
 
 TRAINER_NAMES = {"supcon": "vfscreen_grader", "ce": "vfscreen_graderCE"}
 _GRADER_KEYS = ("crop", "network", "loss", "sampler", "optimizer", "num_epochs", "validate_every", "augmentation")
@@ -368,6 +368,8 @@ def train_grader(setup: GraderSetup, continue_training: bool = False, num_worker
         if continue_training and not trainer.resume():
             trainer.log("no checkpoint_latest.pth to continue from: starting a new training")
         if trainer.context.is_main:
+            for which in CHECKPOINT_NAMES:  # half-written by a run that was killed (kill -9)
+                remove_stale_temporaries(checkpoint_path(fold_folder, which))
             atomic_write_json(fold_folder / PLANS_COPY, setup.plans)
         return trainer.run(stop_after_epoch=stop_after_epoch)
     finally:
