@@ -130,3 +130,13 @@ def test_segmentation_section_of_a_budget_fitted_configuration():
     assert seg["iterations_per_epoch"] == TARGETS.seg_iterations_per_epoch
     assert seg["num_epochs"] >= TARGETS.min_seg_epochs
     assert seg["patch_size"] == configurations["3d_vfscreen"]["patch_size"]
+
+
+def test_voxel_valued_augmentation_scales_with_the_patch():
+    from vfscreen.experiment_planning.planner import grader_augmentation
+
+    paper = grader_augmentation(128)
+    assert paper["mask_box_size"] == [1, 20] and paper["shift_voxels"] == 10  # the paper's values at 128^3
+    small = grader_augmentation(32)
+    assert small["mask_box_size"] == [1, 5] and small["shift_voxels"] == 2
+    assert small["rotation_degrees"] == paper["rotation_degrees"] and small["zoom"] == paper["zoom"]

@@ -42,7 +42,7 @@ def resolve_dataset_name(dataset: str | int) -> str:
     if not re.fullmatch(r"\d+|Dataset\d{3}_\w+", text):
         raise ConfigError(f"{dataset!r} is not a dataset id (e.g. 501) or name (e.g. Dataset501_SyntheticSpine)")
     try:
-        return maybe_convert_to_dataset_name(int(text) if text.isdigit() else text)
+        return str(maybe_convert_to_dataset_name(int(text) if text.isdigit() else text))  # nnunetv2 gives np.str_
     except RuntimeError as error:
         raise ConfigError(f"dataset {dataset} not found ({str(error).splitlines()[0]}); generate or convert it first, "
                           "e.g. python dataset_conversion/Dataset501_SyntheticSpine.py") from None

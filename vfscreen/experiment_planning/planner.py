@@ -122,11 +122,19 @@ def plan_grader(fingerprint: dict, device: B.DeviceBudget, targets: B.PlanningTa
         "num_epochs": num_epochs,
         "validate_every": max(1, num_epochs // 50),
         "num_workers": 1 if device.type == "cpu" else 6,
-        "augmentation": {"probability": 0.7, "mask_boxes": 2, "mask_box_size": [1, 20], "zoom": [0.9, 1.1],
-                         "noise_sigma": 0.05, "shift_voxels": 10, "rotation_degrees": 10,
-                         "intensity_scale": [0.9, 1.1], "intensity_power": [0.8, 1.25]},
+        "augmentation": grader_augmentation(edge),
         "estimated_memory_gb": round(memory_gb, 3),
     }
+
+
+def grader_augmentation(patch_edge: int) -> dict:
+    """The paper's augmentation set. Its voxel-valued parameters (masked boxes of 1-20 voxels, shifts of +-10
+    voxels) were chosen for 128^3 patches; they scale with the patch so that a box or a shift covers the same
+    fraction of the vertebra on a smaller patch (on 32^3, a 20-voxel box would hide most of the vertebra)."""
+    scale = patch_edge / PAPER_PATCH_EDGE
+    return {"probability": 0.7, "mask_boxes": 2, "mask_box_size": [1, max(2, round(20 * scale))],
+            "zoom": [0.9, 1.1], "noise_sigma": 0.05, "shift_voxels": max(1, round(10 * scale)),
+            "rotation_degrees": 10, "intensity_scale": [0.9, 1.1], "intensity_power": [0.8, 1.25]}
 
 
 def _samples_per_class(fingerprint: dict, num_folds: int) -> int:
