@@ -127,3 +127,48 @@ def no_network():
         yield
     finally:
         socket.socket, socket.create_connection = original_socket, original_create_connection
+
+
+PLANNED_DATASET_ID = 947
+TINY_PRESET = {"name": "robustness_tiny", "description": "tiny grader for the robustness tests",
+               "device": {"type": "cpu", "memory_gb": 4, "num_threads": 1},
+               "configurations": {"3d": {"grader": {
+                   "num_epochs": 1, "num_workers": 0, "sampler": {"samples_per_class": 1, "views": 2},
+                   "crop": {"patch_size": [16, 16, 16]},
+                   "network": {"block": "BasicBlockD", "features_per_stage": [4, 8], "n_blocks_per_stage": [1, 1],
+                               "strides": [1, 2], "kernel_sizes": [3, 3]}}}}}
+
+
+def plan_tiny_dataset(preset_path: Path, seed: int = 12345, preprocess: bool = True) -> tuple[str, dict[str, bytes]]:
+    """Generate a tiny raw dataset, run vfscreen_plan_and_preprocess (planning, nnU-Net preprocessing, crops) with
+    sockets disabled; returns (dataset name, {relative path: bytes} of plans, splits and crops)."""
+    from planning_dataset import make_dataset
+
+    from vfscreen.experiment_planning.cli import run as plan_run
+
+    name = make_dataset(paths.nnUNet_raw, PLANNED_DATASET_ID, "RobustPlanned", num_cases=6, size=(24, 24, 24))
+    shutil.rmtree(paths.nnUNet_preprocessed / name, ignore_errors=True)
+    with no_network():
+        assert plan_run(["-d", str(PLANNED_DATASET_ID), "--device", "cpu", "-np", "1", "--preset", str(preset_path),
+                         "--seed", str(seed)] + ([] if preprocess else ["--no-preprocess"])) == 0
+    folder = paths.nnUNet_preprocessed / name
+    if not preprocess:
+        return name, {relative: (folder / relative).read_bytes() for relative in ("vfscreenPlans.json",
+                                                                                  "splits_final.json")}
+    keep = ["vfscreenPlans.json", "splits_final.json", "nnUNetPlans.json"] + \
+        [str(p.relative_to(folder)) for p in sorted((folder / "vfscreen_crops_3d").iterdir())
+         if not p.name.endswith(".record.json")]  # incremental-state records hold the raw files' mtimes
+    return name, {relative: (folder / relative).read_bytes() for relative in keep}
+
+
+@pytest.fixture(scope="session")
+def tiny_preset(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("preset") / "robustness_tiny.json"
+    path.write_text(json.dumps(TINY_PRESET))
+    return path
+
+
+@pytest.fixture(scope="session")
+def planned_tiny_dataset(tiny_preset):
+    torch.set_num_threads(1)
+    return plan_tiny_dataset(tiny_preset)
