@@ -45,10 +45,10 @@ def test_dataset_json_carries_the_mapping(tmp_path):
 
 
 def test_resolve_dataset_name(session_home):
-    (session_home / "raw" / "Dataset777_Fake").mkdir(parents=True, exist_ok=True)
-    assert dataset.resolve_dataset_name("777") == "Dataset777_Fake"
-    assert dataset.resolve_dataset_name("Dataset777_Fake") == "Dataset777_Fake"
+    (session_home / "raw" / "Dataset611_ResolveOnly").mkdir(parents=True, exist_ok=True)
+    assert dataset.resolve_dataset_name("611") == "Dataset611_ResolveOnly"
+    assert dataset.resolve_dataset_name("Dataset611_ResolveOnly") == "Dataset611_ResolveOnly"
     with pytest.raises(ConfigError, match="not found"):
-        dataset.resolve_dataset_name(776)
+        dataset.resolve_dataset_name(612)
     with pytest.raises(ConfigError, match="not a dataset id"):
         dataset.resolve_dataset_name("../../etc")
