@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-DATASET_ID = 986  # private to this test; the session's nnU-Net folders come from conftest.py
+DATASET_ID = 921  # private to this test (ids must be unique across the test session); the session's nnU-Net folders come from conftest.py
 NUM_TRAINING_CASES = 10
 
 # every knob of the planner turned down: 1 nnU-Net epoch of 2 iterations, 1 grader epoch of 1 crop per grade
@@ -28,7 +28,7 @@ TINY_PRESET = {
 
 @pytest.fixture(scope="session")
 def tiny_trained_model(tmp_path_factory):
-    """Dataset986 with a trained fold 0 (segmentation + grader) in the test session's nnU-Net folders."""
+    """Dataset921 with a trained fold 0 (segmentation + grader) in the test session's nnU-Net folders."""
     from vfscreen import paths
     from vfscreen.experiment_planning import cli as planning_cli
     from vfscreen.experiment_planning.plans import load_plans
