@@ -20,17 +20,21 @@ from vfscreen.inference.predict import Models
 NNUNET_CHECKPOINTS = {"final": "checkpoint_final.pth", "best": "checkpoint_best.pth", "latest": "checkpoint_latest.pth"}
 
 
+def nnunet_checkpoint_safe_globals() -> list:
+    """What nnU-Net checkpoints hold besides tensors and plain containers: numpy scalars/arrays in the training log."""
+    safe = [np.dtype, np.ndarray, type(np.dtype(np.float64)), type(np.dtype(np.float32)), type(np.dtype(np.int64))]
+    multiarray = getattr(getattr(np, "_core", np.core), "multiarray")
+    return safe + [multiarray.scalar, multiarray._reconstruct]
+
+
 def load_nnunet_checkpoint(path: Path) -> dict:
     """nnU-Net checkpoint with ``weights_only=True`` (numpy scalars in its training log are allowed explicitly)."""
     import torch
 
     if not Path(path).is_file():
         raise ConfigError(f"segmentation checkpoint {path} not found (train this fold or choose folds with -f)")
-    safe = [np.dtype, np.ndarray, type(np.dtype(np.float64)), type(np.dtype(np.float32)), type(np.dtype(np.int64))]
-    scalar = getattr(getattr(np, "_core", np.core), "multiarray").scalar
-    reconstruct = getattr(getattr(np, "_core", np.core), "multiarray")._reconstruct
     try:
-        with torch.serialization.safe_globals(safe + [scalar, reconstruct]):
+        with torch.serialization.safe_globals(nnunet_checkpoint_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unpickling failure means the file is unusable
         raise ConfigError(f"segmentation checkpoint {path} cannot be loaded safely "

@@ -16,8 +16,10 @@ first, which adds this module's folder to ``nnUNet_extTrainer`` so that nnunetv2
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -120,13 +122,32 @@ def train_segmentation(dataset_name: str, vfscreen_plans: dict | None = None, co
         raise ConfigError(f"{pretrained_weights}: pretrained segmentation weights not found")
     trainer = build_trainer(dataset_name, segmentation_plan, fold, device, continue_training)
     try:
-        maybe_load_checkpoint(trainer, continue_training, False, pretrained_weights)
-    except (RuntimeError, KeyError) as error:
+        with weights_only_loading():
+            maybe_load_checkpoint(trainer, continue_training, False, pretrained_weights)
+    except (RuntimeError, KeyError, pickle.UnpicklingError) as error:
         raise ConfigError(f"cannot continue/initialise segmentation training in {trainer.output_folder}: "
-                          f"{str(error).splitlines()[0]}") from None
+                          f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300]}") from None
     trainer.run_training()
     trainer.perform_actual_validation(export_validation_probabilities)
     return Path(trainer.output_folder)
+
+
+@contextlib.contextmanager
+def weights_only_loading():
+    """nnunetv2 reads checkpoints (``--c``) and pretrained weights with ``torch.load(weights_only=False)``, which runs
+    any code pickled into the file. Inside this block torch's safe loader is forced (TORCH_FORCE_WEIGHTS_ONLY_LOAD),
+    allowing only the numpy types of nnU-Net's training log besides tensors."""
+    from vfscreen.inference.segmentation import nnunet_checkpoint_safe_globals
+
+    saved = {name: os.environ.pop(name, None) for name in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD",
+                                                            "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")}
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        with torch.serialization.safe_globals(nnunet_checkpoint_safe_globals()):
+            yield
+    finally:
+        os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+        os.environ.update({name: value for name, value in saved.items() if value is not None})
 
 
 def _torch_device(device) -> torch.device:
