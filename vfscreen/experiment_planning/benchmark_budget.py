@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 
+from vfscreen.errors import cli_entry
 from vfscreen.experiment_planning import budget as B
 
 TYPICAL_FINGERPRINT = {"vertebra_extent_mm": {"p95": 50.0}, "median_min_spacing_mm": 1.0,
@@ -165,8 +166,10 @@ def _peak_memory_child(configurations: dict, threads: int) -> dict[str, float]:
     return measured
 
 
+@cli_entry
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--verbose", action="store_true", help="show tracebacks")
     parser.add_argument("--preset", default="cpu_demo")
     parser.add_argument("--plans", default=None, help="a vfscreenPlans.json (with its nnUNetPlans.json beside it)")
     parser.add_argument("--threads", type=int, default=2)
@@ -230,4 +233,4 @@ def _configurations_from_plans(path) -> tuple[dict, dict]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -85,6 +85,7 @@ def main(argv=None):
     parser.add_argument("dataset_folder", help="raw dataset folder, or a dataset id / name in nnUNet_raw (e.g. 501)")
     parser.add_argument("case_id")
     parser.add_argument("output_png", type=Path)
+    parser.add_argument("--verbose", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
     preview_case(args.dataset_folder, args.case_id, args.output_png)
     print(f"wrote {args.output_png}")
