@@ -20,7 +20,8 @@ TINY_PRESET = {
     "description": "tests/test_predict_real_ct.py: the smallest model the pipeline can train",
     "device": {"type": "cpu", "memory_gb": 4, "num_threads": 2},
     "budget": {"seg_minutes": 0.01, "min_seg_epochs": 1, "seg_iterations_per_epoch": 2,
-               "seg_val_iterations_per_epoch": 1, "grader_minutes": 0.01, "min_grader_epochs": 1},
+               "seg_val_iterations_per_epoch": 1, "grader_minutes": 0.01, "min_grader_epochs": 1,
+               "seg_seconds_per_iteration": 0.15, "max_seg_spacing_mm": 4.0},  # coarse: fast validation/prediction
     "configurations": {"3d": {"grader": {"num_epochs": 1, "validate_every": 1, "num_workers": 0,
                                          "sampler": {"samples_per_class": 1}}}},
 }
