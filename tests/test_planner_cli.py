@@ -176,5 +176,6 @@ def test_train_segmentation_runs_nnunet_with_the_planned_schedule(planned_datase
         nnunet_plans_file.write_text(original)
     assert output.name == "fold_0" and output.parent.name == "vfscreenSegTrainer__nnUNetPlans__3d_vfscreen"
     assert (output / "checkpoint_final.pth").is_file() and (output / "validation" / "summary.json").is_file()
-    log = next(output.glob("training_log_*.txt")).read_text()
+    # nnU-Net starts a new log file whenever a trainer is created (also before a training), so read them all
+    log = "".join(path.read_text() for path in sorted(output.glob("training_log_*.txt")))
     assert "Epoch 0" in log and "Epoch 1" not in log
