@@ -45,8 +45,13 @@ INDEX_COLUMNS = ("case_id", "label", "name", "grade", "fold", "truncated", "bbox
                  "centroid_mm", "voxel_count", "plan_hash")
 
 
+def crops_folder_name(configuration: str = "3d") -> str:
+    """The crops folder's name inside nnUNet_preprocessed/<Dataset>/ (one definition for writer and readers)."""
+    return f"vfscreen_crops_{configuration}"
+
+
 def crops_folder(dataset_name: str, configuration: str = "3d") -> Path:
-    return paths.nnUNet_preprocessed / dataset_name / f"vfscreen_crops_{configuration}"
+    return paths.nnUNet_preprocessed / dataset_name / crops_folder_name(configuration)
 
 
 def crop_plan_hash(crop_plan: dict) -> str:

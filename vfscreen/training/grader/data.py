@@ -19,14 +19,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from vfscreen.errors import ConfigError
 from vfscreen.genant import GRADE_NAMES
+from vfscreen.preprocessing.grader_crops import CROPS_INDEX, crops_folder_name
 
-CROPS_TABLE = "crops.csv"
+CROPS_TABLE = CROPS_INDEX
 CROPS_COLUMNS = ("case_id", "label", "grade", "fold", "truncated", "file")
 PREPROCESS_HINT = "run vfscreen_plan_and_preprocess -d {dataset_id} first"
 
 
 def crops_folder(preprocessed_dataset_folder: Path, configuration: str) -> Path:
-    return Path(preprocessed_dataset_folder) / f"vfscreen_crops_{configuration}"
+    return Path(preprocessed_dataset_folder) / crops_folder_name(configuration)
 
 
 def read_crops_table(folder: Path, hint: str) -> pd.DataFrame:
