@@ -110,3 +110,43 @@ def test_volume_order_follows_world_not_array():
     verse_map, components = make_labels_consistent(array, image, min_volume_mm3=10.0)
     assert [c.new_class_id for c in components] == [cls("L1"), cls("L2"), cls("L3")]
     assert verse_map[4, 5, 5] == NAME_TO_VERSE["L3"]
+
+
+def test_variant_prior_names_five_lumbar_vertebrae_l1_to_l5():
+    # equal evidence for every lumbar class: L1-L5 (common anatomy), not L2-L6 (the L6 variant)
+    lumbar = {name: 1.0 / 6 for name in ("L1", "L2", "L3", "L4", "L5", "L6")}
+    new_class, _, _ = assign_labels(table([lumbar] * 5))
+    assert names(new_class) == ["L1", "L2", "L3", "L4", "L5"]
+    # strong evidence still wins over the prior
+    assert names(assign_labels(table([{"T12": 0.9}, {"T13": 0.9}, {"L1": 0.9}]))[0]) == ["T12", "T13", "L1"]
+
+
+def _group_probabilities(groups_top_down, shape):
+    """(3, Z, Y, X) region sigmoids (vertebra, thoracic, lumbar) matching a group-id volume, with some noise."""
+    from vfscreen.labels import SPINE_REGION_GROUP_IDS
+
+    rng = np.random.default_rng(0)
+    probabilities = np.zeros((3,) + shape, np.float32)
+    for position, group in enumerate(groups_top_down):
+        block = (slice(2 + 8 * position, 8 + 8 * position), slice(2, 10), slice(2, 10))
+        probabilities[0][block] = 0.9
+        probabilities[1][block] = 0.8 if group == SPINE_REGION_GROUP_IDS["thoracic"] else 0.1
+        probabilities[2][block] = 0.8 if group == SPINE_REGION_GROUP_IDS["lumbar"] else 0.1
+    return np.clip(probabilities + rng.normal(0, 0.05, probabilities.shape), 0, 1)
+
+
+def test_region_grouped_network_is_named_by_the_thoracolumbar_transition():
+    # a network trained on the coarse regions says only "thoracic" or "lumbar"; three thoracic components above four
+    # lumbar ones are T10-T12 and L1-L4 (the transition pins every name)
+    from vfscreen.labels import SPINE_REGION_GROUP_IDS
+
+    thoracic, lumbar = SPINE_REGION_GROUP_IDS["thoracic"], SPINE_REGION_GROUP_IDS["lumbar"]
+    groups = [thoracic] * 3 + [lumbar] * 4
+    array, image = _volume_with_blocks(groups)
+    array[0, 0, 0] = 0
+    for probabilities in (_group_probabilities(groups, array.shape), None):
+        verse_map, components = make_labels_consistent(array, image, probabilities, grouping="spine_regions",
+                                                       min_volume_mm3=10.0)
+        found = [names([c.new_class_id])[0] for c in components]
+        assert found == ["T10", "T11", "T12", "L1", "L2", "L3", "L4"]
+        assert verse_map[4, 5, 5] == NAME_TO_VERSE["T10"] and verse_map[-6, 5, 5] == NAME_TO_VERSE["L4"]

@@ -130,6 +130,16 @@ def test_segmentation_section_of_a_budget_fitted_configuration():
     assert seg["iterations_per_epoch"] == TARGETS.seg_iterations_per_epoch
     assert seg["num_epochs"] >= TARGETS.min_seg_epochs
     assert seg["patch_size"] == configurations["3d_vfscreen"]["patch_size"]
+    # a CPU budget trains too few iterations for 26 classes: the coarse regions, named by the label chain model
+    iterations = seg["num_epochs"] * seg["iterations_per_epoch"]
+    assert iterations < P.MIN_ITERATIONS_FOR_VERTEBRA_CLASSES and seg["label_grouping"] == "spine_regions"
+    assert configurations["3d_vfscreen"]["vfscreen"]["label_grouping"] == "spine_regions"
+
+
+def test_label_grouping_follows_the_number_of_training_iterations():
+    assert P.label_grouping_for(1500) == "spine_regions"
+    assert P.label_grouping_for(P.MIN_ITERATIONS_FOR_VERTEBRA_CLASSES) == "vertebrae"
+    assert P.label_grouping_for(250 * 1000) == "vertebrae"  # stock nnU-Net's schedule
 
 
 def test_voxel_valued_augmentation_scales_with_the_patch():

@@ -77,6 +77,10 @@ def test_segmentation_trainer_reads_the_schedule_from_the_plans(planned_dataset)
     assert trainer.num_val_iterations_per_epoch == seg["val_iterations_per_epoch"]
     assert list(trainer.configuration_manager.patch_size) == seg["patch_size"]
     assert trainer.output_folder.endswith(f"{name}/vfscreenSegTrainer__nnUNetPlans__3d_vfscreen/fold_0")
+    # the planned label grouping reaches nnU-Net: region-based training (sigmoid outputs vertebra/thoracic/lumbar)
+    assert seg["label_grouping"] == "spine_regions"
+    assert trainer.label_manager.has_regions and trainer.label_manager.num_segmentation_heads == 3
+    assert trainer.dataset_json["vfscreen_label_grouping"] == "spine_regions"
 
 
 def _broken_dataset(dataset_id, breakage):

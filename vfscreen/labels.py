@@ -90,3 +90,42 @@ def nnunet_labels_dict() -> dict[str, int]:
 def verse_ids_dict() -> dict[str, int]:
     """Class id (as a JSON key) -> VerSe id, stored in ``dataset.json`` under ``vfscreen.verse_ids``."""
     return {str(class_id): verse_id for class_id, verse_id in CLASS_TO_VERSE.items()}
+
+
+# Coarse label groups: what a segmentation network can learn when its budget is too small for 26 vertebra classes
+# (the CPU demo). The network then predicts overlapping nnU-Net *regions* (sigmoid outputs) instead of one class per
+# vertebra: every vertebra, the thoracic ones (rib-bearing, T1-T13) and the lumbar ones (L1-L6). Each vertebra is named
+# afterwards by the label chain model (vfscreen.inference.label_consistency) from the order of the components along the
+# spine and the thoraco-lumbar transition. Group ids are the values the network's label map holds.
+LABEL_GROUPINGS = ("vertebrae", "spine_regions")  # "vertebrae" = one class per vertebra (default)
+SPINE_REGIONS: dict[str, tuple[int, ...]] = {
+    "vertebra": tuple(VERSE_TO_CLASS[v] for v in SPINE_ORDER),
+    "thoracic": tuple(VERSE_TO_CLASS[v] for v in SPINE_ORDER if VERSE_NAMES[v].startswith("T")),
+    "lumbar": tuple(VERSE_TO_CLASS[v] for v in SPINE_ORDER if VERSE_NAMES[v].startswith("L")),
+}
+SPINE_REGION_GROUP_IDS = {"vertebra": 1, "thoracic": 2, "lumbar": 3}  # later regions overwrite earlier ones
+
+
+def grouped_labels_dict(grouping: str) -> tuple[dict, list[int] | None]:
+    """(``labels`` of an nnU-Net dataset.json, ``regions_class_order`` or None) for a label grouping."""
+    if grouping == "vertebrae":
+        return nnunet_labels_dict(), None
+    if grouping == "spine_regions":
+        regions = {name: list(class_ids) for name, class_ids in SPINE_REGIONS.items()}
+        return {"background": 0, **regions}, [SPINE_REGION_GROUP_IDS[name] for name in regions]
+    raise ValueError(f"unknown label grouping {grouping!r} (choose from {', '.join(LABEL_GROUPINGS)})")
+
+
+def region_evidence(region_probabilities: np.ndarray) -> np.ndarray:
+    """Per-vertebra-class evidence from the mean sigmoid outputs of the ``spine_regions`` grouping.
+
+    region_probabilities: (N, 3) mean P(vertebra), P(thoracic), P(lumbar) of N components. Returns (N, NUM_CLASSES - 1)
+    probabilities of classes 1..26 (rows sum to 1), treating the thoracic and lumbar outputs as independent evidence.
+    """
+    region_probabilities = np.clip(np.asarray(region_probabilities, dtype=float), 1e-6, 1 - 1e-6)
+    class_ids = np.arange(1, NUM_CLASSES)
+    thoracic = np.isin(class_ids, SPINE_REGIONS["thoracic"])
+    lumbar = np.isin(class_ids, SPINE_REGIONS["lumbar"])
+    p_thoracic, p_lumbar = region_probabilities[:, 1:2], region_probabilities[:, 2:3]
+    evidence = (np.where(thoracic, p_thoracic, 1 - p_thoracic) * np.where(lumbar, p_lumbar, 1 - p_lumbar))
+    return evidence / evidence.sum(axis=1, keepdims=True)

@@ -9,7 +9,13 @@ head to feet, a skipped (missing) vertebra costs ``log(skip_probability)`` and a
 ``log(drop_probability)``; the network's mean class probabilities of each component are the evidence. Viterbi gives the
 best labelling and forward-backward gives each component's posterior probability of its label (``label_confidence``).
 
-T13 (class 20) and L6 (class 26) are anatomical variants: skipping T13 between T12 and L1 costs nothing.
+T13 (class 20) and L6 (class 26) are anatomical variants (~5 % of people each): skipping T13 between T12 and L1 costs
+nothing, and labelling a component T13 or L6 costs ``log(variant_probability)`` - the prior that breaks the tie when the
+evidence cannot tell (e.g. five lumbar vertebrae: L1-L5, not L2-L6).
+
+A network trained on the coarse ``spine_regions`` grouping (vfscreen.labels) predicts only "vertebra", "thoracic"
+and "lumbar"; its components get class evidence from those three outputs (vfscreen.labels.region_evidence) and the
+chain names them from their order and the thoraco-lumbar transition.
 """
 from __future__ import annotations
 
@@ -21,10 +27,11 @@ from scipy import ndimage
 from scipy.special import logsumexp
 
 from vfscreen.inference.geometry import array_indices_to_world, voxel_volume_mm3
-from vfscreen.labels import CLASS_TO_VERSE, NUM_CLASSES, VERSE_TO_CLASS
+from vfscreen.labels import CLASS_TO_VERSE, NUM_CLASSES, SPINE_REGION_GROUP_IDS, VERSE_TO_CLASS, region_evidence
 
 NUM_VERTEBRA_CLASSES = NUM_CLASSES - 1  # K = 26 vertebra classes, ids 1..K
 OPTIONAL_CLASSES = frozenset({VERSE_TO_CLASS[28]})  # T13: its absence is normal anatomy
+VARIANT_CLASSES = frozenset({VERSE_TO_CLASS[28], VERSE_TO_CLASS[25]})  # T13 and L6: present in a minority
 _IMPOSSIBLE = -np.inf
 _PROBABILITY_FLOOR = 1e-6
 
@@ -34,7 +41,7 @@ class Component:
     """One connected component of one predicted class."""
 
     index: int  # 1-based id in the component map
-    class_id: int  # the network's class (argmax) for these voxels
+    class_id: int  # the network's class (argmax) for these voxels, or its group id for a grouped network
     volume_mm3: float
     centroid_mm: np.ndarray  # (3,) world (LPS)
     class_probabilities: np.ndarray  # (K,) mean network probability of classes 1..K over the component, sums to 1
@@ -48,6 +55,7 @@ class ChainModel:
 
     drop_probability: float = 1e-2  # a component that fits nowhere (false positive, fragment) is dropped
     skip_probability: float = 5e-2  # per vertebra missing between two kept components
+    variant_probability: float = 5e-2  # prior of labelling a component T13 or L6
     probability_floor: float = _PROBABILITY_FLOOR
 
 
@@ -86,6 +94,9 @@ def _emission_log_table(class_probabilities: np.ndarray, model: ChainModel) -> n
     emission = np.full((num_components, 2 * (num_classes + 1)), np.log(model.drop_probability))
     emission[:, 1] = _IMPOSSIBLE
     emission[:, 3::2] = np.log(np.maximum(class_probabilities, model.probability_floor))
+    for class_id in VARIANT_CLASSES:
+        if class_id <= num_classes:
+            emission[:, 2 * class_id + 1] += np.log(model.variant_probability)
     return emission
 
 
@@ -136,13 +147,29 @@ def assign_labels(class_probabilities: np.ndarray, model: ChainModel | None = No
     return new_class, np.clip(confidence, 0.0, 1.0), marginals
 
 
+def _class_evidence(channel_means: np.ndarray | None, class_id: int, grouping: str) -> np.ndarray:
+    """(K,) class probabilities of one component from its mean network outputs (None: from its class/group id)."""
+    if grouping == "spine_regions":
+        if channel_means is None:  # one-hot regions of the group: vertebra, + thoracic or lumbar
+            channel_means = np.array([1.0, class_id == SPINE_REGION_GROUP_IDS["thoracic"],
+                                      class_id == SPINE_REGION_GROUP_IDS["lumbar"]], dtype=float)
+        return region_evidence(channel_means[None, :3])[0]
+    if channel_means is None:
+        evidence = np.full(NUM_VERTEBRA_CLASSES, 0.1 / (NUM_VERTEBRA_CLASSES - 1))
+        evidence[class_id - 1] = 0.9
+        return evidence
+    evidence = channel_means[1:]  # drop background
+    return evidence / max(evidence.sum(), 1e-12)
+
+
 def find_components(class_map: np.ndarray, reference: sitk.Image, probabilities: np.ndarray | None = None,
-                    min_volume_mm3: float = 200.0, min_fraction: float = 0.1
+                    min_volume_mm3: float = 200.0, min_fraction: float = 0.1, grouping: str = "vertebrae"
                     ) -> tuple[np.ndarray, list[Component]]:
     """Connected components of every class; tiny fragments are dropped.
 
-    class_map: (Z, Y, X) nnU-Net class ids on ``reference``'s grid. probabilities: (K + 1, Z, Y, X) softmax incl.
-    background, or None (then each component's own class gets probability 0.9). A component is a fragment when it is
+    class_map: (Z, Y, X) nnU-Net class ids on ``reference``'s grid (group ids for ``grouping`` 'spine_regions').
+    probabilities: (K + 1, Z, Y, X) softmax incl. background, or (3, Z, Y, X) region sigmoids for 'spine_regions', or
+    None (then each component's own class gets probability 0.9). A component is a fragment when it is
     smaller than ``min_volume_mm3`` or than ``min_fraction`` x the median volume of the largest component per class.
     Returns (component map (Z, Y, X) int32 with ids 1..N of kept components, components sorted head -> feet).
     """
@@ -173,13 +200,10 @@ def find_components(class_map: np.ndarray, reference: sitk.Image, probabilities:
         local_indices = np.argwhere(mask)
         indices = local_indices + np.array([box.start for box in bbox])
         centroid = array_indices_to_world(reference, indices.mean(axis=0, keepdims=True))[0]
+        channel_means = None
         if probabilities is not None:
-            voxel_probabilities = probabilities[1:, indices[:, 0], indices[:, 1], indices[:, 2]].astype(np.float64)
-            class_probabilities = voxel_probabilities.mean(axis=1)
-        else:
-            class_probabilities = np.full(NUM_VERTEBRA_CLASSES, 0.1 / (NUM_VERTEBRA_CLASSES - 1))
-            class_probabilities[class_id - 1] = 0.9
-        class_probabilities = class_probabilities / max(class_probabilities.sum(), 1e-12)
+            channel_means = probabilities[:, indices[:, 0], indices[:, 1], indices[:, 2]].astype(np.float64).mean(axis=1)
+        class_probabilities = _class_evidence(channel_means, class_id, grouping)
         components.append(Component(0, class_id, float(volume), centroid, class_probabilities))
         kept_voxels.append(indices)
     # head -> feet: decreasing world z (LPS +z = superior; valid for any image orientation)
@@ -196,14 +220,15 @@ def find_components(class_map: np.ndarray, reference: sitk.Image, probabilities:
 
 
 def make_labels_consistent(class_map: np.ndarray, reference: sitk.Image, probabilities: np.ndarray | None = None,
-                           model: ChainModel | None = None, **fragment_options
+                           model: ChainModel | None = None, grouping: str = "vertebrae", **fragment_options
                            ) -> tuple[np.ndarray, list[Component]]:
     """Unique, anatomically ordered vertebra labels.
 
     Returns (verse_map (Z, Y, X) uint8 in **VerSe ids**, 0 = background / dropped; the components with
     ``new_class_id`` and ``label_confidence`` filled in, head -> feet).
     """
-    component_map, components = find_components(class_map, reference, probabilities, **fragment_options)
+    component_map, components = find_components(class_map, reference, probabilities, grouping=grouping,
+                                                **fragment_options)
     if not components:
         return np.zeros(class_map.shape, np.uint8), []
     table = np.stack([component.class_probabilities for component in components])

@@ -143,7 +143,8 @@ def predict_case(image: sitk.Image, case_id: str, models: Models, saliency: bool
         raise RuntimeError(f"segmenter returned shape {class_map.shape}, expected the image's "
                            f"{sitk.GetArrayViewFromImage(image).shape}")
     start = time.perf_counter()
-    verse_map, components = make_labels_consistent(class_map, image, probabilities)
+    verse_map, components = make_labels_consistent(class_map, image, probabilities,
+                                                   grouping=getattr(models.segmenter, "label_grouping", "vertebrae"))
     confidence = {CLASS_TO_VERSE[c.new_class_id]: c.label_confidence for c in components if c.new_class_id > 0}
     seg_image = sitk.GetImageFromArray(verse_map)
     seg_image.CopyInformation(image)

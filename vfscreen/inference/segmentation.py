@@ -51,7 +51,11 @@ def available_folds(model_folder: Path, checkpoint_file: str) -> list[int]:
 
 
 class NnunetSegmenter:
-    """Callable: sitk.Image -> (class map (Z, Y, X) uint8 on the image grid, softmax (C, Z, Y, X) float16)."""
+    """Callable: sitk.Image -> (class map (Z, Y, X) uint8 on the image grid, probabilities (C, Z, Y, X) float16).
+
+    ``label_grouping`` says what they hold: 'vertebrae' = class ids 1..26 and the softmax incl. background;
+    'spine_regions' = group ids and the sigmoids of the regions vertebra/thoracic/lumbar (vfscreen.labels).
+    """
 
     def __init__(self, model_folder: Path, folds, device, checkpoint: str = "final", orientation: str | None = None,
                  tile_step_size: float = 0.5, use_mirroring: bool = True):
@@ -87,6 +91,8 @@ class NnunetSegmenter:
                                              first["trainer_name"], first.get("inference_allowed_mirroring_axes"))
         self.predictor.network.to(device)
         self.trainer_name = first["trainer_name"]
+        # a network trained on coarse regions (vfscreen.labels.SPINE_REGIONS) outputs group ids + region sigmoids
+        self.label_grouping = dataset_json.get("vfscreen_label_grouping", "vertebrae")
 
     def __call__(self, image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
         original_orientation = None

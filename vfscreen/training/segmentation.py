@@ -1,7 +1,8 @@
 """The segmentation stage: nnU-Net training of the plan's configuration, through nnunetv2's own training API.
 
 ``vfscreenSegTrainer`` is nnU-Net's ``nnUNetTrainer`` with the schedule of the budget-fitted configuration: it reads
-``iterations_per_epoch``, ``val_iterations_per_epoch`` and ``num_epochs`` from the ``vfscreen`` entry that the planner
+``iterations_per_epoch``, ``val_iterations_per_epoch``, ``num_epochs`` and ``label_grouping`` (one class per vertebra,
+or the coarse ``spine_regions`` of vfscreen.labels for tiny budgets) from the ``vfscreen`` entry that the planner
 writes into the configuration (``3d_vfscreen``) of ``nnUNetPlans.json``; network, patch, batch size, spacing and
 everything else are nnU-Net's, read from the same configuration. On a large GPU the plans name the stock
 ``nnUNetTrainer`` + ``3d_fullres`` instead.
@@ -40,7 +41,9 @@ class vfscreenSegTrainer(nnUNetTrainer):  # noqa: N801  (nnU-Net's trainer namin
             # nnU-Net would start one augmentation worker per core; on a CPU the network needs those cores. One
             # worker keeps up with the small budget-fitted patches (measured 0.02-0.5 s per batch of the demo plan).
             os.environ["nnUNet_n_proc_DA"] = "1"
-        super().__init__(plans, configuration, fold, dataset_json, device)
+        grouping = plans.get("configurations", {}).get(configuration, {}).get(SCHEDULE_KEY, {}).get(
+            "label_grouping", "vertebrae")
+        super().__init__(plans, configuration, fold, dataset_json_for_grouping(dataset_json, grouping), device)
         schedule = self.configuration_manager.configuration.get(SCHEDULE_KEY, {})
         self.num_iterations_per_epoch = int(schedule.get("iterations_per_epoch", self.num_iterations_per_epoch))
         self.num_val_iterations_per_epoch = int(schedule.get("val_iterations_per_epoch",
@@ -49,6 +52,24 @@ class vfscreenSegTrainer(nnUNetTrainer):  # noqa: N801  (nnU-Net's trainer namin
         if min(self.num_iterations_per_epoch, self.num_val_iterations_per_epoch, self.num_epochs) < 1:
             raise ConfigError(f"configuration {configuration!r} of nnUNetPlans.json: field '{SCHEDULE_KEY}' needs "
                               "iterations_per_epoch, val_iterations_per_epoch and num_epochs >= 1")
+
+
+def dataset_json_for_grouping(dataset_json: dict, grouping: str) -> dict:
+    """The dataset.json nnU-Net trains with: one class per vertebra, or coarse regions (vfscreen.labels.SPINE_REGIONS).
+
+    nnU-Net converts the stored class ids into the regions on the fly and copies this dataset.json into the model
+    folder, so prediction knows the model's outputs are regions (sigmoid) rather than classes (softmax).
+    """
+    from vfscreen.labels import grouped_labels_dict
+
+    try:
+        labels, regions_class_order = grouped_labels_dict(grouping)
+    except ValueError as error:
+        raise ConfigError(f"nnUNetPlans.json: {error}") from None
+    if regions_class_order is None:
+        return dataset_json
+    return {**dataset_json, "labels": labels, "regions_class_order": regions_class_order,
+            "vfscreen_label_grouping": grouping}
 
 
 def register_with_nnunet() -> None:

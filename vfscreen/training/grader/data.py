@@ -68,11 +68,15 @@ def fold_case_ids(table: pd.DataFrame, splits_file: Path, fold, num_folds: int) 
 
 
 def select_fold(table: pd.DataFrame, train_cases, val_cases, use_truncated: bool, fold, num_classes: int = 4):
-    """Graded training/validation rows of the fold; ConfigError if a grade has no training sample."""
+    """Graded training/validation rows of the fold; ConfigError if a grade has no training sample.
+
+    Without ``use_truncated``, vertebrae cut by the field of view are left out of training *and* validation, because
+    prediction does not grade them either (it flags them ``truncated``): validation measures what prediction does.
+    """
     graded = table[table["grade"] >= 0]
-    train = graded[graded["case_id"].isin(set(train_cases))]
     if not use_truncated:
-        train = train[~train["truncated"]]
+        graded = graded[~graded["truncated"]]
+    train = graded[graded["case_id"].isin(set(train_cases))]
     val = graded[graded["case_id"].isin(set(val_cases))]
     counts = np.bincount(train["grade"].to_numpy(), minlength=num_classes)
     empty = [GRADE_NAMES[g] for g in range(num_classes) if counts[g] == 0]
