@@ -109,6 +109,25 @@ def test_classification_head_gradient_reaches_backbone_only_in_ce_mode(loss_name
     assert sum(float(p.grad.abs().sum()) for p in network.encoder.parameters() if p.grad is not None) > 0
 
 
+def test_prior_correction_shifts_eval_logits_by_the_training_grade_mix():
+    torch.manual_seed(0)
+    network = build_grader(tiny_plans("Dataset970_X")["configurations"]["3d"]["grader"]["network"], "supcon")
+    inputs = torch.rand(3, 3, 16, 16, 16)
+    network.eval()
+    with torch.no_grad():
+        raw = network(inputs)[1]
+        network.set_class_prior([60, 20, 10, 10])
+        adjusted = network(inputs)[1]
+        network.train()
+        training_logits = network.classification_head(network(inputs)[0])
+    # eval: + log(frequency * 4) per grade, i.e. Bayes' rule from a balanced to the training grade mix
+    expected_shift = torch.log(torch.tensor([0.6, 0.2, 0.1, 0.1]) * 4)
+    torch.testing.assert_close(adjusted - raw, expected_shift.expand(3, 4))
+    # training mode: the raw logits (cross-entropy on balanced batches)
+    torch.testing.assert_close(network(inputs)[1].detach(), training_logits.detach())
+    assert "logit_adjustment" in network.state_dict()  # saved with the weights, used by prediction
+
+
 def test_ce_model_goes_to_its_own_folder():
     plans = make_dataset("Dataset973_GraderCE")
     setup = prepare_grader_training("Dataset973_GraderCE", "3d", 1, plans, loss_name="ce")

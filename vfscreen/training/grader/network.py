@@ -5,6 +5,11 @@ The backbone is dynamic_network_architectures' ``ResidualEncoder`` (squeeze-exci
 (Linear -> projection_dim, L2-normalised) serves SupCon during training and is unused at inference. The
 classification head (Linear -> num_classes) sees ``h.detach()`` in SupCon mode, so cross-entropy never reaches the
 extractor (the paper's design); in CE mode (the paper's baseline) it sees ``h`` and CE trains the whole network.
+
+Prior correction: the per-class sampler trains the classifier on balanced batches, so its softmax assumes every grade
+is equally common. ``logit_adjustment`` (a buffer, saved with the weights) adds log(training frequency / uniform) to
+the logits in eval mode - Bayes' rule for the real grade mix (logit adjustment, Menon et al. 2021); training mode
+returns the raw logits that cross-entropy on balanced batches needs. Zero (no correction) unless the plan asks for it.
 """
 from __future__ import annotations
 
@@ -26,7 +31,8 @@ _REQUIRED_KEYS = ("block", "features_per_stage", "n_blocks_per_stage", "strides"
 class GraderNet(nn.Module):
     """forward(x: (B, 3, D, H, W)) -> (features (B, F), logits (B, num_classes), projection (B, projection_dim)).
 
-    ``projection`` has unit L2 norm; ``logits`` are computed from ``features.detach()`` when ``detach_classifier``.
+    ``projection`` has unit L2 norm; ``logits`` are computed from ``features.detach()`` when ``detach_classifier``
+    and include ``logit_adjustment`` (num_classes,) in eval mode.
     """
 
     def __init__(self, encoder: ResidualEncoder, num_features: int, projection_dim: int, num_classes: int,
@@ -37,12 +43,21 @@ class GraderNet(nn.Module):
         self.classification_head = nn.Linear(num_features, num_classes)
         self.detach_classifier = bool(detach_classifier)
         self.num_features = num_features
+        self.register_buffer("logit_adjustment", torch.zeros(num_classes))
+
+    def set_class_prior(self, class_counts) -> None:
+        """Eval-mode logits for a population with these grade counts (training set) instead of balanced batches."""
+        counts = torch.as_tensor(class_counts, dtype=torch.float32)
+        frequencies = counts / counts.sum()
+        self.logit_adjustment.copy_(torch.log(frequencies * len(counts)).to(self.logit_adjustment.device))
 
     def forward(self, x: torch.Tensor):
         feature_maps = self.encoder(x)  # (B, F, d, h, w)
         features = feature_maps.mean(dim=(2, 3, 4))  # (B, F) global average pooling
         classifier_input = features.detach() if self.detach_classifier else features
         logits = self.classification_head(classifier_input)  # (B, num_classes)
+        if not self.training:
+            logits = logits + self.logit_adjustment
         projection = F.normalize(self.projection_head(features), dim=1)  # (B, projection_dim), unit norm
         return features, logits, projection
 
