@@ -1,5 +1,6 @@
 """``python -m vfscreen.evaluation.benchmark ablation -d 501 -c 3d``: the paper's ablation on our data
-(``... speed -i INPUT``: prediction speed, see vfscreen.evaluation.speed).
+(``... speed -i INPUT``: prediction speed, see vfscreen.evaluation.speed; ``... speed --untrained-preset NAME``: the
+speed of a plan without a trained model, see vfscreen.evaluation.untrained).
 
 On the same folds (the plan's splits) and the same budget (the plan's grader settings), the SupCon grader (the paper)
 and the cross-entropy grader (the paper's baseline) are trained where a fold has no validation predictions yet
@@ -190,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     ablation.add_argument("-o", "--output", help="JSON to write (default: ablation.json in the SupCon model folder)")
     ablation.add_argument("--verbose", action="store_true")
     speed = commands.add_parser("speed", help="seconds per case for each stage of prediction, crops/s, peak memory")
-    speed.add_argument("-i", "--input", required=True, help="input cases (as for vfscreen_predict)")
+    speed.add_argument("-i", "--input", help="input cases (as for vfscreen_predict); with --untrained-preset: "
+                       "optional (default: a generated phantom), needs --labels")
     speed.add_argument("-d", "--dataset", default="501")
     speed.add_argument("-c", "--configuration", default="3d")
     speed.add_argument("-f", "--folds", nargs="+", type=int, help="folds (default: those trained)")
@@ -199,6 +201,24 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("-np", "--num-threads", type=int, help="torch CPU threads")
     speed.add_argument("--saliency", action="store_true", help="include Grad-CAM")
     speed.add_argument("-o", "--output", default="speed.json", help="JSON to write (default: ./speed.json)")
+    untrained = speed.add_argument_group(
+        "untrained models", "time a plan without a trained model: the real planner plans generated phantoms with a "
+        "plans preset, the networks get random (seeded) weights, segmentation runs on the image and every later "
+        "stage on the ground-truth mask (see vfscreen.evaluation.untrained)")
+    untrained.add_argument("--untrained-preset", metavar="NAME|PATH|none",
+                           help="plans preset (plans/<name>.json or a path; 'none': the planner's defaults)")
+    untrained.add_argument("--phantom-preset", default="full", help="phantom preset planned and timed (default full)")
+    untrained.add_argument("--slice-thickness-mm", type=float, default=1.5,
+                           help="slice thickness of the timed phantom (default 1.5)")
+    untrained.add_argument("--field-of-view", default="thoracolumbar",
+                           help="thoracolumbar | thoracic | cervicothoracic (default thoracolumbar)")
+    untrained.add_argument("--planning-cases", type=int, default=8, help="phantoms the planner sees (default 8)")
+    untrained.add_argument("--labels", help="ground-truth masks (nnU-Net class ids) of -i: a file or a folder of "
+                           "<case>.nii.gz")
+    untrained.add_argument("--tile-step-size", type=float, default=0.5, help="nnU-Net sliding window step (0.5)")
+    untrained.add_argument("--disable-tta", action="store_true", help="no mirroring (nnU-Net's --disable_tta)")
+    untrained.add_argument("--seed", type=int, default=0, help="phantom and weight seed (default 0)")
+    untrained.add_argument("--work-dir", help="keep the planning data, phantom and models here (default: temporary)")
     speed.add_argument("--verbose", action="store_true")
     return parser
 
@@ -209,8 +229,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "speed":
         from vfscreen.evaluation.speed import format_speed, run_speed
 
-        speed = run_speed(args.input, args.dataset, args.configuration, args.folds, args.device, args.num_cases,
-                          args.saliency, num_threads=args.num_threads)
+        if args.untrained_preset is not None:
+            from vfscreen.evaluation.untrained import DEFAULT_FOLDS, run_untrained_speed
+
+            if args.saliency:
+                raise ConfigError("--saliency is not timed with --untrained-preset")
+            speed = run_untrained_speed(
+                None if args.untrained_preset.lower() == "none" else args.untrained_preset, args.input, args.labels,
+                args.work_dir, args.phantom_preset, args.slice_thickness_mm, args.field_of_view,
+                args.planning_cases, args.folds if args.folds is not None else DEFAULT_FOLDS, args.seed,
+                args.device, args.num_cases, args.num_threads, args.tile_step_size, not args.disable_tta)
+        elif args.input is None:
+            raise ConfigError("speed needs -i INPUT (or --untrained-preset NAME to time a plan without a model)")
+        else:
+            speed = run_speed(args.input, args.dataset, args.configuration, args.folds, args.device, args.num_cases,
+                              args.saliency, num_threads=args.num_threads)
         print(format_speed(speed))
         atomic_write_json(args.output, speed)
         print(f"speed written: {args.output}")

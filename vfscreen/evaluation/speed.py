@@ -3,8 +3,11 @@
 For each input case (vfscreen_predict's input conventions): seconds to read the image, the stages of
 ``vfscreen.inference.predict.predict_case`` (segmentation, label consistency, morphometry, grading [crops + grader],
 saliency when asked), the report PNG, and the crops per second of THE crop function on the predicted mask alone;
-peak resident memory of the process (and peak GPU memory on CUDA). The machine is described in the JSON. Training
-throughput (samples per second of the grader and of nnU-Net) is not measured here: the trainers log it.
+peak resident memory from model loading on (Linux: VmHWM reset first; elsewhere since process start) and peak GPU
+memory on CUDA. The machine is described in the JSON. Training throughput (samples per second of the grader and of
+nnU-Net) is not measured here: the trainers log it. A plan without a trained model is timed by
+vfscreen.evaluation.untrained (``speed --untrained-preset NAME``), which injects its models and masks through
+``model_loader`` and ``prepare_case``.
 """
 from __future__ import annotations
 
@@ -21,11 +24,39 @@ from tqdm import tqdm
 from vfscreen.errors import ConfigError
 
 
-def peak_memory_gb() -> dict:
-    """Peak resident memory of this process (Linux reports KiB, macOS bytes) and peak CUDA memory if used."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    peak_bytes = peak if sys.platform == "darwin" else peak * 1024
-    memory = {"peak_rss_gb": round(peak_bytes / 2**30, 3)}
+def reset_peak_memory() -> bool:
+    """Linux: reset this process's peak resident memory (VmHWM) to its current resident memory, so the peak
+    reported afterwards belongs to what runs afterwards. False where the kernel does not offer it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return _status_kib("VmHWM") is not None
+    except OSError:
+        return False
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def peak_memory_gb(since_reset: bool = False) -> dict:
+    """Peak resident memory of this process (VmHWM after :func:`reset_peak_memory` when ``since_reset``, else
+    getrusage: Linux reports KiB, macOS bytes) and peak CUDA memory if used."""
+    peak_kib = _status_kib("VmHWM") if since_reset else None
+    if peak_kib is not None:
+        peak_bytes = peak_kib * 1024
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak_bytes = peak if sys.platform == "darwin" else peak * 1024
+    memory = {"peak_rss_gb": round(peak_bytes / 2**30, 3),
+              "peak_since": "model loading" if peak_kib is not None else "process start"}
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         memory["peak_cuda_allocated_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
@@ -34,8 +65,12 @@ def peak_memory_gb() -> dict:
 
 def run_speed(input_path, dataset=501, configuration: str = "3d", folds=None, device: str = "cpu",
               num_cases: int | None = None, saliency: bool = False, models=None, num_threads: int | None = None,
-              progress: bool = True) -> dict:
-    """Time prediction stage by stage on the cases of ``input_path``; ``models`` replaces loading trained ones."""
+              progress: bool = True, model_loader=None, prepare_case=None) -> dict:
+    """Time prediction stage by stage on the cases of ``input_path``.
+
+    ``models`` replaces loading trained ones; ``model_loader()`` (timed as model loading) builds them instead.
+    ``prepare_case(case, image)`` runs untimed before each case (vfscreen.evaluation.untrained hands the case's
+    ground truth to its segmenter there)."""
     from vfscreen.evaluation.benchmark import machine_description
     from vfscreen.inference.predict import list_cases, predict_case, read_case_image
     from vfscreen.inference.report import render_report
@@ -47,8 +82,11 @@ def run_speed(input_path, dataset=501, configuration: str = "3d", folds=None, de
     cases = list_cases(input_path)[: num_cases or None]
     if not cases:
         raise ConfigError(f"{input_path}: no input case found (NIfTI files or DICOM series)")
+    peak_reset = reset_peak_memory()
     start = time.perf_counter()
-    if models is None:
+    if models is None and model_loader is not None:
+        models = model_loader()
+    elif models is None:
         from vfscreen.inference.segmentation import load_models
         models = load_models(dataset, configuration, folds, device, saliency=saliency)
     loading_s = time.perf_counter() - start
@@ -59,6 +97,8 @@ def run_speed(input_path, dataset=501, configuration: str = "3d", folds=None, de
             start = time.perf_counter()
             image = read_case_image(case)
             timings["read"] = time.perf_counter() - start
+            if prepare_case is not None:
+                prepare_case(case, image)
             result = predict_case(image, case.case_id, models, saliency)
             timings.update(result["timings_s"])
             start = time.perf_counter()
@@ -78,7 +118,8 @@ def run_speed(input_path, dataset=501, configuration: str = "3d", folds=None, de
     return {"schema_version": 1, "kind": "vfscreen_speed",
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "command": " ".join(["python -m vfscreen.evaluation.benchmark"] + sys.argv[1:]),
-            "input": str(input_path), "device": device, "machine": machine_description(),
+            "input": str(input_path), "device": device, "num_threads": _torch_threads(),
+            "machine": machine_description(),
             "model": dict(getattr(models, "info", {}) or {}), "model_loading_s": loading_s,
             "num_cases": len(per_case),
             "mean_seconds_per_stage": {stage: float(np.mean([case["seconds"].get(stage, 0.0) for case in per_case]))
@@ -86,15 +127,39 @@ def run_speed(input_path, dataset=501, configuration: str = "3d", folds=None, de
             "mean_seconds_per_case": float(np.mean([case["total_s"] for case in per_case])),
             "crops_per_second": (crops_total / sum(case["num_crops"] / case["crops_per_second"] for case in per_case
                                                    if case["crops_per_second"])) if crops_total else None,
-            "memory": peak_memory_gb(), "per_case": per_case,
+            "memory": peak_memory_gb(since_reset=peak_reset), "per_case": per_case,
             "not_measured": "training throughput (samples/s) of the grader and of nnU-Net: see their training logs"}
 
 
+def _torch_threads() -> int | None:
+    torch = sys.modules.get("torch")
+    return torch.get_num_threads() if torch is not None else None
+
+
+STAGE_ORDER = ("read", "segmentation", "label_consistency", "morphometry", "grading", "saliency", "report")
+
+
+def ordered_stages(seconds_per_stage: dict) -> list[str]:
+    """Stages in pipeline order (unknown ones last, alphabetically)."""
+    return [s for s in STAGE_ORDER if s in seconds_per_stage] + sorted(set(seconds_per_stage) - set(STAGE_ORDER))
+
+
 def format_speed(speed: dict) -> str:
+    """The printed table: one row per stage (mean seconds per case and share), total, loading, memory."""
+    stages = speed["mean_seconds_per_stage"]
+    total = speed["mean_seconds_per_case"]
     lines = [f"Prediction speed on {speed['num_cases']} case(s), device {speed['device']} "
-             f"({speed['machine']['cpu_count']} CPU cores visible): {speed['mean_seconds_per_case']:.2f} s per case",
-             "  " + ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in speed["mean_seconds_per_stage"].items()),
-             f"  model loading {speed['model_loading_s']:.2f} s; crops per second "
-             + (f"{speed['crops_per_second']:.1f}" if speed["crops_per_second"] else "n/a")
-             + f"; peak memory {speed['memory']}"]
+             f"({speed['machine']['cpu_count']} CPU cores visible, torch threads {speed.get('num_threads')}): "
+             f"{total:.2f} s per case"]
+    for key in ("weights", "downstream_on"):
+        if key in speed:
+            lines.append(f"  {key.replace('_', ' ')}: {speed[key]}")
+    lines.append(f"  {'stage':<20}{'s per case':>12}{'share':>8}")
+    for stage in ordered_stages(stages):
+        share = stages[stage] / total if total > 0 else 0.0
+        lines.append(f"  {stage:<20}{stages[stage]:>12.2f}{share:>8.0%}")
+    lines.append(f"  {'total':<20}{total:>12.2f}")
+    lines.append(f"  model loading {speed['model_loading_s']:.2f} s (once per run); crops per second "
+                 + (f"{speed['crops_per_second']:.1f}" if speed["crops_per_second"] else "n/a")
+                 + f"; peak memory {speed['memory']}")
     return "\n".join(lines)
