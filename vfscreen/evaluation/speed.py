@@ -12,6 +12,7 @@ vfscreen.evaluation.untrained (``speed --untrained-preset NAME``), which injects
 from __future__ import annotations
 
 import datetime
+import os
 import resource
 import sys
 import tempfile
@@ -82,6 +83,7 @@ def run_speed(input_path, dataset=501, configuration: str = "3d", folds=None, de
     cases = list_cases(input_path)[: num_cases or None]
     if not cases:
         raise ConfigError(f"{input_path}: no input case found (NIfTI files or DICOM series)")
+    load_before = os.getloadavg()
     peak_reset = reset_peak_memory()
     start = time.perf_counter()
     if models is None and model_loader is not None:
@@ -94,6 +96,7 @@ def run_speed(input_path, dataset=501, configuration: str = "3d", folds=None, de
     with tempfile.TemporaryDirectory(prefix="vfscreen_speed_") as scratch:
         for case in tqdm(cases, desc="speed", unit="case", disable=not progress):
             timings = {}
+            cpu_start = time.process_time()  # CPU seconds of all this process's threads
             start = time.perf_counter()
             image = read_case_image(case)
             timings["read"] = time.perf_counter() - start
@@ -106,12 +109,13 @@ def run_speed(input_path, dataset=501, configuration: str = "3d", folds=None, de
                           result["morphometry"])
             timings["report"] = time.perf_counter() - start
             start = time.perf_counter()
+            cpu_seconds = time.process_time() - cpu_start
             crops = extract_vertebra_crops(image, result["seg_image"], models.grader.crop_plan)
             crop_seconds = time.perf_counter() - start
             per_case.append({"case_id": case.case_id, "size": list(image.GetSize()),
                              "spacing_mm": [round(s, 4) for s in image.GetSpacing()],
                              "num_vertebrae": len(result["json"]["vertebrae"]), "seconds": timings,
-                             "total_s": sum(timings.values()), "num_crops": len(crops),
+                             "total_s": sum(timings.values()), "cpu_s": cpu_seconds, "num_crops": len(crops),
                              "crops_per_second": len(crops) / crop_seconds if crop_seconds > 0 and crops else None})
     stages = sorted({stage for case in per_case for stage in case["seconds"]})
     crops_total = sum(case["num_crops"] for case in per_case)
@@ -127,7 +131,10 @@ def run_speed(input_path, dataset=501, configuration: str = "3d", folds=None, de
             "mean_seconds_per_case": float(np.mean([case["total_s"] for case in per_case])),
             "crops_per_second": (crops_total / sum(case["num_crops"] / case["crops_per_second"] for case in per_case
                                                    if case["crops_per_second"])) if crops_total else None,
-            "memory": peak_memory_gb(since_reset=peak_reset), "per_case": per_case,
+            "memory": peak_memory_gb(since_reset=peak_reset),
+            "load_average_1_5_15_min": {"before": [round(v, 2) for v in load_before],
+                                        "after": [round(v, 2) for v in os.getloadavg()]},
+            "per_case": per_case,
             "not_measured": "training throughput (samples/s) of the grader and of nnU-Net: see their training logs"}
 
 
@@ -159,6 +166,11 @@ def format_speed(speed: dict) -> str:
         share = stages[stage] / total if total > 0 else 0.0
         lines.append(f"  {stage:<20}{stages[stage]:>12.2f}{share:>8.0%}")
     lines.append(f"  {'total':<20}{total:>12.2f}")
+    cpu = [case["cpu_s"] for case in speed["per_case"] if case.get("cpu_s") is not None]
+    if cpu:
+        lines.append(f"  CPU time {sum(cpu) / len(cpu):.2f} s per case (all threads); load average (1/5/15 min) "
+                     f"before {speed['load_average_1_5_15_min']['before']}, after "
+                     f"{speed['load_average_1_5_15_min']['after']}")
     lines.append(f"  model loading {speed['model_loading_s']:.2f} s (once per run); crops per second "
                  + (f"{speed['crops_per_second']:.1f}" if speed["crops_per_second"] else "n/a")
                  + f"; peak memory {speed['memory']}")
