@@ -25,7 +25,7 @@ def test_untrained_speed_reports_every_stage(tmp_path, capsys):
     output = tmp_path / "speed.json"
     with pytest.raises(SystemExit) as exited:
         main(["speed", "--untrained-preset", str(preset_file), "--phantom-preset", "demo", "--planning-cases", "5",
-              "-f", "0", "1", "--disable-tta", "-np", "1", "-o", str(output), "--work-dir", str(tmp_path / "work")])
+              "-f", "0", "1", "--disable-tta", "-np", "1", "--markdown", "-o", str(output), "--work-dir", str(tmp_path / "work")])
     assert exited.value.code == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     speed = json.loads(output.read_text())
@@ -35,7 +35,8 @@ def test_untrained_speed_reports_every_stage(tmp_path, capsys):
     assert stages <= set(speed["mean_seconds_per_stage"]) and all(speed["mean_seconds_per_stage"][s] > 0
                                                                  for s in stages)
     for stage in stages:
-        assert f"  {stage} " in printed
+        assert f"  {stage} " in printed and f"| {stage} |" in printed  # the table and the README table
+    assert "cannot be compared" in printed  # 2 folds without mirroring is not the setting
     case = speed["per_case"][0]
     described = speed["untrained"]
     assert described["folds"] == [0, 1] and described["segmentation"]["mirroring"] is False
@@ -81,3 +82,20 @@ def test_ground_truth_downstream_times_the_network_and_returns_the_mask(tmp_path
     shifted = sitk.GetImageFromArray(np.zeros((4, 5, 6), np.int16))  # other spacing: not this image's mask
     with pytest.raises(Exception, match="c1.nii.gz"):
         downstream.prepare(InputCase("c1", tmp_path / "c1_0000.nii.gz", "nifti"), shifted)
+
+
+def test_markdown_states_the_target_verdict():
+    from vfscreen.evaluation.speed import format_speed_markdown
+
+    stages = {"read": 1.0, "segmentation": 50.0, "grading": 19.0}
+    speed = {"command": "python -m vfscreen.evaluation.benchmark speed", "created": "2026-01-01T00:00:00+00:00",
+             "machine": {"cpu_model": "Test CPU", "cpu_count": 2, "memory_gb": 8.0, "torch": "2"}, "num_threads": 2,
+             "device": "cpu", "num_cases": 1, "load_average_1_5_15_min": {"before": [0.1] * 3, "after": [2.0] * 3},
+             "mean_seconds_per_stage": stages, "mean_seconds_per_case": 70.0, "model_loading_s": 3.0,
+             "memory": {"peak_rss_gb": 1.5, "peak_since": "model loading"},
+             "model": {"grader": {"folds": [0, 1, 2, 3, 4]}}}
+    text = format_speed_markdown(speed)
+    assert "| segmentation | 50.00 | 71% |" in text and "| **total** | **70.00** | |" in text
+    assert "misses it (70.0 s, 5 fold(s))" in text and "Test CPU" in text
+    speed["mean_seconds_per_case"] = 59.0
+    assert "meets it" in format_speed_markdown(speed)

@@ -43,8 +43,22 @@ def machine_description() -> dict:
     import torch
 
     return {"platform": platform.platform(), "python": platform.python_version(), "processor": platform.processor(),
-            "cpu_count": os.cpu_count(), "torch": torch.__version__, "cuda": torch.cuda.is_available(),
+            "cpu_model": _cpu_model(), "cpu_count": os.cpu_count(),
+            "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+            if hasattr(os, "sysconf") else None, "torch": torch.__version__, "cuda": torch.cuda.is_available(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def _cpu_model() -> str | None:
+    """The CPU's model name (Linux /proc/cpuinfo; platform.processor() elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
 
 
 def trained_folds(dataset_name: str, configuration: str, plans_name: str, loss: str) -> list[int]:
@@ -201,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("-np", "--num-threads", type=int, help="torch CPU threads")
     speed.add_argument("--saliency", action="store_true", help="include Grad-CAM")
     speed.add_argument("-o", "--output", default="speed.json", help="JSON to write (default: ./speed.json)")
+    speed.add_argument("--markdown", action="store_true", help="also print the result as a README table")
     untrained = speed.add_argument_group(
         "untrained models", "time a plan without a trained model: the real planner plans generated phantoms with a "
         "plans preset, the networks get random (seeded) weights, segmentation runs on the image and every later "
@@ -227,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "speed":
-        from vfscreen.evaluation.speed import format_speed, run_speed
+        from vfscreen.evaluation.speed import format_speed, format_speed_markdown, run_speed
 
         if args.untrained_preset is not None:
             from vfscreen.evaluation.untrained import DEFAULT_FOLDS, run_untrained_speed
@@ -245,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
             speed = run_speed(args.input, args.dataset, args.configuration, args.folds, args.device, args.num_cases,
                               args.saliency, num_threads=args.num_threads)
         print(format_speed(speed))
+        if args.markdown:
+            print(format_speed_markdown(speed))
         atomic_write_json(args.output, speed)
         print(f"speed written: {args.output}")
         return 0

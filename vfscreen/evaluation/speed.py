@@ -175,3 +175,48 @@ def format_speed(speed: dict) -> str:
                  + (f"{speed['crops_per_second']:.1f}" if speed["crops_per_second"] else "n/a")
                  + f"; peak memory {speed['memory']}")
     return "\n".join(lines)
+
+
+TARGET_SECONDS_PER_CASE = 60.0  # issue 5: <= 60 s per case on 2 CPU cores with 5 folds
+
+
+def format_speed_markdown(speed: dict) -> str:
+    """A README snippet from the JSON alone: command, date, machine, the stage table, memory and what was timed."""
+    machine = speed["machine"]
+    stages, total = speed["mean_seconds_per_stage"], speed["mean_seconds_per_case"]
+    lines = [f"`{speed['command']}`", "",
+             f"Measured {speed['created']} on {machine.get('cpu_model') or machine.get('processor') or 'a CPU'}, "
+             f"{machine['cpu_count']} cores visible, {machine.get('memory_gb')} GB RAM, torch {machine['torch']} "
+             f"({speed['num_threads']} threads), device {speed['device']}; {speed['num_cases']} case(s); load "
+             f"average before/after {speed['load_average_1_5_15_min']['before'][0]}/"
+             f"{speed['load_average_1_5_15_min']['after'][0]}.", "",
+             "| stage | s per case | share |", "|---|---:|---:|"]
+    lines += [f"| {stage} | {stages[stage]:.2f} | {stages[stage] / total:.0%} |" for stage in ordered_stages(stages)]
+    lines += [f"| **total** | **{total:.2f}** | |", "",
+              f"Model loading {speed['model_loading_s']:.2f} s once per run; peak memory "
+              f"{speed['memory']['peak_rss_gb']:.2f} GB (resident, from {speed['memory']['peak_since']} on)."]
+    untrained = speed.get("untrained")
+    if untrained:
+        seg, grader, case = untrained["segmentation"], untrained["grader"], untrained["case"]
+        case_text = (f"phantom {case['case_id']} ({case['phantom_preset']} preset, {case['field_of_view']}, "
+                     f"{'-'.join(case['whole_vertebrae'][::len(case['whole_vertebrae']) - 1])} whole, "
+                     f"{' x '.join(map(str, case['size']))} voxels of "
+                     f"{' x '.join(f'{s:.2f}' for s in case['spacing_mm'])} mm)") if isinstance(case, dict) else case
+        device = untrained["planned_for_device"]
+        device_text = f"{device['type']} ({device['memory_gb']:g} GB, {device['num_threads']} threads)"
+        lines += ["", f"Plan: preset `{untrained['plans_preset']}` planned for {device_text} on "
+                      f"{untrained['planning']['dataset']}; segmentation {seg['nnunet_configuration']} "
+                      f"({seg['trainer']}, spacing {' x '.join(f'{s:.2f}' for s in seg['target_spacing_mm'])} mm, "
+                      f"patch {seg['patch_size']}, features {seg['features_per_stage']}, tile step "
+                      f"{seg['tile_step_size']}, mirroring {'on' if seg['mirroring'] else 'off'}); grader "
+                      f"{grader['network']} on {grader['patch_size']} crops; folds {untrained['folds']}. Case: "
+                      f"{case_text}.",
+                  f"Weights: {speed['weights']}. Stages after segmentation ran on the {speed['downstream_on']}."]
+    fold_list = untrained["folds"] if untrained else (speed.get("model") or {}).get("grader", {}).get("folds")
+    folds = len(fold_list) if fold_list else None
+    comparable = folds == 5 and (untrained is None or untrained["segmentation"]["mirroring"])
+    verdict = ("meets it" if total <= TARGET_SECONDS_PER_CASE else "misses it") if comparable else \
+        "cannot be compared with it (not 5 folds with mirroring)"
+    lines += ["", f"Target <= {TARGET_SECONDS_PER_CASE:.0f} s per case on 2 CPU cores with 5 folds: this run "
+                  f"{verdict} ({total:.1f} s" + (f", {folds} fold(s)" if folds else "") + ")."]
+    return "\n".join(lines)
