@@ -176,10 +176,13 @@ def find_components(class_map: np.ndarray, reference: sitk.Image, probabilities:
     structure = np.ones((3, 3, 3), dtype=bool)
     voxel_mm3 = voxel_volume_mm3(reference)
     candidates = []  # (class_id, bbox, local component mask)
-    for class_id, bbox in enumerate(ndimage.find_objects(class_map.astype(np.int32)), start=1):
+    # a grouped network's groups (thoracic / lumbar) may flicker inside one vertebra: its components are those of the
+    # whole vertebra foreground, and each one's group comes from the region outputs (or its most common group id)
+    component_source = class_map if grouping == "vertebrae" else (class_map > 0).astype(np.uint8)
+    for class_id, bbox in enumerate(ndimage.find_objects(component_source.astype(np.int32)), start=1):
         if bbox is None or class_id > NUM_VERTEBRA_CLASSES:
             continue
-        pieces, count = ndimage.label(class_map[bbox] == class_id, structure=structure)
+        pieces, count = ndimage.label(component_source[bbox] == class_id, structure=structure)
         for piece, piece_bbox in enumerate(ndimage.find_objects(pieces), start=1):
             local = tuple(slice(outer.start + inner.start, outer.start + inner.stop)
                           for outer, inner in zip(bbox, piece_bbox))
@@ -200,6 +203,8 @@ def find_components(class_map: np.ndarray, reference: sitk.Image, probabilities:
         local_indices = np.argwhere(mask)
         indices = local_indices + np.array([box.start for box in bbox])
         centroid = array_indices_to_world(reference, indices.mean(axis=0, keepdims=True))[0]
+        if grouping != "vertebrae":
+            class_id = int(np.bincount(class_map[indices[:, 0], indices[:, 1], indices[:, 2]]).argmax())
         channel_means = None
         if probabilities is not None:
             channel_means = probabilities[:, indices[:, 0], indices[:, 1], indices[:, 2]].astype(np.float64).mean(axis=1)

@@ -117,8 +117,11 @@ def load_grader(fold_folder, device="cpu", which: str = "final"):
     checkpoint = load_checkpoint(checkpoint_path(fold_folder, which))
     metadata = checkpoint["metadata"]
     network = build_grader(metadata["network_plan"], metadata["loss"], int(metadata.get("input_channels", 3)))
+    weights = dict(checkpoint["network_weights"])
+    # models trained before prior correction existed carry no logit adjustment: theirs is zero
+    weights.setdefault("logit_adjustment", torch.zeros_like(network.logit_adjustment))
     try:
-        network.load_state_dict(checkpoint["network_weights"])
+        network.load_state_dict(weights)
     except RuntimeError as error:
         raise ConfigError(f"{checkpoint_path(fold_folder, which)}: weights do not fit the network in its metadata "
                           f"({str(error).splitlines()[0][:200]})") from None
