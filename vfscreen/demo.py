@@ -184,8 +184,13 @@ def predictions_are_stale(run: DemoRun) -> bool:
 def vfscreen_grader_final(plans: dict) -> Path:
     from vfscreen.training.grader.trainer import grader_model_folder
 
-    return grader_model_folder(DATASET_NAME, plans.get("plans_name", "vfscreenPlans"), CONFIGURATION) \
-        / f"fold_{FOLD}" / "checkpoint_final.pth"
+    return grader_model_folder(DATASET_NAME, plans.get("plans_name", "vfscreenPlans"), CONFIGURATION,
+                               plan_loss(plans)) / f"fold_{FOLD}" / "checkpoint_final.pth"
+
+
+def plan_loss(plans: dict) -> str:
+    """The grader loss the planner chose for this budget (SupCon, or the CE baseline on small CPU budgets)."""
+    return plans["configurations"][CONFIGURATION]["grader"].get("loss", {}).get("name", "supcon")
 
 
 def stage_evaluate(run: DemoRun) -> str:
@@ -197,7 +202,8 @@ def stage_evaluate(run: DemoRun) -> str:
                                   progress=False)
     metrics_file = run.output_folder / "metrics.json"
     atomic_write_json(metrics_file, result)
-    print(format_result(result, describe_method(load_demo_plans(), CONFIGURATION, "supcon"),
+    plans = load_demo_plans()
+    print(format_result(result, describe_method(plans, CONFIGURATION, plan_loss(plans)),
                         dataset_label=f"{DATASET_NAME} imagesTs"))
     print(f"\nmetrics: {metrics_file}")
     reports = sorted(run.output_folder.glob("*_report.png"))

@@ -115,6 +115,19 @@ class NnunetSegmenter:
         return class_map, probabilities
 
 
+def _losses_by_preference(dataset_name: str, configuration: str) -> list[str]:
+    """Grader losses to look for, the one the plans chose first (both exist after vfscreen_benchmark ablation)."""
+    from vfscreen.paths import nnUNet_preprocessed
+    from vfscreen.training.grader.trainer import TRAINER_NAMES
+
+    plans_file = nnUNet_preprocessed / dataset_name / "vfscreenPlans.json"
+    try:
+        chosen = json.loads(plans_file.read_text())["configurations"][configuration]["grader"]["loss"]["name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        chosen = "supcon"
+    return sorted(TRAINER_NAMES, key=lambda loss: loss != chosen)
+
+
 def load_models(dataset, configuration: str = "3d", folds=None, device: str = "cpu", checkpoint: str = "final",
                 saliency: bool = False) -> Models:
     """Trained segmentation + grader models of ``dataset`` (fold ensembles); ConfigError naming what is missing."""
@@ -127,7 +140,8 @@ def load_models(dataset, configuration: str = "3d", folds=None, device: str = "c
     dataset_name = resolve_dataset_name(dataset)
     torch_device = resolve_device(device)
     grader_folder = next((folder for folder in (grader_model_folder(dataset_name, "vfscreenPlans", configuration, loss)
-                                                for loss in TRAINER_NAMES) if folder.is_dir()), None)
+                                                for loss in _losses_by_preference(dataset_name, configuration))
+                          if folder.is_dir()), None)
     if grader_folder is None:
         raise ConfigError(f"no trained grader for {dataset_name} configuration {configuration} in {nnUNet_results}; "
                           f"train it with vfscreen_train {dataset_name} {configuration} 0")
