@@ -69,7 +69,7 @@ def stubbed(tmp_path, monkeypatch):
         return table
 
     def evaluate_predictions(reference, prediction_folder, **kwargs):
-        calls.append(("evaluate", kwargs["split"], kwargs["n_bootstrap"]))
+        calls.append(("evaluate", kwargs["split"], kwargs["n_bootstrap"], kwargs.get("matching", "label")))
         return {"metrics": {}, "cases": {}}
 
     monkeypatch.setattr(vfscreen.phantom.generator, "generate_dataset", generate_dataset)
@@ -87,11 +87,12 @@ def stubbed(tmp_path, monkeypatch):
 def test_first_run_runs_every_stage_in_order(stubbed, capsys):
     run = demo.run_demo(stubbed.tmp_path / "out", num_threads=1, bootstrap=7)
     assert [call[0] for call in stubbed.calls] == ["generate", "plan", "segmentation", "grader", "predict",
-                                                   "evaluate"]
+                                                   "evaluate", "evaluate"]
     assert ("generate", demo.PHANTOM_PRESET) in stubbed.calls
     plan_argv = stubbed.calls[1][1]
     assert plan_argv[:2] == ("-d", "501") and "--preset" in plan_argv and demo.PLANNING_PRESET in plan_argv
-    assert ("segmentation", False) in stubbed.calls and ("evaluate", "Ts", 7) in stubbed.calls
+    assert ("segmentation", False) in stubbed.calls and ("evaluate", "Ts", 7, "label") in stubbed.calls
+    assert ("evaluate", "Ts", 7, "position") in stubbed.calls  # names ignored, printed second
     assert ("predict", True, (0,)) in stubbed.calls  # always --continue, fold 0 only
     assert [timing.status for timing in run.timings] == ["done", "done", "done", "done", "done", "done"]
     printed = capsys.readouterr().out
@@ -104,7 +105,7 @@ def test_second_run_reuses_what_the_first_finished(stubbed):
     demo.run_demo(stubbed.tmp_path / "out", num_threads=1)
     stubbed.calls.clear()
     run = demo.run_demo(stubbed.tmp_path / "out", num_threads=1)
-    assert [call[0] for call in stubbed.calls] == ["plan", "predict", "evaluate"]  # plan reuses its own files
+    assert [call[0] for call in stubbed.calls] == ["plan", "predict", "evaluate", "evaluate"]  # plan reuses its own files
     assert [timing.status for timing in run.timings] == ["skipped", "done", "skipped", "skipped", "skipped", "done"]
 
 

@@ -314,3 +314,27 @@ def test_method_columns_from_the_plan_and_the_model_folder():
     assert loss_of_grader_folder("/r/Dataset501_X/vfscreen_graderCE__vfscreenPlans__3d") == "ce"
     assert loss_of_grader_folder("/r/Dataset501_X/vfscreen_grader__vfscreenPlans__3d") == "supcon"
     assert loss_of_grader_folder("/r/Dataset501_X/nnUNetTrainer__nnUNetPlans__3d_fullres") is None
+
+
+def test_position_matching_grades_misnamed_vertebrae(reference, tmp_path):
+    from vfscreen.evaluation.evaluate import evaluate_predictions
+
+    # caseB found at the right places but named one level too low (L2, L3, L4 for L1, L2, L3)
+    folder = tmp_path / "misnamed"
+    array = spine_array()
+    shifted = np.where(array > 0, array + 1, 0).astype(np.uint8)
+    write_prediction(folder, "caseB", [vertebra(L2, [0.7, 0.2, 0.05, 0.05], 0.92),
+                                       vertebra(L3, [0.1, 0.2, 0.6, 0.1], 0.7),
+                                       vertebra(L4, [0.1, 0.1, 0.7, 0.1], 0.75)], shifted)
+    by_label = evaluate_predictions(reference, folder, n_bootstrap=0, progress=False)
+    by_position = evaluate_predictions(reference, folder, n_bootstrap=0, progress=False, matching="position")
+    rows = {(r["case_id"], r["label"]): r for r in by_position["vertebrae"]}
+    assert by_position["matching"]["name"] == "position"
+    # the reference L2 (grade 2) is graded with the prediction found at its place, named L3 there
+    assert rows[("caseB", L2)]["matched"] and rows[("caseB", L2)]["predicted_grade"] == 2
+    assert rows[("caseB", L1)]["p_g0"] == pytest.approx(0.7)
+    # by label, L1 has no namesake (missed) and L2/L3 are compared with their upper neighbours, 20 mm away (the limit)
+    label_rows = {(r["case_id"], r["label"]): r for r in by_label["vertebrae"]}
+    assert not label_rows[("caseB", L1)]["matched"] and label_rows[("caseB", L2)]["p_g0"] == pytest.approx(0.7)
+    assert by_position["metrics"]["segmentation"]["num_identified"] == 3
+    assert by_label["metrics"]["segmentation"]["num_identified"] == 2

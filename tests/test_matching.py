@@ -112,3 +112,29 @@ def test_prediction_on_another_grid_is_rejected(label_maps):
     other.SetSpacing((2.0, 3.0, 5.0))
     with pytest.raises(InputError, match="voxel grid"):
         dice_per_label(make_image(reference), other, [L1])
+
+
+def test_position_rule_pairs_misnamed_vertebrae_by_centroid():
+    # the prediction finds the three vertebrae but names each one level too high (L2, L3, L4 for L1, L2, L3)
+    reference = np.zeros((12, 10, 8), dtype=np.uint8)
+    for index, label in enumerate((L1, L2, L3)):
+        reference[4 * index: 4 * index + 4, 2:8, 2:6] = label
+    prediction = np.zeros_like(reference)
+    prediction[0:4, 2:8, 2:5] = L2  # partial overlap with L1
+    prediction[4:8, 2:8, 2:6] = L3
+    prediction[8:12, 2:8, 2:6] = L4
+    by_label = match_case("c", make_image(reference), make_image(prediction))
+    assert by_label.identified == {} and by_label.missed == [L1, L2, L3] and by_label.extra == [L2, L3, L4]
+    by_position = match_case("c", make_image(reference), make_image(prediction), rule="position")
+    assert by_position.partner == {L1: L2, L2: L3, L3: L4} and by_position.missed == [] and by_position.extra == []
+    expected_l1 = hand_centroid_mm(prediction, L2) - hand_centroid_mm(reference, L1)
+    assert by_position.identified[L1] == pytest.approx(float(np.linalg.norm(expected_l1)), abs=1e-9)
+    a, b = reference == L1, prediction == L2
+    assert by_position.dice[L1] == pytest.approx(2 * np.count_nonzero(a & b) / (a.sum() + b.sum()), abs=1e-12)
+    assert by_position.dice[L2] == 1.0 and by_position.dice[L3] == 1.0
+    # one-to-one: two predictions near one reference vertebra -> the nearer is paired, the other is extra
+    from vfscreen.evaluation.matching import match_by_position
+    crowded = match_by_position("c", {L1: np.zeros(3)}, {L2: np.array([0.0, 0, 5]), L3: np.array([0.0, 0, 3])})
+    assert crowded.partner == {L1: L3} and crowded.extra == [L2]
+    with pytest.raises(ValueError):
+        match_case("c", make_image(reference), make_image(prediction), rule="nearest")

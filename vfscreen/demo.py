@@ -8,7 +8,7 @@ Stages (each is skipped, or continued, when an earlier run finished it):
                                                                            plans reused, preprocessing incremental
   3. segment    nnU-Net training of fold 0 (CPU plan)                      skipped at checkpoint_final.pth,
                                                                            continued from checkpoint_latest.pth
-  4. grader     SupCon grader of fold 0                                    same (the trainer's --c)
+  4. grader     grader of fold 0 (the loss the plans chose)                same (the trainer's --c)
   5. predict    vfscreen_predict on imagesTs -> DEMO_OUTPUT                 --continue: finished cases kept
   6. evaluate   vfscreen_evaluate against labelsTs + grades.csv            always (seconds) -> DEMO_OUTPUT/metrics.json
 
@@ -203,9 +203,17 @@ def stage_evaluate(run: DemoRun) -> str:
     metrics_file = run.output_folder / "metrics.json"
     atomic_write_json(metrics_file, result)
     plans = load_demo_plans()
-    print(format_result(result, describe_method(plans, CONFIGURATION, plan_loss(plans)),
-                        dataset_label=f"{DATASET_NAME} imagesTs"))
-    print(f"\nmetrics: {metrics_file}")
+    method = describe_method(plans, CONFIGURATION, plan_loss(plans))
+    print("Matched by name (VerSe identification: same label, centroids within 20 mm) - the primary result:")
+    print(format_result(result, method, dataset_label=f"{DATASET_NAME} imagesTs"))
+    # naming errors hide how well vertebrae are found and graded: the same outputs, matched by position alone
+    by_position = evaluate_predictions(run.raw_folder, run.output_folder, split="Ts", n_bootstrap=run.bootstrap,
+                                       progress=False, matching="position")
+    position_file = run.output_folder / "metrics_position_matching.json"
+    atomic_write_json(position_file, by_position)
+    print("\nMatched by position (nearest centroids within 20 mm, names ignored) - finding and grading without naming:")
+    print(format_result(by_position, method, dataset_label=f"{DATASET_NAME} imagesTs"))
+    print(f"\nmetrics: {metrics_file}, {position_file}")
     reports = sorted(run.output_folder.glob("*_report.png"))
     print(f"report images ({len(reports)}):")
     for report in reports:
@@ -216,7 +224,7 @@ def stage_evaluate(run: DemoRun) -> str:
 STAGES = (("generate the synthetic dataset", stage_generate),
           ("plan and preprocess", stage_plan),
           ("train segmentation (nnU-Net, fold 0)", stage_segmentation),
-          ("train the grader (SupCon, fold 0)", stage_grader),
+          ("train the grader (fold 0, loss from the plans)", stage_grader),
           ("predict the held-out test cases", stage_predict),
           ("evaluate against the ground truth", stage_evaluate))
 

@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"bootstrap seed (default {DEFAULT_SEED})")
     parser.add_argument("--max-distance-mm", type=float, default=MAX_CENTROID_DISTANCE_MM,
                         help="centroid distance for identification (default 20 mm, as VerSe)")
+    parser.add_argument("--matching", choices=("label", "position"), default="label",
+                        help="label: a vertebra counts when the predicted one with its name lies within the distance "
+                             "(identification, the default); position: nearest centroids one-to-one, names ignored "
+                             "(detection: grading without naming errors)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--verbose", action="store_true", help="tracebacks on errors")
     return parser
@@ -106,7 +110,8 @@ def run(args: argparse.Namespace) -> dict:
         result = evaluate.evaluate_predictions(args.reference, args.prediction, split=args.split, fusion=fusion,
                                                n_bootstrap=args.bootstrap, seed=args.seed,
                                                max_distance_mm=args.max_distance_mm,
-                                               include_truncated=args.include_truncated, progress=progress)
+                                               include_truncated=args.include_truncated, progress=progress,
+                                               matching=args.matching)
         output = Path(args.output) if args.output else Path(args.prediction) / "metrics.json"
     configuration = (result.get("model") or {}).get("configuration") or args.configuration
     grader = (result.get("model") or {}).get("grader")

@@ -55,11 +55,12 @@ def _resolve_fusion(fusion, predictions) -> tuple[dict | None, str]:
 def evaluate_predictions(reference: str | Path, prediction_folder: str | Path, *, split: str | None = None,
                          fusion: str | Path | dict | None = None, n_bootstrap: int = DEFAULT_RESAMPLES,
                          seed: int = DEFAULT_SEED, max_distance_mm: float = MAX_CENTROID_DISTANCE_MM,
-                         include_truncated: bool = False, progress: bool = True) -> dict:
+                         include_truncated: bool = False, progress: bool = True, matching: str = "label") -> dict:
     """Compare ``vfscreen_predict`` outputs with reference masks + grades.csv (see inputs.py for the reference
     layout). ``fusion``: a fusion.json path or dict giving the fused score and the validation thresholds (default:
     ``model.fusion`` of the prediction JSONs, else fusion.json in the grader folder named by their
-    ``model.grader.folder``, else those metrics are reported as unavailable). Truncated reference vertebrae the
+    ``model.grader.folder``, else those metrics are reported as unavailable). ``matching``: 'label' (identification,
+    the primary result) or 'position' (detection, names ignored; see matching.py). Truncated reference vertebrae the
     method did not grade are excluded from the grading metrics and listed unless ``include_truncated``."""
     ref = load_reference(reference, split)
     predictions, failed = load_prediction_folder(prediction_folder)
@@ -76,15 +77,15 @@ def evaluate_predictions(reference: str | Path, prediction_folder: str | Path, *
         reference_image = read_reference_mask(ref.masks[case_id], ref.class_ids)
         prediction = predictions.get(case_id)
         if prediction is None:
-            match = match_case(case_id, reference_image, max_distance_mm=max_distance_mm)
+            match = match_case(case_id, reference_image, max_distance_mm=max_distance_mm, rule=matching)
         elif prediction.segmentation is not None:
             match = match_case(case_id, reference_image, read_prediction_segmentation(prediction.segmentation),
-                               max_distance_mm=max_distance_mm)
+                               max_distance_mm=max_distance_mm, rule=matching)
         else:
             centroids = {label: v["centroid_mm"] for label, v in prediction.vertebrae.items()
                          if v["centroid_mm"] is not None}
             match = match_case(case_id, reference_image, predicted_centroids=centroids,
-                               max_distance_mm=max_distance_mm)
+                               max_distance_mm=max_distance_mm, rule=matching)
         vertebra_rows += match.vertebra_rows()
         extra_rows += match.extra_rows()
         in_mask = set(match.reference_labels)
@@ -92,10 +93,10 @@ def evaluate_predictions(reference: str | Path, prediction_folder: str | Path, *
         for label, grade, truncated in zip(case_grades["label"], case_grades["grade"],
                                            case_grades["reference_truncated"]):
             vertebra = None
-            if prediction is not None and label in prediction.vertebrae:
-                if label in match.identified:
-                    vertebra = prediction.vertebrae[label]
-                elif label not in in_mask:  # no reference centroid to check: matched by label only
+            if prediction is not None and match.partner.get(label) in prediction.vertebrae:
+                vertebra = prediction.vertebrae[match.partner[label]]
+            elif prediction is not None and label in prediction.vertebrae and matching == "label":
+                if label not in in_mask:  # no reference centroid to check: matched by label only
                     vertebra = prediction.vertebrae[label]
             if label not in in_mask:
                 grades_without_mask.append({"case_id": case_id, "label": int(label), "name": labels.name_of(label),
@@ -126,10 +127,11 @@ def evaluate_predictions(reference: str | Path, prediction_folder: str | Path, *
                         "grades_of_cases_without_mask": ref.ignored_grade_cases,
                         "reference_masks": "nnU-Net class ids" if ref.class_ids else "VerSe ids",
                         "grades_file": str(ref.grades_path)},
-              "matching": {"max_centroid_distance_mm": max_distance_mm,
-                           "rule": "same label and centroid distance <= max (VerSe identification); unmatched "
-                                   "reference vertebrae are missed (scored G0, P(fracture) 0), unmatched predicted "
-                                   "vertebrae are extra"},
+              "matching": {"max_centroid_distance_mm": max_distance_mm, "name": matching,
+                           "rule": ("same label and centroid distance <= max (VerSe identification)" if matching ==
+                                    "label" else "nearest centroids one-to-one within max, labels ignored (detection)")
+                                   + "; unmatched reference vertebrae are missed (scored G0, P(fracture) 0), unmatched "
+                                     "predicted vertebrae are extra"},
               "fusion": {"source": fusion_source or None, "thresholds": (fusion_model or {}).get("thresholds")},
               "model": next((case.model for case in predictions.values() if case.model), {}),
               "per_case": per_case}

@@ -8,6 +8,11 @@ with the reference. A reference vertebra that is not identified is *missed* (a m
 negative: it is scored as predicted G0 with P(fracture) = 0). A predicted vertebra that is not matched is *extra*
 (a vertebra given the wrong label counts once as missed and once as extra).
 
+Rule ``position`` (detection, names ignored) pairs every reference vertebra with at most one predicted vertebra by
+centroid distance alone (an optimal one-to-one assignment, scipy's ``linear_sum_assignment``, pairs farther than
+20 mm dropped): it separates finding and grading vertebrae from naming them, and is reported beside, never instead of,
+the label rule.
+
 Centroids are in world coordinates (mm, LPS as SimpleITK reports them), so the check does not depend on the image
 direction or spacing. Dice is computed per reference vertebra label by SimpleITK's LabelOverlapMeasuresImageFilter
 on the two label maps (VerSe ids, same voxel grid); a reference vertebra absent from the prediction has Dice 0.
@@ -26,6 +31,7 @@ from vfscreen.evaluation.metrics import defined, undefined
 from vfscreen.utils.image_io import same_geometry
 
 MAX_CENTROID_DISTANCE_MM = 20.0
+MATCHING_RULES = ("label", "position")
 
 
 def label_centroids_mm(label_image: sitk.Image) -> dict[int, np.ndarray]:
@@ -63,6 +69,7 @@ class CaseMatch:
     extra: list[int] = field(default_factory=list)
     dice: dict[int, float] = field(default_factory=dict)  # empty when no predicted segmentation was available
     distances_mm: dict[int, float] = field(default_factory=dict)  # every same-label pair, also those too far
+    partner: dict[int, int] = field(default_factory=dict)  # identified reference label -> its predicted label
 
     def vertebra_rows(self) -> list[dict]:
         return [{"case_id": self.case_id, "label": label, "name": labels.name_of(label),
@@ -87,6 +94,7 @@ def match_vertebrae(case_id: str, reference_centroids: dict[int, np.ndarray],
             match.distances_mm[label] = distance
             if distance <= max_distance_mm:
                 match.identified[label] = distance
+                match.partner[label] = label
                 continue
         match.missed.append(label)
     match.extra = sorted((label for label in predicted_centroids if label not in match.identified),
@@ -94,18 +102,48 @@ def match_vertebrae(case_id: str, reference_centroids: dict[int, np.ndarray],
     return match
 
 
+def match_by_position(case_id: str, reference_centroids: dict[int, np.ndarray],
+                      predicted_centroids: dict[int, np.ndarray],
+                      max_distance_mm: float = MAX_CENTROID_DISTANCE_MM) -> CaseMatch:
+    """Detection: the one-to-one pairing of reference and predicted centroids with the least total distance, pairs
+    within ``max_distance_mm`` kept, labels ignored (see the module docstring)."""
+    from scipy.optimize import linear_sum_assignment
+
+    match = CaseMatch(case_id=case_id, reference_labels=sorted(reference_centroids, key=labels.spine_position))
+    predicted = sorted(predicted_centroids, key=labels.spine_position)
+    if match.reference_labels and predicted:
+        distances = np.array([[float(np.linalg.norm(np.asarray(predicted_centroids[p], dtype=float)
+                                                    - reference_centroids[r])) for p in predicted]
+                              for r in match.reference_labels])  # (R, P)
+        for row, column in zip(*linear_sum_assignment(distances)):
+            reference_label = match.reference_labels[row]
+            match.distances_mm[reference_label] = float(distances[row, column])
+            if distances[row, column] <= max_distance_mm:
+                match.identified[reference_label] = float(distances[row, column])
+                match.partner[reference_label] = predicted[column]
+    match.missed = [label for label in match.reference_labels if label not in match.identified]
+    paired = set(match.partner.values())
+    match.extra = [label for label in predicted if label not in paired]
+    return match
+
+
 def match_case(case_id: str, reference: sitk.Image, prediction: sitk.Image | None = None,
                predicted_centroids: dict[int, np.ndarray] | None = None,
-               max_distance_mm: float = MAX_CENTROID_DISTANCE_MM) -> CaseMatch:
+               max_distance_mm: float = MAX_CENTROID_DISTANCE_MM, rule: str = "label") -> CaseMatch:
     """Match one case. ``reference`` and ``prediction`` are label maps in VerSe ids. Predicted centroids come from
     ``prediction`` when given, else from ``predicted_centroids`` (e.g. the prediction JSON); Dice needs
     ``prediction``. A missing prediction (both None) makes every reference vertebra missed with Dice 0."""
     reference_centroids = label_centroids_mm(reference)
     if prediction is not None:
         predicted_centroids = label_centroids_mm(prediction)
-    match = match_vertebrae(case_id, reference_centroids, predicted_centroids or {}, max_distance_mm)
-    if prediction is not None:
+    if rule not in MATCHING_RULES:
+        raise ValueError(f"matching rule {rule!r}: expected one of {MATCHING_RULES}")
+    matcher = match_vertebrae if rule == "label" else match_by_position
+    match = matcher(case_id, reference_centroids, predicted_centroids or {}, max_distance_mm)
+    if prediction is not None and rule == "label":
         match.dice = dice_per_label(reference, prediction, match.reference_labels)
+    elif prediction is not None:
+        match.dice = _dice_of_pairs(reference, prediction, match)
     elif predicted_centroids is None:
         match.dice = {label: 0.0 for label in match.reference_labels}
     return match
@@ -135,3 +173,18 @@ def segmentation_metrics(vertebra_table: pd.DataFrame, extra_table: pd.DataFrame
     else:
         result["dice_mean"] = undefined("no predicted segmentation (<case>_seg.nii.gz) to compute Dice")
     return result
+
+
+def _dice_of_pairs(reference: sitk.Image, prediction: sitk.Image, match: CaseMatch) -> dict[int, float]:
+    """Dice of each reference vertebra with its position-matched predicted vertebra (0 when unmatched)."""
+    dice_per_label(reference, prediction, [])  # the same grid check
+    reference_array, predicted_array = sitk.GetArrayViewFromImage(reference), sitk.GetArrayViewFromImage(prediction)
+    dice = {}
+    for label in match.reference_labels:
+        if label not in match.partner:
+            dice[label] = 0.0
+            continue
+        in_reference, in_prediction = reference_array == label, predicted_array == match.partner[label]
+        dice[label] = float(2 * np.logical_and(in_reference, in_prediction).sum()
+                            / max(1, in_reference.sum() + in_prediction.sum()))
+    return dice

@@ -90,11 +90,13 @@ def format_result(result: dict, method: dict | None = None, dataset_label: str |
                                                        for g, row in enumerate(confusion)])]
     segmentation = result["metrics"].get("segmentation", {})
     if segmentation.get("num_reference_vertebrae") is not None:
-        parts += ["", f"Segmentation / identification: identification rate "
-                      f"{cell(segmentation.get('identification_rate'))}, mean Dice "
-                      f"{cell(segmentation.get('dice_mean'))}"
-                      f", reference vertebrae {segmentation['num_reference_vertebrae']}, missed "
-                      f"{segmentation['num_missed']}, extra {segmentation['num_extra']}"]
+        by_position = result.get("matching", {}).get("name") == "position"
+        parts += ["", ("Segmentation / detection (names ignored): detection rate " if by_position else
+                       "Segmentation / identification: identification rate ") +
+                  f"{cell(segmentation.get('identification_rate'))}, mean Dice "
+                  f"{cell(segmentation.get('dice_mean'))}"
+                  f", reference vertebrae {segmentation['num_reference_vertebrae']}, missed "
+                  f"{segmentation['num_missed']}, extra {segmentation['num_extra']}"]
     cases = result.get("cases", {})
     if cases.get("missing_predictions"):
         parts.append(f"Cases without prediction (counted as missed): {', '.join(cases['missing_predictions'])}")
