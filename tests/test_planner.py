@@ -150,23 +150,3 @@ def test_voxel_valued_augmentation_scales_with_the_patch():
     small = grader_augmentation(32)
     assert small["mask_box_size"] == [1, 5] and small["shift_voxels"] == 2
     assert small["rotation_degrees"] == paper["rotation_degrees"] and small["zoom"] == paper["zoom"]
-
-
-def test_grader_loss_follows_the_number_of_sgd_steps():
-    fingerprint = synthetic_fingerprint()
-    device = B.DeviceBudget("cpu", 8, 2)
-    configurations = {"3d_fullres": fullres_configuration(),
-                      P.VFSCREEN_SEG_CONFIGURATION: P.plan_segmentation_cpu(fullres_configuration(), device, TARGETS)}
-    plans = P.assemble_plans(DATASET, fingerprint, nnunet_plans(configurations), P.VFSCREEN_SEG_CONFIGURATION,
-                             device, TARGETS, None)
-    grader = plans["configurations"]["3d"]["grader"]
-    steps = P.grader_sgd_steps(grader, fingerprint, 5)
-    assert steps == grader["num_epochs"] * max(1, int(min(fingerprint["grade_histogram_vertebrae"].values()) * 4 / 5
-                                                      // grader["sampler"]["samples_per_class"]))
-    assert grader["loss"]["name"] == ("supcon" if steps >= P.MIN_SUPCON_SGD_STEPS else "ce")
-    assert P.grader_loss_for(P.MIN_SUPCON_SGD_STEPS - 1) == "ce" and P.grader_loss_for(P.MIN_SUPCON_SGD_STEPS) == "supcon"
-    # a preset that names the loss keeps it, whatever the budget
-    fixed = P.assemble_plans(DATASET, fingerprint, nnunet_plans(configurations), P.VFSCREEN_SEG_CONFIGURATION, device,
-                             TARGETS, {"name": "x", "configurations": {"3d": {"grader": {"loss": {"name": "supcon"},
-                                                                                         "num_epochs": 1}}}})
-    assert fixed["configurations"]["3d"]["grader"]["loss"]["name"] == "supcon"

@@ -332,31 +332,7 @@ def assemble_plans(dataset_name: str, fingerprint: dict, nnunet_plans: dict, seg
     if preset and preset.get("configurations"):
         plans["configurations"] = deep_merge(plans["configurations"], preset["configurations"])
         _refresh_grader_estimate(plans["configurations"][CONFIGURATION]["grader"], device)
-    preset_loss = (preset or {}).get("configurations", {}).get(CONFIGURATION, {}).get("grader", {}).get("loss", {})
-    if "name" not in preset_loss:  # a preset may fix the loss; otherwise the budget decides
-        grader = plans["configurations"][CONFIGURATION]["grader"]
-        grader["loss"]["name"] = grader_loss_for(grader_sgd_steps(grader, fingerprint, num_folds))
     return plans
-
-
-# SupCon separates the faint grade differences only after thousands of SGD steps (the paper: 1,000 epochs). Measured
-# on the demo Dataset501 (fold 0, 2 CPU cores): SupCon's loss stayed at its chance value log(2N - 1) for 64-400 steps
-# (batch of 3 or 6 crops per grade, lr 0.01-0.2, temperature 0.07-0.2; validation AUROC 0.50-0.73), while the paper's
-# cross-entropy baseline on the same network and budget reached AUROC 0.85, macro-F1 0.42 after 400 steps. Budgets
-# below MIN_SUPCON_SGD_STEPS therefore train the cross-entropy baseline; vfscreen_train --loss supcon still trains
-# SupCon, and vfscreen_benchmark ablation compares both.
-MIN_SUPCON_SGD_STEPS = 2_000
-
-
-def grader_sgd_steps(grader: dict, fingerprint: dict, num_folds: int) -> int:
-    """SGD steps of a grader training: epochs x balanced batches per epoch (the rarest grade of a training fold)."""
-    smallest = min(fingerprint["grade_histogram_vertebrae"].values()) * (num_folds - 1) / num_folds
-    batches = max(1, math.floor(smallest / grader["sampler"]["samples_per_class"]))
-    return int(grader["num_epochs"]) * batches
-
-
-def grader_loss_for(sgd_steps: int) -> str:
-    return "supcon" if sgd_steps >= MIN_SUPCON_SGD_STEPS else "ce"
 
 
 def _refresh_grader_estimate(grader: dict, device: B.DeviceBudget) -> None:
