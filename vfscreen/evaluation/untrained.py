@@ -89,7 +89,8 @@ def plan_untrained(work_folder: Path, plans_preset: str | None, phantom_preset: 
     if plans_preset:
         command += ["--preset", str(plans_preset)]
     environment = {**os.environ, **{name: str(path) for name, path in folders.items()}, "VFSCREEN_QUIET": "1"}
-    completed = subprocess.run(command, env=environment, capture_output=True, text=True, check=False)
+    completed = subprocess.run(command, env=environment, capture_output=True, text=True, encoding="utf-8",
+                               errors="replace", check=False)  # progress bars are UTF-8 whatever the locale
     if completed.returncode != 0:
         message = (completed.stderr.strip() or completed.stdout.strip() or "no output").splitlines()[-1]
         raise ConfigError(f"planning {phantom_preset} phantoms with preset {plans_preset!r} failed: {message}")

@@ -133,7 +133,8 @@ def measure_peak_memory_gb(configurations: dict[str, dict], threads: int = 1) ->
             "print(json.dumps(c(json.loads(sys.argv[1]), int(sys.argv[2]))))")
     environment = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "VFSCREEN_QUIET": "1"}
     result = subprocess.run([sys.executable, "-c", code, json.dumps(configurations), str(threads)],
-                            capture_output=True, text=True, env=environment, timeout=600)
+                            capture_output=True, text=True, encoding="utf-8", errors="replace", env=environment,
+                            timeout=600)
     if result.returncode != 0:
         raise RuntimeError(f"memory measurement failed: {result.stderr[-2000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
