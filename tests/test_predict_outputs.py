@@ -223,6 +223,23 @@ def test_cli_exit_codes(input_folder, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_cli_disable_tta_reaches_the_predictor(input_folder, tmp_path, monkeypatch):
+    import vfscreen.inference.predict as predict_module
+    from vfscreen.inference.cli import main
+
+    seen = {}
+
+    def fake_predict(*args, **kwargs):
+        seen.update(kwargs)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(predict_module, "predict", fake_predict)
+    for argv, expected in (([], True), (["--disable_tta"], False)):
+        with pytest.raises(SystemExit):
+            main(["-i", str(input_folder), "-o", str(tmp_path / "out")] + argv)
+        assert seen["use_mirroring"] is expected
+
+
 class TinyRealGrader:
     """A randomly initialised GraderNet (vfscreen.training.grader.network) x 2 folds: exercises Grad-CAM for real."""
 

@@ -62,9 +62,9 @@ def test_predict_real_ct_keeps_geometry(example_ct, tiny_trained_model, tmp_path
     input_folder = tmp_path / "in"
     input_folder.mkdir()
     shutil.copy(example_ct, input_folder / "example_ct.nii.gz")
-    models = load_models(tiny_trained_model, "3d", [0], "cpu")
     # test speed only: one pass per sliding window (no test-time mirroring, no overlap) instead of 8 x ~4
-    models.segmenter.predictor.use_mirroring = False
+    models = load_models(tiny_trained_model, "3d", [0], "cpu", use_mirroring=False)  # vfscreen_predict --disable_tta
+    assert models.segmenter.predictor.use_mirroring is False
     models.segmenter.predictor.tile_step_size = 1.0
     output = tmp_path / "out"
     table = predict(input_folder, output, dataset=tiny_trained_model, folds=[0], device="cpu", num_threads=2,

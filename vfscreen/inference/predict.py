@@ -235,10 +235,11 @@ def _check_output_folder(input_path: Path, output_folder: Path) -> None:
 def predict(input, output, dataset=501, configuration: str = "3d", folds=None, device: str = "cpu",
             continue_prediction: bool = False, num_parts: int = 1, part_id: int = 0, num_threads: int | None = None,
             saliency: bool = False, save_probabilities: bool = False, checkpoint: str = "final",
-            models: Models | None = None, verbose: bool = False) -> pd.DataFrame:
+            models: Models | None = None, verbose: bool = False, use_mirroring: bool = True) -> pd.DataFrame:
     """Predict every case of ``input`` into ``output``; returns summary.csv's table of this run's finished cases.
 
     ``models`` (tests, notebooks) replaces loading the trained models of ``dataset``/``configuration``/``folds``.
+    ``use_mirroring=False`` skips nnU-Net's test-time mirroring (measured ~9x faster segmentation on a CPU).
     The returned frame's ``attrs["errors"]`` lists failed cases ({case_id, input, error}); ``attrs["skipped"]`` the
     cases skipped by ``continue_prediction``.
     """
@@ -254,7 +255,8 @@ def predict(input, output, dataset=501, configuration: str = "3d", folds=None, d
     todo = [case for case in cases if case.case_id not in skipped]
     if todo and models is None:
         from vfscreen.inference.segmentation import load_models
-        models = load_models(dataset, configuration, folds, device, checkpoint, saliency=saliency)
+        models = load_models(dataset, configuration, folds, device, checkpoint, saliency=saliency,
+                             use_mirroring=use_mirroring)
     output_folder.mkdir(parents=True, exist_ok=True)
 
     failures, finished = [], []

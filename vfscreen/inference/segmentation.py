@@ -129,7 +129,7 @@ def _losses_by_preference(dataset_name: str, configuration: str) -> list[str]:
 
 
 def load_models(dataset, configuration: str = "3d", folds=None, device: str = "cpu", checkpoint: str = "final",
-                saliency: bool = False) -> Models:
+                saliency: bool = False, use_mirroring: bool = True) -> Models:
     """Trained segmentation + grader models of ``dataset`` (fold ensembles); ConfigError naming what is missing."""
     from vfscreen.dataset import resolve_dataset_name
     from vfscreen.inference.grading import FoldEnsembleGrader
@@ -163,7 +163,7 @@ def load_models(dataset, configuration: str = "3d", folds=None, device: str = "c
         raise ConfigError(f"{segmentation_folder}: no trained segmentation fold ({NNUNET_CHECKPOINTS[checkpoint]}); "
                           f"train it with vfscreen_train {dataset_name} {configuration} 0")
     segmenter = NnunetSegmenter(segmentation_folder, segmentation_folds, torch_device, checkpoint,
-                                orientation=segmentation_plan.get("orientation"))
+                                orientation=segmentation_plan.get("orientation"), use_mirroring=use_mirroring)
     saliency_function = None
     if saliency:
         from vfscreen.inference.saliency import grad_cam_image
