@@ -184,18 +184,16 @@ def predictions_are_stale(run: DemoRun) -> bool:
 def vfscreen_grader_final(plans: dict) -> Path:
     from vfscreen.training.grader.trainer import grader_model_folder
 
+    from vfscreen.experiment_planning.plans import grader_loss
+
     return grader_model_folder(DATASET_NAME, plans.get("plans_name", "vfscreenPlans"), CONFIGURATION,
-                               plan_loss(plans)) / f"fold_{FOLD}" / "checkpoint_final.pth"
-
-
-def plan_loss(plans: dict) -> str:
-    """The grader loss the planner chose for this budget (SupCon, or the CE baseline on small CPU budgets)."""
-    return plans["configurations"][CONFIGURATION]["grader"].get("loss", {}).get("name", "supcon")
+                               grader_loss(plans, CONFIGURATION)) / f"fold_{FOLD}" / "checkpoint_final.pth"
 
 
 def stage_evaluate(run: DemoRun) -> str:
     from vfscreen.evaluation.evaluate import evaluate_predictions
     from vfscreen.evaluation.table import describe_method, format_result
+    from vfscreen.experiment_planning.plans import grader_loss
     from vfscreen.utils.atomic import atomic_write_json
 
     result = evaluate_predictions(run.raw_folder, run.output_folder, split="Ts", n_bootstrap=run.bootstrap,
@@ -203,7 +201,7 @@ def stage_evaluate(run: DemoRun) -> str:
     metrics_file = run.output_folder / "metrics.json"
     atomic_write_json(metrics_file, result)
     plans = load_demo_plans()
-    method = describe_method(plans, CONFIGURATION, plan_loss(plans))
+    method = describe_method(plans, CONFIGURATION, grader_loss(plans, CONFIGURATION))
     print("Matched by name (VerSe identification: same label, centroids within 20 mm) - the primary result:")
     print(format_result(result, method, dataset_label=f"{DATASET_NAME} imagesTs"))
     # naming errors hide how well vertebrae are found and graded: the same outputs, matched by position alone

@@ -17,11 +17,11 @@ from vfscreen.evaluation import fusion as fusion_module
 from vfscreen.evaluation.bootstrap import attach_intervals, bootstrap_intervals
 from vfscreen.evaluation.matching import segmentation_metrics
 from vfscreen.evaluation.metrics import compute_metrics, undefined
+from vfscreen.training.grader.trainer import TRAINER_NAMES as GRADER_FOLDER_PREFIX  # loss -> model folder prefix
+from vfscreen.training.grader.trainer import grader_model_folder as trainer_model_folder
 
 SCHEMA_VERSION = 1
 DEFAULT_PLANS = "vfscreenPlans"
-# grader loss -> model folder prefix: the trainer's names
-from vfscreen.training.grader.trainer import TRAINER_NAMES as GRADER_FOLDER_PREFIX  # noqa: E402
 SEGMENTATION_NOT_EVALUATED = ("cross-validation grades crops of the ground-truth masks; segmentation is evaluated on "
                               "predictions (vfscreen_evaluate -ref -pred) and by nnU-Net's own validation")
 
@@ -31,8 +31,6 @@ def grader_model_folder(dataset_name: str, configuration: str, plans_name: str =
     """nnUNet_results/<Dataset>/vfscreen_grader[CE]__<plans>__<configuration> (contract 4)."""
     if loss not in GRADER_FOLDER_PREFIX:
         raise ValueError(f"loss {loss!r}: expected one of {sorted(GRADER_FOLDER_PREFIX)}")
-    from vfscreen.training.grader.trainer import grader_model_folder as trainer_model_folder
-
     return trainer_model_folder(dataset_name, plans_name, configuration, loss)
 
 

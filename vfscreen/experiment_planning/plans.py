@@ -107,6 +107,11 @@ def load_plans(dataset_name: str, path: str | Path | None = None) -> dict:
     return plans
 
 
+def grader_loss(plans: dict, configuration: str = CONFIGURATION) -> str:
+    """The grader loss the plans name for ``configuration`` ('supcon' when they name none)."""
+    return plans["configurations"][configuration]["grader"].get("loss", {}).get("name", "supcon")
+
+
 def save_plans(plans: dict, path: str | Path | None = None) -> Path:
     """Validate, then write atomically. Returns the path written."""
     from vfscreen.utils.atomic import atomic_write_json

@@ -117,13 +117,12 @@ class NnunetSegmenter:
 
 def _losses_by_preference(dataset_name: str, configuration: str) -> list[str]:
     """Grader losses to look for, the one the plans chose first (both exist after vfscreen_benchmark ablation)."""
-    from vfscreen.paths import nnUNet_preprocessed
+    from vfscreen.experiment_planning.plans import grader_loss, load_plans
     from vfscreen.training.grader.trainer import TRAINER_NAMES
 
-    plans_file = nnUNet_preprocessed / dataset_name / "vfscreenPlans.json"
     try:
-        chosen = json.loads(plans_file.read_text())["configurations"][configuration]["grader"]["loss"]["name"]
-    except (OSError, ValueError, KeyError, TypeError):
+        chosen = grader_loss(load_plans(dataset_name), configuration)
+    except (ConfigError, KeyError):  # no (valid) plans here: a model folder is self-contained, take what exists
         chosen = "supcon"
     return sorted(TRAINER_NAMES, key=lambda loss: loss != chosen)
 

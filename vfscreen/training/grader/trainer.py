@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from vfscreen import __version__
 from vfscreen.errors import ConfigError
+from vfscreen.experiment_planning.plans import grader_loss
 from vfscreen.paths import nnUNet_preprocessed, nnUNet_results
 from vfscreen.preprocessing.crops import patch_shape
 from vfscreen.training.grader import ddp
@@ -88,7 +89,7 @@ def prepare_grader_training(dataset_name: str, configuration: str, fold, plans: 
     if missing:
         raise ConfigError(f"grader plan of {dataset_name}/{configuration} lacks {missing}; {hint}")
     check_augmentation_plan(grader_plan["augmentation"])
-    loss_name = loss_name or grader_plan["loss"].get("name", "supcon")
+    loss_name = loss_name or grader_loss(plans, configuration)
     if loss_name not in LOSS_NAMES:
         raise ConfigError(f"unknown grader loss {loss_name!r} (choose from {', '.join(LOSS_NAMES)})")
     torch_device = resolve_device(device, local_rank)
