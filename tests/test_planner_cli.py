@@ -133,6 +133,14 @@ def test_unknown_dataset_and_budget_too_small(capsys):
     assert not (folder / "splits_final.json").exists()
 
 
+def test_stage_grader_cuts_only_the_crops(planned_dataset):
+    name, _ = planned_dataset
+    assert cli.run(["-d", name, "-np", "1", "--stage", "grader"]) == 0
+    folder = paths.nnUNet_preprocessed / name
+    assert (folder / "vfscreen_crops_3d" / "crops.csv").is_file()
+    assert not (folder / "nnUNetPlans_3d_vfscreen").exists()
+
+
 def test_full_run_preprocesses_segmentation_and_crops(planned_dataset):
     name, _ = planned_dataset
     assert cli.run(["-d", name, "-np", "1"]) == 0

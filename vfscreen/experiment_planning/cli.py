@@ -4,7 +4,8 @@ Everything is validated and planned in memory first; the fingerprint, nnUNetPlan
 splits_final.json are written (atomically) only when planning succeeded, so a bad dataset or a budget too small
 leaves no partial plan behind. An existing vfscreenPlans.json (possibly edited by hand) is reused unless
 ``--overwrite-plans``; preprocessing is incremental (nnU-Net's data is rebuilt only when its configuration or the raw
-files changed; crops are re-made per case by the crop module).
+files changed; crops are re-made per case by the crop module). ``--stage grader`` cuts only the grader crops (the
+grader and the loss ablation need nothing else), ``--stage seg`` only nnU-Net's data.
 """
 from __future__ import annotations
 
@@ -215,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verify_dataset_integrity", action="store_true",
                         help="also run nnU-Net's dataset integrity check")
     parser.add_argument("--no-preprocess", action="store_true", help="only fingerprint, plan and split")
+    parser.add_argument("--stage", choices=("seg", "grader", "both"), default="both",
+                        help="what to preprocess: seg = nnU-Net's data only, grader = the grader crops only (all a "
+                             "grader training or the loss ablation needs), both (default)")
     parser.add_argument("--overwrite-plans", action="store_true",
                         help="re-plan even if vfscreenPlans.json exists (default: reuse it, e.g. after hand edits)")
     parser.add_argument("--seed", type=int, default=P.DEFAULT_SEED, help="seed of the splits")
@@ -245,9 +249,11 @@ def run(argv: list[str] | None = None) -> int:
         _print_summary(dataset_name, plans)
         if args.no_preprocess:
             continue
-        preprocess_segmentation(dataset_name, plans, args.num_processes)
-        crops = preprocess_crops(dataset_name, plans, args.num_processes)
-        print(f"{dataset_name}: done (plans {plans_file(dataset_name)}, crops {crops})")
+        if args.stage in ("seg", "both"):
+            preprocess_segmentation(dataset_name, plans, args.num_processes)
+        crops = preprocess_crops(dataset_name, plans, args.num_processes) if args.stage in ("grader", "both") else None
+        print(f"{dataset_name}: done (plans {plans_file(dataset_name)}"
+              + (f", crops {crops})" if crops is not None else ", grader crops not made: --stage seg)"))
     return 0
 
 
