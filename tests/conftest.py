@@ -1,6 +1,7 @@
 """Test setup: nnU-Net's folders point into a per-session temporary folder *before* vfscreen/nnunetv2 are imported,
 so tests never touch a user's data. Heavy tests share session-scoped fixtures."""
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -17,6 +18,14 @@ import pytest  # noqa: E402
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 EXAMPLE_CT = SHARED_DATA / "totalsegmentator_example_ct.nii.gz"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Remove the session's data folder (~100 MB) unless VFSCREEN_KEEP_TEST_DATA=1 (to inspect a failure)."""
+    if os.environ.get("VFSCREEN_KEEP_TEST_DATA") == "1":
+        print(f"\nvfscreen test data kept in {_SESSION_HOME}")
+    else:
+        shutil.rmtree(_SESSION_HOME, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
