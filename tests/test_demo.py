@@ -5,6 +5,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
+import vfscreen.evaluation.cross_validation
 import vfscreen.evaluation.evaluate
 import vfscreen.evaluation.table
 import vfscreen.experiment_planning.cli
@@ -58,6 +59,15 @@ def stubbed(tmp_path, monkeypatch):
         setup.fold_folder.mkdir(parents=True, exist_ok=True)
         (setup.fold_folder / "checkpoint_final.pth").write_bytes(b"")
 
+    def fit_fusion_for_model(dataset_name, configuration, folds, progress, loss):
+        import numpy as np
+
+        from vfscreen.evaluation.fusion import fit_fusion, save_fusion
+
+        calls.append(("fusion", tuple(folds), loss))
+        model = fit_fusion(np.array([0, 0, 1, 2]), np.array([0.1, 0.3, 0.6, 0.8]), np.array([0.95, 0.9, 0.8, 0.6]))
+        return save_fusion(model, grader_folder.parent / "fusion.json")
+
     def predict(input_folder, output_folder, **kwargs):
         calls.append(("predict", kwargs["continue_prediction"], tuple(kwargs["folds"])))
         output_folder.mkdir(parents=True, exist_ok=True)
@@ -79,6 +89,7 @@ def stubbed(tmp_path, monkeypatch):
     monkeypatch.setattr(vfscreen.training.grader.trainer, "prepare_grader_training", prepare_grader_training)
     monkeypatch.setattr(vfscreen.training.grader.trainer, "train_grader", train_grader)
     monkeypatch.setattr(vfscreen.inference.predict, "predict", predict)
+    monkeypatch.setattr(vfscreen.evaluation.cross_validation, "fit_fusion_for_model", fit_fusion_for_model)
     monkeypatch.setattr(vfscreen.evaluation.evaluate, "evaluate_predictions", evaluate_predictions)
     monkeypatch.setattr(vfscreen.evaluation.table, "format_result", lambda result, method, dataset_label: "TABLE")
     return SimpleNamespace(calls=calls, tmp_path=tmp_path, grader_folder=grader_folder)
@@ -86,8 +97,9 @@ def stubbed(tmp_path, monkeypatch):
 
 def test_first_run_runs_every_stage_in_order(stubbed, capsys):
     run = demo.run_demo(stubbed.tmp_path / "out", num_threads=1, bootstrap=7)
-    assert [call[0] for call in stubbed.calls] == ["generate", "plan", "segmentation", "grader", "predict",
+    assert [call[0] for call in stubbed.calls] == ["generate", "plan", "segmentation", "grader", "fusion", "predict",
                                                    "evaluate", "evaluate"]
+    assert ("fusion", (0,), "supcon") in stubbed.calls  # screening thresholds from fold 0's validation
     assert ("generate", demo.PHANTOM_PRESET) in stubbed.calls
     plan_argv = stubbed.calls[1][1]
     assert plan_argv[:2] == ("-d", "501") and "--preset" in plan_argv and demo.PLANNING_PRESET in plan_argv
@@ -96,7 +108,7 @@ def test_first_run_runs_every_stage_in_order(stubbed, capsys):
     assert ("predict", True, (0,)) in stubbed.calls  # always --continue, fold 0 only
     assert [timing.status for timing in run.timings] == ["done", "done", "done", "done", "done", "done"]
     printed = capsys.readouterr().out
-    assert "[3/6] train segmentation" in printed and "TABLE" in printed
+    assert "[3/6] train segmentation" in printed and "TABLE" in printed and "screening thresholds" in printed
     assert str(stubbed.tmp_path / "out" / "case_report.png") in printed
     assert (stubbed.tmp_path / "out" / "metrics.json").is_file()
 
@@ -122,6 +134,14 @@ def test_predictions_older_than_a_model_are_redone(stubbed):
     assert ("predict", False, (0,)) in stubbed.calls
 
 
+def test_a_missing_fusion_model_is_fitted_for_a_trained_grader(stubbed):
+    demo.run_demo(stubbed.tmp_path / "out", num_threads=1)
+    (stubbed.grader_folder.parent / "fusion.json").unlink()
+    stubbed.calls.clear()
+    demo.run_demo(stubbed.tmp_path / "out", num_threads=1)
+    assert [call[0] for call in stubbed.calls] == ["plan", "fusion", "predict", "evaluate", "evaluate"]
+
+
 def test_interrupted_trainings_are_continued(stubbed):
     stubbed.grader_folder.mkdir(parents=True)
     (stubbed.grader_folder / "checkpoint_latest.pth").write_bytes(b"")
@@ -130,6 +150,7 @@ def test_interrupted_trainings_are_continued(stubbed):
     (segmentation_folder / "checkpoint_latest.pth").write_bytes(b"")
     run = demo.run_demo(stubbed.tmp_path / "out", num_threads=1)
     assert ("segmentation", True) in stubbed.calls and ("grader", True) in stubbed.calls
+    assert ("fusion", (0,), "supcon") in stubbed.calls
     assert [timing.status for timing in run.timings][2:4] == ["continued", "continued"]
 
 

@@ -74,6 +74,16 @@ def test_full_run_with_trained_folders(trained_results, tmp_path):
         assert written.GetOrigin() == image.GetOrigin() and written.GetDirection() == image.GetDirection()
 
 
+def test_the_grader_folders_fusion_model_is_loaded(trained_results):
+    from test_predict_outputs import _identity_fusion
+    from vfscreen.inference.segmentation import load_models
+
+    assert load_models(DATASET).fusion is None
+    fusion = _identity_fusion(0.3)
+    (trained_results / "vfscreen_grader__vfscreenPlans__3d" / "fusion.json").write_text(json.dumps(fusion))
+    assert load_models(DATASET).fusion["thresholds"]["fused"] == 0.3
+
+
 def test_missing_fold_and_foreign_plans_are_refused(trained_results, tmp_path):
     from vfscreen.inference.segmentation import load_models
 

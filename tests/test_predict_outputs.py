@@ -300,3 +300,53 @@ def test_2d_case_fails_alone_and_mr_like_range_warns(tmp_path):
     assert sorted(table.attrs["finished"]) == ["good", "mr"]
     assert json.loads((tmp_path / "out" / "mr.json").read_text())["warnings"]
     assert json.loads((tmp_path / "out" / "good.json").read_text())["warnings"] == []
+
+
+def _identity_fusion(threshold_fused):
+    """fused P = sigmoid(logit(p)) = the grader's p (ratio weight 0): the decision is p >= threshold_fused."""
+    return {"schema_version": 1, "kind": "vfscreen_fusion", "features": ["logit_p_fracture", "genant_ratio"],
+            "feature_mean": [0.0, 0.0], "feature_scale": [1.0, 1.0], "coefficients": [1.0, 0.0], "intercept": 0.0,
+            "thresholds": {"grader": threshold_fused, "morphometry": 0.2, "fused": threshold_fused},
+            "fitted_on": {"folds": [0]}}
+
+
+@pytest.mark.parametrize("fusion, flagged", [
+    (None, [FRACTURED]),  # no validation thresholds: argmax grade > 0
+    (_identity_fusion(0.5), [FRACTURED]),
+    (_identity_fusion(0.15), "all"),  # every vertebra has p = 0.2 >= 0.15: flagged although argmax says G0
+])
+def test_screening_decision_uses_the_validation_threshold(input_folder, tmp_path, fusion, flagged):
+    from vfscreen.evaluation.fusion import validate_fusion
+
+    if fusion is not None:
+        validate_fusion(fusion)
+    models = fake_models()
+    models.fusion = fusion
+    out = tmp_path / "out"
+    predict(input_folder, out, models=models)
+    data = json.loads((out / "caseA.json").read_text())
+    outputs.validate_case_json(data)
+    graded = [v for v in data["vertebrae"] if v["grade"] is not None]
+    expected = [v["name"] for v in graded] if flagged == "all" else flagged
+    assert sorted(v["name"] for v in graded if v["suspected"]) == sorted(expected)
+    assert data["patient"]["suspected"][0] == FRACTURED  # highest score first
+    assert data["patient"]["any_fracture"] is True
+    assert data["patient"]["message"].startswith(f"fracture suspected: {FRACTURED} (G2)")
+    for vertebra in graded:
+        if fusion is None:
+            assert vertebra["p_fracture_fused"] is None
+        elif vertebra["genant_ratio"] is not None:
+            assert vertebra["p_fracture_fused"] == pytest.approx(vertebra["p_fracture"], abs=1e-6)
+    assert ("threshold_fused" in data["model"]["screening"]) == (fusion is not None)
+    summary = pd.read_csv(out / "summary.csv")
+    assert summary.loc[summary["case_id"] == "caseA", "suspected"].sum() == len(expected)
+
+
+def test_a_broken_fusion_file_is_a_clear_error(tmp_path):
+    from vfscreen.errors import ConfigError
+    from vfscreen.inference.screening import load_screening_model
+
+    assert load_screening_model(tmp_path) is None
+    (tmp_path / "fusion.json").write_text('{"kind": "something else"}')
+    with pytest.raises(ConfigError, match="fusion.json.*not a vfscreen fusion model"):
+        load_screening_model(tmp_path)

@@ -8,7 +8,9 @@ Stages (each is skipped, or continued, when an earlier run finished it):
                                                                            plans reused, preprocessing incremental
   3. segment    nnU-Net training of fold 0 (CPU plan)                      skipped at checkpoint_final.pth,
                                                                            continued from checkpoint_latest.pth
-  4. grader     grader of fold 0 (the loss the plans chose)                same (the trainer's --c)
+  4. grader     grader of fold 0 (the loss the plans chose)                same (the trainer's --c);
+                then its fusion model + screening thresholds on fold 0's     refitted when the grader changed
+                validation predictions (vfscreen_evaluate --cv --fit-fusion)
   5. predict    vfscreen_predict on imagesTs -> DEMO_OUTPUT                 --continue: finished cases kept
   6. evaluate   vfscreen_evaluate against labelsTs + grades.csv            always (seconds) -> DEMO_OUTPUT/metrics.json
 
@@ -146,10 +148,34 @@ def stage_grader(run: DemoRun) -> str:
     setup = prepare_grader_training(DATASET_NAME, CONFIGURATION, FOLD, plans, None, "cpu")
     if (setup.fold_folder / "checkpoint_final.pth").is_file():
         print(f"grader {setup.fold_folder} is trained; reusing it")
-        return "skipped"
-    continuing = (setup.fold_folder / "checkpoint_latest.pth").is_file()
-    train_grader(setup, continue_training=True)  # --c: resumes checkpoint_latest.pth, else starts afresh
-    return "continued" if continuing else "done"
+        status = "skipped"
+    else:
+        continuing = (setup.fold_folder / "checkpoint_latest.pth").is_file()
+        train_grader(setup, continue_training=True)  # --c: resumes checkpoint_latest.pth, else starts afresh
+        status = "continued" if continuing else "done"
+    fit_screening_thresholds(plans, refit=status != "skipped")
+    return status
+
+
+def fit_screening_thresholds(plans: dict, refit: bool) -> None:
+    """The fusion model and Youden thresholds on fold 0's validation predictions (vfscreen_evaluate --cv
+    --fit-fusion): prediction flags vertebrae at this operating point instead of argmax (vfscreen.inference.screening)."""
+    from vfscreen.evaluation.cross_validation import fit_fusion_for_model
+    from vfscreen.evaluation.fusion import FUSION_FILE, load_fusion
+    from vfscreen.experiment_planning.plans import grader_loss
+
+    path = vfscreen_grader_final(plans).parent.parent / FUSION_FILE
+    if refit or not path.is_file():
+        path.unlink(missing_ok=True)  # a stale model must not outlive the grader it was fitted for
+        try:
+            path = fit_fusion_for_model(DATASET_NAME, CONFIGURATION, folds=[FOLD], progress=False,
+                                        loss=grader_loss(plans, CONFIGURATION))
+        except ConfigError as error:  # e.g. one class only among the validation vertebrae
+            print(f"no screening thresholds ({error}); prediction flags vertebrae by argmax grade")
+            return
+    thresholds = load_fusion(path)["thresholds"]
+    print(f"screening thresholds from fold {FOLD}'s validation predictions (Youden's J): fused P >= "
+          f"{thresholds['fused']:.3f}, grader P >= {thresholds['grader']:.3f} -> {path}")
 
 
 def stage_predict(run: DemoRun) -> str:

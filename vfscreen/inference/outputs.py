@@ -18,17 +18,20 @@ import pandas as pd
 
 from vfscreen.utils.atomic import atomic_path, atomic_write_csv, atomic_write_json, remove_stale_temporaries
 
-JSON_SCHEMA_VERSION = 1
+# 2: vertebra p_fracture_fused + suspected, patient suspected + p_fracture_fused; any_fracture = the screening decision
+JSON_SCHEMA_VERSION = 2
 VERTEBRA_FIELDS = {  # field -> allowed Python types of its JSON value
     "label": (int,), "name": (str,), "grade": (int, type(None)), "probabilities": (list, type(None)),
     "p_fracture": (float, type(None)), "uncertainty": (float, type(None)), "fold_disagreement": (float, type(None)),
     "label_confidence": (float, type(None)), "heights_mm": (dict, type(None)), "genant_ratio": (float, type(None)),
     "morph_grade": (int, type(None)), "morphology": (str, type(None)), "centroid_mm": (list,), "truncated": (bool,),
-    "note": (str,),
+    "note": (str,), "p_fracture_fused": (float, type(None)), "suspected": (bool, type(None)),
 }
-PATIENT_FIELDS = {"worst_grade": (int, type(None)), "any_fracture": (bool,), "num_vertebrae": (int,),
-                  "p_fracture": (float, type(None)), "morph_worst_grade": (int, type(None)), "message": (str,)}
-SUMMARY_COLUMNS = ["case_id", "label", "name", "grade", "p_fracture", "uncertainty", "fold_disagreement",
+PATIENT_FIELDS = {"worst_grade": (int, type(None)), "any_fracture": (bool,), "suspected": (list,),
+                  "num_vertebrae": (int,), "p_fracture": (float, type(None)),
+                  "p_fracture_fused": (float, type(None)), "morph_worst_grade": (int, type(None)),
+                  "message": (str,)}
+SUMMARY_COLUMNS = ["case_id", "label", "name", "suspected", "grade", "p_fracture", "p_fracture_fused", "uncertainty", "fold_disagreement",
                    "label_confidence", "p_g0", "p_g1", "p_g2", "p_g3", "anterior_mm", "middle_mm", "posterior_mm",
                    "genant_ratio", "morph_grade", "morphology", "truncated", "centroid_x_mm", "centroid_y_mm",
                    "centroid_z_mm", "note"]
@@ -124,7 +127,8 @@ def summary_rows(case_json: dict) -> list[dict]:
         heights = vertebra["heights_mm"] or {}
         rows.append({
             "case_id": case_json["case_id"], "label": vertebra["label"], "name": vertebra["name"],
-            "grade": vertebra["grade"], "p_fracture": vertebra["p_fracture"], "uncertainty": vertebra["uncertainty"],
+            "suspected": vertebra["suspected"], "grade": vertebra["grade"], "p_fracture": vertebra["p_fracture"],
+            "p_fracture_fused": vertebra["p_fracture_fused"], "uncertainty": vertebra["uncertainty"],
             "fold_disagreement": vertebra["fold_disagreement"], "label_confidence": vertebra["label_confidence"],
             **{f"p_g{grade}": probabilities[grade] for grade in range(4)},
             "anterior_mm": heights.get("anterior"), "middle_mm": heights.get("middle"),

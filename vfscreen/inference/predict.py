@@ -26,6 +26,7 @@ from vfscreen.inference import outputs
 from vfscreen.inference.grading import Grader, grade_crops
 from vfscreen.inference.label_consistency import make_labels_consistent
 from vfscreen.inference.morphometry import measure_vertebrae
+from vfscreen.inference.screening import describe_rule, screen
 from vfscreen.labels import CLASS_TO_VERSE, name_of
 from vfscreen.utils.image_io import check_case_id, check_ct_intensities, ensure_3d, orientation_code, read_image
 
@@ -42,6 +43,7 @@ class Models:
     grader: Grader
     info: dict = field(default_factory=dict)  # goes to the JSON's "model"
     saliency: Callable | None = None  # (image, crops, grader) -> sitk.Image Grad-CAM in the image's geometry
+    fusion: dict | None = None  # fusion.json of the grader (vfscreen.inference.screening); None: argmax decides
 
 
 @dataclass
@@ -191,16 +193,17 @@ def predict_case(image: sitk.Image, case_id: str, models: Models, saliency: bool
             if heights else None,
             "centroid_mm": [round(float(v), 2) for v in measured.centroid_mm],
             "truncated": truncated, "note": "; ".join(notes)})
+    screen(vertebrae, models.fusion)
     graded = [v for v in vertebrae if v["grade"] is not None]
+    suspected = sorted((v for v in graded if v["suspected"]), key=lambda v: -_screening_score(v))
     morph_graded = [v["morph_grade"] for v in vertebrae if v["morph_grade"] is not None]
     worst = max((v["grade"] for v in graded), default=None)
     if not vertebrae:
         message = "no vertebra found in this scan"
     elif worst is None:
         message = "vertebrae found but none could be graded (all cut by the field of view)"
-    elif worst > 0:
-        worst_vertebra = max(graded, key=lambda v: (v["grade"], v["p_fracture"]))
-        message = f"fracture suspected: worst grade G{worst} at {worst_vertebra['name']}"
+    elif suspected:
+        message = "fracture suspected: " + ", ".join(f"{v['name']} (G{v['grade']})" for v in suspected)
     else:
         message = "no fracture detected"
     case_json = {
@@ -208,13 +211,19 @@ def predict_case(image: sitk.Image, case_id: str, models: Models, saliency: bool
         "input": {"size": list(image.GetSize()), "spacing_mm": [round(s, 4) for s in image.GetSpacing()],
                   "orientation": orientation_code(image)},
         "vertebrae": vertebrae,
-        "patient": {"worst_grade": worst, "any_fracture": bool(worst is not None and worst > 0),
-                    "num_vertebrae": len(vertebrae),
+        "patient": {"worst_grade": worst, "any_fracture": bool(suspected),
+                    "suspected": [v["name"] for v in suspected], "num_vertebrae": len(vertebrae),
                     "p_fracture": max((v["p_fracture"] for v in graded), default=None),
+                    "p_fracture_fused": max((v["p_fracture_fused"] for v in graded
+                                             if v["p_fracture_fused"] is not None), default=None),
                     "morph_worst_grade": max(morph_graded, default=None), "message": message},
-        "model": dict(models.info), "warnings": case_warnings, "vfscreen_version": __version__}
+        "model": {**models.info, "screening": describe_rule(models.fusion)}, "warnings": case_warnings, "vfscreen_version": __version__}
     return {"json": case_json, "seg_image": seg_image, "verse_map": verse_map, "morphometry": morphometry,
             "gradcam": gradcam, "probabilities": probabilities, "components": components, "timings_s": timings}
+
+
+def _screening_score(vertebra: dict) -> float:
+    return vertebra["p_fracture_fused"] if vertebra["p_fracture_fused"] is not None else vertebra["p_fracture"]
 
 
 def _safe(case_id: str) -> bool:

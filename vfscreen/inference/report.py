@@ -4,7 +4,8 @@ The sampling surface follows the spine: for every head-feet position ``z`` the l
 between the vertebral body centres, so a scoliotic spine stays in the picture; antero-posterior (``y``) and head-feet
 (``z``) distances are true millimetres (anterior left, head up, the radiological sagittal view). Every vertebra is
 outlined in its grade's colour (G0 green, G1 yellow, G2 orange, G3 red, grey = not graded), its name, grade and
-P(fracture) are written beside it, and the three measured heights are drawn as white lines a ruler can check.
+P(fracture) are written beside it ('!' in front: flagged for review by the screening rule of
+vfscreen.inference.screening), and the three measured heights are drawn as white lines a ruler can check.
 """
 from __future__ import annotations
 
@@ -75,10 +76,18 @@ def curved_sagittal(image: sitk.Image, verse_map: np.ndarray, curve_z, curve_x, 
 def _verdict(case_json: dict) -> tuple[str, str]:
     patient = case_json["patient"]
     if patient["any_fracture"]:
-        return f"FRACTURE SUSPECTED - {patient['message'].split(': ', 1)[-1]} " \
-               f"(P = {patient['p_fracture']:.2f})", GRADE_COLOURS[patient["worst_grade"]]
+        flagged = [v["grade"] for v in case_json["vertebrae"] if v.get("suspected")]
+        return f"FRACTURE SUSPECTED - {patient['message'].split(': ', 1)[-1]}", \
+            GRADE_COLOURS[max(flagged + [1])]
     return patient["message"].upper() if patient["num_vertebrae"] else "NO VERTEBRA FOUND", \
         GRADE_COLOURS[0] if patient["num_vertebrae"] else "#555555"
+
+
+def _rule_text(model: dict) -> str:
+    screening = model.get("screening", {})
+    if screening.get("threshold_fused") is not None:
+        return f"fused P >= {screening['threshold_fused']:.2f}, threshold from validation"
+    return "argmax grade > 0"
 
 
 def render_report(path, image: sitk.Image, verse_map: np.ndarray, case_json: dict, morphometry: dict) -> None:
@@ -124,7 +133,8 @@ def render_report(path, image: sitk.Image, verse_map: np.ndarray, case_json: dic
         morph_text = f"  h {vertebra['genant_ratio']:.2f}" if vertebra["genant_ratio"] is not None else ""
         unsure = vertebra["label_confidence"] is not None and vertebra["label_confidence"] < LABEL_CONFIDENCE_WARNING
         name = f"{vertebra['name']}?" if unsure else vertebra["name"]
-        text_items.append((anchor, f"{name:>4}  {grade_text}  {p_text}{morph_text}", colour))
+        flag = "!" if vertebra.get("suspected") else " "
+        text_items.append((anchor, f"{flag}{name:>4}  {grade_text}  {p_text}{morph_text}", colour))
     # labels in the left (anterior) margin, spread so they never overlap, with a leader line to the vertebra
     min_gap = height_mm * 0.028
     placed = []
@@ -151,7 +161,8 @@ def render_report(path, image: sitk.Image, verse_map: np.ndarray, case_json: dic
                 f"vfscreen {case_json.get('vfscreen_version', '')} | {model.get('dataset', '')} folds "
                 f"{model.get('grader', {}).get('folds', '')} | research use, not a diagnosis\n"
                 f"P = P(fracture) = 1 - P(G0); h = min/max body height (morphometry); "
-                f"'?' = label confidence < {LABEL_CONFIDENCE_WARNING}", fontsize=7, color="#444444")
+                f"'?' = label confidence < {LABEL_CONFIDENCE_WARNING}; '!' = flagged for review ("
+                f"{_rule_text(model)})", fontsize=7, color="#444444")
     handles = [Patch(facecolor=GRADE_COLOURS[g], label=GRADE_LABELS[g]) for g in (0, 1, 2, 3, None)]
     handles.append(Line2D([0], [0], color="white", markeredgecolor="black", label="measured heights"))
     legend = figure.legend(handles=handles, loc="upper right", fontsize=9, frameon=True, facecolor="#222222",

@@ -167,8 +167,10 @@ def load_models(dataset, configuration: str = "3d", folds=None, device: str = "c
     if saliency:
         from vfscreen.inference.saliency import grad_cam_image
         saliency_function = grad_cam_image
+    from vfscreen.inference.screening import load_screening_model
+    fusion = load_screening_model(grader_folder)
     info = {"dataset": dataset_name, "configuration": configuration, "plans_name": grader.plans.get("plans_name"),
             "segmentation": {"folder": str(segmentation_folder), "trainer": segmenter.trainer_name,
                              "folds": segmentation_folds, "checkpoint": NNUNET_CHECKPOINTS[checkpoint]},
             "grader": {"folder": str(grader_folder), "folds": folds, "checkpoint": f"checkpoint_{checkpoint}.pth"}}
-    return Models(segmenter=segmenter, grader=grader, info=info, saliency=saliency_function)
+    return Models(segmenter=segmenter, grader=grader, info=info, saliency=saliency_function, fusion=fusion)
