@@ -150,3 +150,53 @@ def test_region_grouped_network_is_named_by_the_thoracolumbar_transition():
         found = [names([c.new_class_id])[0] for c in components]
         assert found == ["T10", "T11", "T12", "L1", "L2", "L3", "L4"]
         assert verse_map[4, 5, 5] == NAME_TO_VERSE["T10"] and verse_map[-6, 5, 5] == NAME_TO_VERSE["L4"]
+
+
+def _touching_blocks(core_probability_below):
+    """Two 10x20x20-voxel vertebra blocks (1 mm, 4 ml each) touching across a 2-voxel 'disc' of lower P(vertebra),
+    grouped network outputs (3, Z, Y, X). Returns (group-id map, image, probabilities)."""
+    from vfscreen.labels import SPINE_REGION_GROUP_IDS
+
+    shape = (26, 24, 24)
+    class_map = np.zeros(shape, np.uint8)
+    class_map[2:24, 2:22, 2:22] = SPINE_REGION_GROUP_IDS["lumbar"]
+    probabilities = np.zeros((3,) + shape, np.float32)
+    probabilities[0][2:24, 2:22, 2:22] = 0.97
+    probabilities[0][12:14, 2:22, 2:22] = 0.55  # the disc: still foreground, the network is unsure
+    probabilities[0][14:24, 2:22, 2:22] = core_probability_below
+    probabilities[2][class_map > 0] = 0.9
+    image = sitk.GetImageFromArray(class_map)
+    image.SetDirection((1, 0, 0, 0, 1, 0, 0, 0, -1))  # array axis 0 runs head -> feet
+    return class_map, image, probabilities
+
+
+def test_vertebrae_touching_across_a_disc_are_split_at_the_disc():
+    class_map, image, probabilities = _touching_blocks(0.97)
+    verse_map, components = make_labels_consistent(class_map, image, probabilities, grouping="spine_regions")
+    assert len(components) == 2 and [c.volume_mm3 for c in components] == [4400.0, 4400.0]  # the disc is shared
+    upper, lower = np.unique(verse_map[2:12, 2:22, 2:22]), np.unique(verse_map[14:24, 2:22, 2:22])
+    assert len(upper) == 1 and len(lower) == 1 and upper[0] != lower[0] and 0 not in (upper[0], lower[0])
+    # without probabilities (or with splitting off) the merged component stays one vertebra
+    assert len(make_labels_consistent(class_map, image, None, grouping="spine_regions")[1]) == 1
+    assert len(make_labels_consistent(class_map, image, probabilities, grouping="spine_regions",
+                                      min_core_mm3=None)[1]) == 1
+
+
+def test_a_small_core_is_not_a_vertebra_of_its_own():
+    # the lower block's core is only 1 ml above 0.6 (P 0.58 elsewhere): below MIN_CORE_MM3 it is not split off
+    class_map, image, probabilities = _touching_blocks(0.58)
+    probabilities[0][20:24, 6:18, 6:18] = 0.97  # 4 x 12 x 12 = 576 mm3 core
+    assert len(make_labels_consistent(class_map, image, probabilities, grouping="spine_regions")[1]) == 1
+
+
+def test_split_parts_cover_the_component_exactly():
+    from vfscreen.inference.label_consistency import split_touching
+
+    rng = np.random.default_rng(1)
+    mask = np.zeros((30, 12, 12), bool)
+    mask[1:29, 2:10, 2:10] = True
+    probability = np.where(mask, 0.9, 0.0) + rng.uniform(0, 0.05, mask.shape)
+    probability[10] = probability[20] = 0.65  # three cores separated by two discs
+    parts = split_touching(mask, probability, (1.0, 1.0, 1.0), min_seed_voxels=100)
+    assert len(parts) == 3
+    assert np.array_equal(np.sum(parts, axis=0), mask.astype(int))  # disjoint and covering
