@@ -150,3 +150,22 @@ def test_voxel_valued_augmentation_scales_with_the_patch():
     small = grader_augmentation(32)
     assert small["mask_box_size"] == [1, 5] and small["shift_voxels"] == 2
     assert small["rotation_degrees"] == paper["rotation_degrees"] and small["zoom"] == paper["zoom"]
+
+
+@pytest.mark.parametrize("grade_counts, expected_epochs", [((367, 28, 16, 16), 100),  # the demo phantom: 4 batches
+                                                           ((1676, 104, 65, 50), 31)])  # the full phantom: 13
+def test_the_cpu_demo_step_budget_gives_400_sgd_steps_on_any_dataset_size(grade_counts, expected_epochs):
+    # batches per pass = floor(rarest grade x 4/5 training folds / 3 per grade, the preset's); epochs = 400 / batches
+    preset = load_preset("cpu_demo")
+    targets = B.PlanningTargets.from_preset(preset["budget"])
+    assert targets.grader_steps == 400
+    plans = P.assemble_plans(DATASET, synthetic_fingerprint(grade_counts=grade_counts), nnunet_plans(), "3d_fullres",
+                             B.DeviceBudget("cpu", 8, 2), targets, preset)
+    grader = plans["configurations"]["3d"]["grader"]
+    batches = int(min(grade_counts) * 4 / 5 // 3)
+    assert grader["sampler"]["samples_per_class"] == 3 and grader["validate_every"] == 10  # fixed by the preset
+    assert grader["num_epochs"] == expected_epochs and abs(grader["num_epochs"] * batches - 400) < batches
+    # without a preset the planner's own batch (6 per grade) gives twice as many epochs for the same steps
+    own = P.plan_grader(synthetic_fingerprint(grade_counts=grade_counts), B.DeviceBudget("cpu", 8, 2), targets, 5)
+    assert own["sampler"]["samples_per_class"] == 6
+    assert own["num_epochs"] == round(400 / int(min(grade_counts) * 4 / 5 // 6))

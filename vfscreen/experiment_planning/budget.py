@@ -77,6 +77,7 @@ class PlanningTargets:
     grader_samples_per_second: float = 8.0     # CPU: crops/s of the grader's compute (target >= 4 with data loading)
     seg_minutes: float = 20.0                  # training time the segmentation stage may take (sets its epochs)
     grader_minutes: float = 8.0                # training time the grader may take (sets its epochs)
+    grader_steps: int = 0                      # > 0: SGD steps of the grader instead (epochs = steps / batches)
     seg_iterations_per_epoch: int = 50         # budget-fitted nnU-Net configuration (stock nnU-Net: 250)
     seg_val_iterations_per_epoch: int = 5      # (stock nnU-Net: 50)
     cpu_gflops_per_thread: float = GFLOPS_PER_THREAD

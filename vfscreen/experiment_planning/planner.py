@@ -160,10 +160,13 @@ def _samples_per_class(fingerprint: dict, num_folds: int) -> int:
 
 
 def _grader_epochs(fingerprint, device, targets, cost, samples_per_class, views, num_folds) -> int:
+    """Passes over the rarest grade: the budget's grader_steps / batches per pass when set (the same number of SGD
+    steps whatever the dataset's size), else the paper's 1,000 on a GPU, else what fits grader_minutes on the CPU."""
+    if targets.grader_steps:
+        return _epochs_for_steps(fingerprint, samples_per_class, num_folds, targets)
     if device.type != "cpu":
         return PAPER_EPOCHS
-    smallest = min(fingerprint["grade_histogram_vertebrae"].values()) * (num_folds - 1) / num_folds
-    batches = max(1, math.floor(smallest / samples_per_class))
+    batches = _batches_per_pass(fingerprint, samples_per_class, num_folds)
     batch_views = B.grader_views_per_batch(samples_per_class, views)
     step = cost.training_seconds(batch_views, device.num_threads, targets.cpu_gflops_per_thread,
                                  targets.cpu_gelements_per_thread)
@@ -171,6 +174,17 @@ def _grader_epochs(fingerprint, device, targets, cost, samples_per_class, views,
     validation = step / batch_views / 3 * validation_crops  # forward only
     epochs = targets.grader_minutes * 60 / (batches * step + validation)
     return int(np.clip(round(epochs), targets.min_grader_epochs, targets.max_grader_epochs))
+
+
+def _batches_per_pass(fingerprint: dict, samples_per_class: int, num_folds: int) -> int:
+    """Balanced batches in one pass over the rarest grade of a training fold (the sampler's epoch)."""
+    smallest = min(fingerprint["grade_histogram_vertebrae"].values()) * (num_folds - 1) / num_folds
+    return max(1, math.floor(smallest / samples_per_class))
+
+
+def _epochs_for_steps(fingerprint: dict, samples_per_class: int, num_folds: int, targets: B.PlanningTargets) -> int:
+    batches = _batches_per_pass(fingerprint, samples_per_class, num_folds)
+    return int(np.clip(round(targets.grader_steps / batches), targets.min_grader_epochs, targets.max_grader_epochs))
 
 
 # --------------------------------------------------------------------------------------------------- segmentation
@@ -331,7 +345,14 @@ def assemble_plans(dataset_name: str, fingerprint: dict, nnunet_plans: dict, seg
     }
     if preset and preset.get("configurations"):
         plans["configurations"] = deep_merge(plans["configurations"], preset["configurations"])
-        _refresh_grader_estimate(plans["configurations"][CONFIGURATION]["grader"], device)
+        merged = plans["configurations"][CONFIGURATION]["grader"]
+        fixed = preset["configurations"].get(CONFIGURATION, {}).get("grader", {})
+        if targets.grader_steps and "num_epochs" not in fixed:  # the preset's batch size changes the epoch length
+            merged["num_epochs"] = _epochs_for_steps(fingerprint, merged["sampler"]["samples_per_class"], num_folds,
+                                                     targets)
+            if "validate_every" not in fixed:
+                merged["validate_every"] = max(1, merged["num_epochs"] // 50)
+        _refresh_grader_estimate(merged, device)
     return plans
 
 
