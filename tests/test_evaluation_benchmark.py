@@ -68,3 +68,20 @@ def test_speed_reports_every_stage(tmp_path):
     assert speed["mean_seconds_per_case"] == pytest.approx(sum(speed["per_case"][0]["seconds"].values()))
     assert speed["crops_per_second"] > 0 and speed["memory"]["peak_rss_gb"] > 0
     assert "s per case" in format_speed(speed)
+
+
+def test_missing_folds_are_trained_fold_by_fold(monkeypatch):
+    # both losses of a fold before the next fold: an interrupted ablation leaves complete SupCon/CE pairs
+    import subprocess
+    from types import SimpleNamespace
+
+    from vfscreen.evaluation import benchmark
+
+    trained = {("supcon", 0), ("ce", 0), ("ce", 1)}
+    run = []
+    monkeypatch.setattr(benchmark, "trained_folds",
+                        lambda name, configuration, plans, loss: sorted(f for lo, f in trained if lo == loss))
+    monkeypatch.setattr(subprocess, "run", lambda command, check: run.append(command) or SimpleNamespace(returncode=0))
+    commands = benchmark.train_missing_folds(DATASET, "3d", [0, 1, 2], "vfscreenPlans", None)
+    assert [(c.split()[4], c.split()[-1]) for c in commands] == [("1", "supcon"), ("2", "supcon"), ("2", "ce")]
+    assert len(run) == 3

@@ -69,10 +69,11 @@ def trained_folds(dataset_name: str, configuration: str, plans_name: str, loss: 
 
 def train_missing_folds(dataset_name: str, configuration: str, folds: list[int], plans_name: str,
                         device: str | None) -> list[str]:
-    """Train (grader stage) every (loss, fold) without validation predictions; returns the commands run."""
+    """Train (grader stage) every (loss, fold) without validation predictions, fold by fold (both losses of a fold
+    before the next fold: an interrupted run leaves complete pairs for --no-train); returns the commands run."""
     commands = []
-    for loss in LOSSES:
-        for fold in folds:
+    for fold in folds:
+        for loss in LOSSES:
             if fold in trained_folds(dataset_name, configuration, plans_name, loss):
                 continue
             command = [sys.executable, "-m", "vfscreen.training.cli", dataset_name, configuration, str(fold),
