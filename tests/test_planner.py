@@ -134,6 +134,10 @@ def test_segmentation_section_of_a_budget_fitted_configuration():
     iterations = seg["num_epochs"] * seg["iterations_per_epoch"]
     assert iterations < P.MIN_ITERATIONS_FOR_VERTEBRA_CLASSES and seg["label_grouping"] == "spine_regions"
     assert configurations["3d_vfscreen"]["vfscreen"]["label_grouping"] == "spine_regions"
+    # prediction on a CPU skips nnU-Net's test-time mirroring (~9x the segmentation time); a GPU plan keeps it
+    assert seg["test_time_mirroring"] is False
+    gpu = P.segmentation_section(nnunet_plans(configurations), "3d_fullres", B.DeviceBudget("cuda", 12, 8))
+    assert gpu["test_time_mirroring"] is True
 
 
 def test_label_grouping_follows_the_number_of_training_iterations():

@@ -84,6 +84,20 @@ def test_the_grader_folders_fusion_model_is_loaded(trained_results):
     assert load_models(DATASET).fusion["thresholds"]["fused"] == 0.3
 
 
+def test_test_time_mirroring_follows_the_plans_unless_overridden(trained_results):
+    from vfscreen.inference.segmentation import load_models
+
+    assert load_models(DATASET).segmenter.predictor.use_mirroring is True  # plans without the field: nnU-Net's default
+    for plans_path in (trained_results / "vfscreen_grader__vfscreenPlans__3d").glob("fold_*/plans.json"):
+        plans = json.loads(plans_path.read_text())
+        plans["configurations"]["3d"]["segmentation"]["test_time_mirroring"] = False  # what a CPU plan says
+        plans_path.write_text(json.dumps(plans))
+    models = load_models(DATASET)
+    assert models.segmenter.predictor.use_mirroring is False
+    assert models.info["segmentation"]["test_time_mirroring"] is False
+    assert load_models(DATASET, use_mirroring=True).segmenter.predictor.use_mirroring is True
+
+
 def test_missing_fold_and_foreign_plans_are_refused(trained_results, tmp_path):
     from vfscreen.inference.segmentation import load_models
 

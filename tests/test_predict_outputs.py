@@ -234,7 +234,7 @@ def test_cli_disable_tta_reaches_the_predictor(input_folder, tmp_path, monkeypat
         raise SystemExit(0)
 
     monkeypatch.setattr(predict_module, "predict", fake_predict)
-    for argv, expected in (([], True), (["--disable_tta"], False)):
+    for argv, expected in (([], None), (["--disable_tta"], False), (["--enable_tta"], True)):
         with pytest.raises(SystemExit):
             main(["-i", str(input_folder), "-o", str(tmp_path / "out")] + argv)
         assert seen["use_mirroring"] is expected

@@ -244,11 +244,12 @@ def _check_output_folder(input_path: Path, output_folder: Path) -> None:
 def predict(input, output, dataset=501, configuration: str = "3d", folds=None, device: str = "cpu",
             continue_prediction: bool = False, num_parts: int = 1, part_id: int = 0, num_threads: int | None = None,
             saliency: bool = False, save_probabilities: bool = False, checkpoint: str = "final",
-            models: Models | None = None, verbose: bool = False, use_mirroring: bool = True) -> pd.DataFrame:
+            models: Models | None = None, verbose: bool = False, use_mirroring: bool | None = None) -> pd.DataFrame:
     """Predict every case of ``input`` into ``output``; returns summary.csv's table of this run's finished cases.
 
     ``models`` (tests, notebooks) replaces loading the trained models of ``dataset``/``configuration``/``folds``.
-    ``use_mirroring=False`` skips nnU-Net's test-time mirroring (measured ~9x faster segmentation on a CPU).
+    ``use_mirroring``: nnU-Net's test-time mirroring (True/False), None = the plans' choice (CPU plans: off, ~9x
+    faster segmentation on a CPU).
     The returned frame's ``attrs["errors"]`` lists failed cases ({case_id, input, error}); ``attrs["skipped"]`` the
     cases skipped by ``continue_prediction``.
     """

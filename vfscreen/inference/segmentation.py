@@ -128,8 +128,10 @@ def _losses_by_preference(dataset_name: str, configuration: str) -> list[str]:
 
 
 def load_models(dataset, configuration: str = "3d", folds=None, device: str = "cpu", checkpoint: str = "final",
-                saliency: bool = False, use_mirroring: bool = True) -> Models:
-    """Trained segmentation + grader models of ``dataset`` (fold ensembles); ConfigError naming what is missing."""
+                saliency: bool = False, use_mirroring: bool | None = None) -> Models:
+    """Trained segmentation + grader models of ``dataset`` (fold ensembles); ConfigError naming what is missing.
+    ``use_mirroring``: nnU-Net's test-time mirroring; None = the plans' ``segmentation.test_time_mirroring`` (CPU plans:
+    off; plans without the field: on, nnU-Net's default)."""
     from vfscreen.dataset import resolve_dataset_name
     from vfscreen.inference.grading import FoldEnsembleGrader
     from vfscreen.paths import nnUNet_results
@@ -161,6 +163,8 @@ def load_models(dataset, configuration: str = "3d", folds=None, device: str = "c
     if not segmentation_folds:
         raise ConfigError(f"{segmentation_folder}: no trained segmentation fold ({NNUNET_CHECKPOINTS[checkpoint]}); "
                           f"train it with vfscreen_train {dataset_name} {configuration} 0")
+    if use_mirroring is None:
+        use_mirroring = bool(segmentation_plan.get("test_time_mirroring", True))
     segmenter = NnunetSegmenter(segmentation_folder, segmentation_folds, torch_device, checkpoint,
                                 orientation=segmentation_plan.get("orientation"), use_mirroring=use_mirroring)
     saliency_function = None
@@ -171,6 +175,7 @@ def load_models(dataset, configuration: str = "3d", folds=None, device: str = "c
     fusion = load_screening_model(grader_folder)
     info = {"dataset": dataset_name, "configuration": configuration, "plans_name": grader.plans.get("plans_name"),
             "segmentation": {"folder": str(segmentation_folder), "trainer": segmenter.trainer_name,
+                             "test_time_mirroring": use_mirroring,
                              "folds": segmentation_folds, "checkpoint": NNUNET_CHECKPOINTS[checkpoint]},
             "grader": {"folder": str(grader_folder), "folds": folds, "checkpoint": f"checkpoint_{checkpoint}.pth"}}
     return Models(segmenter=segmenter, grader=grader, info=info, saliency=saliency_function, fusion=fusion)
