@@ -22,6 +22,7 @@ from scipy import ndimage  # noqa: E402
 from vfscreen.inference.geometry import array_indices_to_world, world_to_array_indices  # noqa: E402
 
 GRADE_COLOURS = {0: "#2ca02c", 1: "#f2d50f", 2: "#ff7f0e", 3: "#d62728", None: "#9e9e9e"}
+FLAG_COLOUR = "#e6007e"  # flagged for review (screening rule): a colour no grade uses
 GRADE_LABELS = {0: "G0 normal", 1: "G1 mild", 2: "G2 moderate", 3: "G3 severe", None: "not graded"}
 DISPLAY_WINDOW_HU = (-250.0, 1250.0)  # bone-friendly window that still shows soft tissue
 MAX_PIXELS = 700
@@ -113,7 +114,11 @@ def render_report(path, image: sitk.Image, verse_map: np.ndarray, case_json: dic
     for vertebra in vertebrae:
         mask = labels == vertebra["label"]
         colour = GRADE_COLOURS[vertebra["grade"]]
+        flagged = bool(vertebra.get("suspected"))
         if mask.any():
+            if flagged:  # a wide halo in the flag colour under the grade-coloured outline
+                axes.contour(ys, zs, mask.astype(float), levels=[0.5], colors=[FLAG_COLOUR], linewidths=5.0,
+                             alpha=0.7)
             axes.contour(ys, zs, mask.astype(float), levels=[0.5], colors=[colour], linewidths=1.8,
                          linestyles="dashed" if vertebra["truncated"] else "solid")
         measured = morphometry.get(vertebra["label"])
@@ -133,17 +138,19 @@ def render_report(path, image: sitk.Image, verse_map: np.ndarray, case_json: dic
         morph_text = f"  h {vertebra['genant_ratio']:.2f}" if vertebra["genant_ratio"] is not None else ""
         unsure = vertebra["label_confidence"] is not None and vertebra["label_confidence"] < LABEL_CONFIDENCE_WARNING
         name = f"{vertebra['name']}?" if unsure else vertebra["name"]
-        flag = "!" if vertebra.get("suspected") else " "
-        text_items.append((anchor, f"{flag}{name:>4}  {grade_text}  {p_text}{morph_text}", colour))
+        flag = "!" if flagged else " "
+        text_items.append((anchor, f"{flag}{name:>4}  {grade_text}  {p_text}{morph_text}", colour, flagged))
     # labels in the left (anterior) margin, spread so they never overlap, with a leader line to the vertebra
     min_gap = height_mm * 0.028
     placed = []
-    for anchor, text, colour in sorted(text_items, key=lambda item: -item[0][1]):
+    for anchor, text, colour, flagged in sorted(text_items, key=lambda item: -item[0][1]):
         z_text = anchor[1] if not placed else min(anchor[1], placed[-1] - min_gap)
         placed.append(z_text)
         axes.annotate(text, xy=anchor, xytext=(extent[0] - 0.03 * width_mm, z_text), textcoords="data",
                       color=colour, fontsize=10, fontweight="bold", fontfamily="monospace", va="center", ha="right",
                       annotation_clip=False,
+                      bbox=dict(boxstyle="round,pad=0.25", facecolor="none", edgecolor=FLAG_COLOUR, linewidth=1.6)
+                      if flagged else None,
                       arrowprops=dict(arrowstyle="-", color=colour, linewidth=0.8, alpha=0.8))
     axes.set_xlim(extent[0], extent[1])
     axes.set_ylim(extent[2], extent[3])
@@ -165,6 +172,7 @@ def render_report(path, image: sitk.Image, verse_map: np.ndarray, case_json: dic
                 f"{_rule_text(model)})", fontsize=7, color="#444444")
     handles = [Patch(facecolor=GRADE_COLOURS[g], label=GRADE_LABELS[g]) for g in (0, 1, 2, 3, None)]
     handles.append(Line2D([0], [0], color="white", markeredgecolor="black", label="measured heights"))
+    handles.append(Line2D([0], [0], color=FLAG_COLOUR, linewidth=4, alpha=0.7, label="! flagged for review"))
     legend = figure.legend(handles=handles, loc="upper right", fontsize=9, frameon=True, facecolor="#222222",
                            labelcolor="white", bbox_to_anchor=(0.99, from_top(0.05)), ncol=3)
     legend.get_frame().set_edgecolor("#222222")
