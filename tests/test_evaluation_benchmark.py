@@ -41,7 +41,7 @@ def test_ablation_without_training(session_home, capsys):
     supcon = _write_folds(session_home, "vfscreen_grader", lambda row: row.grade, grades, splits)  # perfect
     _write_folds(session_home, "vfscreen_graderCE", lambda row: 0, grades, splits)  # always G0
     with pytest.raises(SystemExit) as exited:
-        main(["ablation", "-d", "589", "--no-train", "--bootstrap", "20"])
+        main(["ablation", "-d", "589", "--no-train", "--bootstrap", "20", "--markdown"])
     assert exited.value.code == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     assert "SupCon - CE, vertebra macro_f1" in printed and "Cross Entropy" in printed
@@ -53,6 +53,11 @@ def test_ablation_without_training(session_home, capsys):
     difference = ablation["supcon_minus_ce"]["macro_f1"]
     assert difference["value"] == pytest.approx(expected, abs=1e-9)
     assert difference["ci95"][0] > 0 and difference["verdict"].startswith("SupCon better")
+    # --markdown: the same rows as a README table; the perfect SupCon grader has macro-F1 1.00
+    table = [line for line in printed.splitlines() if line.startswith("| ")]
+    assert table[0].startswith("| Loss | Score | Operating point | AUCROC")
+    supcon_argmax = next(line for line in table if line.startswith("| SupCon | grader | argmax"))
+    assert supcon_argmax.split(" | ")[6].startswith("1.00")
 
 
 def test_speed_reports_every_stage(tmp_path):

@@ -156,9 +156,34 @@ def run_ablation(dataset, configuration: str = "3d", folds=None, plans_name: str
             "supcon_minus_ce": paired_differences(tables, n_resamples, seed), "results": results}
 
 
-def format_ablation(ablation: dict) -> str:
+def format_ablation(ablation: dict, markdown: bool = False) -> str:
     """Table I-like rows: each grader (argmax, validation threshold), morphometry once, the fused score of each
-    grader; then the paired SupCon - CE differences."""
+    grader; then the paired SupCon - CE differences. ``markdown``: the same rows as a README table (loss, score,
+    operating point and the metrics; network, optimiser and dataset are the same in every row)."""
+    rows = _ablation_rows(ablation)
+    if markdown:
+        columns = [1, 4, 5] + list(range(6, len(HEADER)))
+        lines = ["| " + " | ".join(HEADER[c] for c in columns) + " |", "|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(str(row[c]) for c in columns) + " |" for row in rows]
+        return "\n".join(lines + [""] + _difference_lines(ablation))
+    lines = [f"Ablation on {ablation['dataset']} ({ablation['configuration']}), folds {ablation['folds']}, "
+             "cross-validation; 95 % patient-bootstrap intervals", render(HEADER, rows), ""]
+    lines += _difference_lines(ablation)
+    lines.append(f"Not ablated: {ablation['not_ablated']}")
+    return "\n".join(lines)
+
+
+def _difference_lines(ablation: dict) -> list[str]:
+    lines = []
+    for name, leaf in ablation["supcon_minus_ce"].items():
+        value = "n/a" if leaf["value"] is None else f"{leaf['value']:+.3f}"
+        interval = leaf.get("ci95")
+        interval = f" [{interval[0]:+.3f}, {interval[1]:+.3f}]" if interval else ""
+        lines.append(f"SupCon - CE, vertebra {name}: {value}{interval} -> {leaf['verdict']}")
+    return lines
+
+
+def _ablation_rows(ablation: dict) -> list[list]:
     rows = []
     for loss in LOSSES:
         result = ablation["results"][loss]
@@ -170,15 +195,7 @@ def format_ablation(ablation: dict) -> str:
             if score == "fused":
                 row = row[:1] + [f"{LOSS_NAMES[loss]} + morphometry"] + row[2:]
             rows.append(row)
-    lines = [f"Ablation on {ablation['dataset']} ({ablation['configuration']}), folds {ablation['folds']}, "
-             "cross-validation; 95 % patient-bootstrap intervals", render(HEADER, rows), ""]
-    for name, leaf in ablation["supcon_minus_ce"].items():
-        value = "n/a" if leaf["value"] is None else f"{leaf['value']:+.3f}"
-        interval = leaf.get("ci95")
-        interval = f" [{interval[0]:+.3f}, {interval[1]:+.3f}]" if interval else ""
-        lines.append(f"SupCon - CE, vertebra {name}: {value}{interval} -> {leaf['verdict']}")
-    lines.append(f"Not ablated: {ablation['not_ablated']}")
-    return "\n".join(lines)
+    return rows
 
 
 def _fold_plans(model_folder: Path) -> dict | None:
@@ -204,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     ablation.add_argument("--bootstrap", type=int, default=None)
     ablation.add_argument("--seed", type=int, default=DEFAULT_SEED)
     ablation.add_argument("-o", "--output", help="JSON to write (default: ablation.json in the SupCon model folder)")
+    ablation.add_argument("--markdown", action="store_true", help="also print the table for the README")
     ablation.add_argument("--verbose", action="store_true")
     speed = commands.add_parser("speed", help="seconds per case for each stage of prediction, crops/s, peak memory")
     speed.add_argument("-i", "--input", help="input cases (as for vfscreen_predict); with --untrained-preset: "
@@ -270,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     ablation = run_ablation(args.dataset, args.configuration, folds, args.plans, train=not args.no_train,
                             quick=args.quick, device=args.device, n_resamples=args.bootstrap, seed=args.seed)
     print(format_ablation(ablation))
+    if args.markdown:
+        print(format_ablation(ablation, markdown=True))
     output = Path(args.output) if args.output else Path(ablation["results"]["supcon"]["model_folder"]) / \
         "ablation.json"
     atomic_write_json(output, ablation)
