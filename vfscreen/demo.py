@@ -159,7 +159,8 @@ def stage_grader(run: DemoRun) -> str:
 
 def fit_screening_thresholds(plans: dict, refit: bool) -> None:
     """The fusion model and Youden thresholds on fold 0's validation predictions (vfscreen_evaluate --cv
-    --fit-fusion): prediction flags vertebrae at this operating point instead of argmax (vfscreen.inference.screening)."""
+    --fit-fusion): prediction flags vertebrae at this operating point instead of argmax
+    (vfscreen.inference.screening)."""
     from vfscreen.evaluation.cross_validation import fit_fusion_for_model
     from vfscreen.evaluation.fusion import FUSION_FILE, load_fusion
     from vfscreen.experiment_planning.plans import grader_loss

@@ -217,7 +217,8 @@ def predict_case(image: sitk.Image, case_id: str, models: Models, saliency: bool
                     "p_fracture_fused": max((v["p_fracture_fused"] for v in graded
                                              if v["p_fracture_fused"] is not None), default=None),
                     "morph_worst_grade": max(morph_graded, default=None), "message": message},
-        "model": {**models.info, "screening": describe_rule(models.fusion)}, "warnings": case_warnings, "vfscreen_version": __version__}
+        "model": {**models.info, "screening": describe_rule(models.fusion)}, "warnings": case_warnings,
+        "vfscreen_version": __version__}
     return {"json": case_json, "seg_image": seg_image, "verse_map": verse_map, "morphometry": morphometry,
             "gradcam": gradcam, "probabilities": probabilities, "components": components, "timings_s": timings}
 
