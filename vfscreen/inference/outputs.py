@@ -32,9 +32,9 @@ PATIENT_FIELDS = {"worst_grade": (int, type(None)), "any_fracture": (bool,), "su
                   "p_fracture_fused": (float, type(None)), "morph_worst_grade": (int, type(None)),
                   "message": (str,)}
 SUMMARY_COLUMNS = ["case_id", "label", "name", "suspected", "grade", "p_fracture", "p_fracture_fused", "uncertainty",
-                   "fold_disagreement", "label_confidence", "p_g0", "p_g1", "p_g2", "p_g3", "anterior_mm", "middle_mm", "posterior_mm",
-                   "genant_ratio", "morph_grade", "morphology", "truncated", "centroid_x_mm", "centroid_y_mm",
-                   "centroid_z_mm", "note"]
+                   "fold_disagreement", "label_confidence", "p_g0", "p_g1", "p_g2", "p_g3", "anterior_mm",
+                   "middle_mm", "posterior_mm", "genant_ratio", "morph_grade", "morphology", "truncated",
+                   "centroid_x_mm", "centroid_y_mm", "centroid_z_mm", "note"]
 ERROR_COLUMNS = ["case_id", "input", "error"]
 
 
