@@ -180,6 +180,12 @@ def test_vertebrae_touching_across_a_disc_are_split_at_the_disc():
     assert len(make_labels_consistent(class_map, image, None, grouping="spine_regions")[1]) == 1
     assert len(make_labels_consistent(class_map, image, probabilities, grouping="spine_regions",
                                       min_core_mm3=None)[1]) == 1
+    # a network with one class per vertebra: components are not split (its classes separate neighbours)
+    one_class = np.where(class_map > 0, VERSE_TO_CLASS[NAME_TO_VERSE["L2"]], 0).astype(np.uint8)
+    softmax = np.zeros((NUM_CLASSES,) + class_map.shape, np.float32)
+    softmax[0] = 1.0 - probabilities[0]
+    softmax[VERSE_TO_CLASS[NAME_TO_VERSE["L2"]]] = probabilities[0]
+    assert len(make_labels_consistent(one_class, image, softmax)[1]) == 1
 
 
 def test_a_small_core_is_not_a_vertebra_of_its_own():

@@ -17,9 +17,11 @@ A network trained on the coarse ``spine_regions`` grouping (vfscreen.labels) pre
 and "lumbar"; its components get class evidence from those three outputs (vfscreen.labels.region_evidence) and the
 chain names them from their order and the thoraco-lumbar transition.
 
-Before the chain, a component that holds several vertebrae touching across a disc (the commonest error of a briefly
-trained network: 37 of 106 test vertebrae of the demo model were merged into a neighbour) is split where the network
-is least sure: :func:`split_touching` finds separate high-probability cores and gives every voxel to its nearest core.
+Before the chain, a foreground component of a grouped network that holds several vertebrae touching across a disc
+(its commonest error: 37 of 106 test vertebrae of the demo model were merged into a neighbour) is split where the
+network is least sure: :func:`split_touching` finds separate high-probability cores and gives every voxel to its
+nearest core. A network with one class per vertebra separates neighbours by their classes; its components are not
+split (where its foreground dips inside one vertebra, body and arch could become two cores; not measured).
 """
 from __future__ import annotations
 
@@ -172,13 +174,6 @@ def _class_evidence(channel_means: np.ndarray | None, class_id: int, grouping: s
     return evidence / max(evidence.sum(), 1e-12)
 
 
-def _foreground_probability(probabilities: np.ndarray, grouping: str, bbox) -> np.ndarray:
-    """P(vertebra) in ``bbox``: the 'vertebra' region sigmoid of a grouped network, 1 - P(background) otherwise."""
-    if grouping == "spine_regions":
-        return probabilities[(0,) + tuple(bbox)].astype(np.float32)
-    return 1.0 - probabilities[(0,) + tuple(bbox)].astype(np.float32)
-
-
 def split_touching(mask: np.ndarray, foreground_probability: np.ndarray, spacing_zyx, min_seed_voxels: int,
                    levels=SPLIT_LEVELS) -> list[np.ndarray]:
     """Split one connected component into the vertebrae it holds (neighbours touching across a disc).
@@ -235,9 +230,10 @@ def find_components(class_map: np.ndarray, reference: sitk.Image, probabilities:
             local = tuple(slice(outer.start + inner.start, outer.start + inner.stop)
                           for outer, inner in zip(bbox, piece_bbox))
             parts = [pieces[piece_bbox] == piece]
-            if probabilities is not None and min_core_mm3 is not None:
-                parts = split_touching(parts[0], _foreground_probability(probabilities, grouping, local),
-                                       spacing_zyx, max(1, int(round(min_core_mm3 / voxel_mm3))))
+            if grouping != "vertebrae" and probabilities is not None and min_core_mm3 is not None:
+                vertebra_probability = probabilities[(0,) + local].astype(np.float32)  # the 'vertebra' region
+                parts = split_touching(parts[0], vertebra_probability, spacing_zyx,
+                                       max(1, int(round(min_core_mm3 / voxel_mm3))))
             candidates.extend((class_id, local, part) for part in parts)
     if not candidates:
         return np.zeros(class_map.shape, np.int32), []
