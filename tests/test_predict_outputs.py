@@ -350,3 +350,14 @@ def test_a_broken_fusion_file_is_a_clear_error(tmp_path):
     (tmp_path / "fusion.json").write_text('{"kind": "something else"}')
     with pytest.raises(ConfigError, match="fusion.json.*not a vfscreen fusion model"):
         load_screening_model(tmp_path)
+
+
+def test_report_verdict_names_at_most_three_flagged_vertebrae():
+    from vfscreen.inference.report import GRADE_COLOURS, _verdict
+
+    names = ["T4", "T5", "T6", "T7", "T8"]
+    vertebrae = [{"name": name, "grade": 2 if name == "T6" else 0, "suspected": True} for name in names]
+    patient = {"any_fracture": True, "suspected": ["T6", "T4", "T5", "T7", "T8"], "num_vertebrae": 5,
+               "message": "fracture suspected: ..."}
+    text, colour = _verdict({"patient": patient, "vertebrae": vertebrae})
+    assert text == "FRACTURE SUSPECTED - T6 (G2), T4 (G0), T5 (G0) and 2 more" and colour == GRADE_COLOURS[2]

@@ -22,6 +22,7 @@ from scipy import ndimage  # noqa: E402
 from vfscreen.inference.geometry import array_indices_to_world, world_to_array_indices  # noqa: E402
 
 GRADE_COLOURS = {0: "#2ca02c", 1: "#f2d50f", 2: "#ff7f0e", 3: "#d62728", None: "#9e9e9e"}
+MAX_VERDICT_NAMES = 3  # the verdict line names the highest-scoring flagged vertebrae, then "and N more"
 FLAG_COLOUR = "#e6007e"  # flagged for review (screening rule): a colour no grade uses
 GRADE_LABELS = {0: "G0 normal", 1: "G1 mild", 2: "G2 moderate", 3: "G3 severe", None: "not graded"}
 DISPLAY_WINDOW_HU = (-250.0, 1250.0)  # bone-friendly window that still shows soft tissue
@@ -77,9 +78,11 @@ def curved_sagittal(image: sitk.Image, verse_map: np.ndarray, curve_z, curve_x, 
 def _verdict(case_json: dict) -> tuple[str, str]:
     patient = case_json["patient"]
     if patient["any_fracture"]:
-        flagged = [v["grade"] for v in case_json["vertebrae"] if v.get("suspected")]
-        return f"FRACTURE SUSPECTED - {patient['message'].split(': ', 1)[-1]}", \
-            GRADE_COLOURS[max(flagged + [1])]
+        flagged = {v["name"]: v["grade"] for v in case_json["vertebrae"] if v.get("suspected")}
+        names = patient.get("suspected") or list(flagged)  # highest score first
+        shown = ", ".join(f"{name} (G{flagged[name]})" for name in names[:MAX_VERDICT_NAMES])
+        more = f" and {len(names) - MAX_VERDICT_NAMES} more" if len(names) > MAX_VERDICT_NAMES else ""
+        return f"FRACTURE SUSPECTED - {shown}{more}", GRADE_COLOURS[max(list(flagged.values()) + [1])]
     return patient["message"].upper() if patient["num_vertebrae"] else "NO VERTEBRA FOUND", \
         GRADE_COLOURS[0] if patient["num_vertebrae"] else "#555555"
 
