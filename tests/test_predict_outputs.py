@@ -361,3 +361,25 @@ def test_report_verdict_names_at_most_three_flagged_vertebrae():
                "message": "fracture suspected: ..."}
     text, colour = _verdict({"patient": patient, "vertebrae": vertebrae})
     assert text == "FRACTURE SUSPECTED - T6 (G2), T4 (G0), T5 (G0) and 2 more" and colour == GRADE_COLOURS[2]
+
+
+def test_a_ratio_outside_the_fitted_range_is_not_extrapolated():
+    from vfscreen.evaluation.fusion import fit_fusion, fused_probability, validate_fusion
+    from vfscreen.inference.screening import OUT_OF_RANGE_NOTE, screen
+
+    rng = np.random.default_rng(0)
+    grades = np.repeat([0, 1, 2, 3], 10)
+    ratio = np.clip(np.where(grades > 0, 0.95 - 0.12 * grades, 0.95) + rng.normal(0, 0.03, 40), 0, 1)  # (40,)
+    p_fracture = np.clip(0.2 + 0.15 * grades + rng.normal(0, 0.1, 40), 0.01, 0.99)
+    model = validate_fusion(fit_fusion(grades, p_fracture, ratio))
+    low, high = model["genant_ratio_range"]
+    assert low == pytest.approx(ratio.min()) and high == pytest.approx(ratio.max())
+    # a ratio of 0.05 (no vertebra is that flat: a failed mask) gets the grader's p, not an extrapolated certainty
+    assert fused_probability(model, [0.1, 0.1], [0.05, low])[0] == pytest.approx(0.1)
+    assert fused_probability(model, [0.1], [low])[0] != pytest.approx(0.1)
+    vertebrae = [{"grade": 0, "p_fracture": 0.1, "genant_ratio": 0.05, "note": ""},
+                 {"grade": 0, "p_fracture": 0.1, "genant_ratio": float(low), "note": ""}]
+    screen(vertebrae, model)
+    assert vertebrae[0]["p_fracture_fused"] is None and vertebrae[0]["note"] == OUT_OF_RANGE_NOTE
+    assert vertebrae[0]["suspected"] is (0.1 >= model["thresholds"]["grader"])
+    assert vertebrae[1]["p_fracture_fused"] is not None and vertebrae[1]["note"] == ""

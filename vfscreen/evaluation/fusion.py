@@ -10,7 +10,9 @@ with p = the grader's P(fracture) = 1 - P(G0) (clipped to [1e-6, 1 - 1e-6]) and 
 anterior/middle/posterior body heights measured by vfscreen's morphometry. Standardising makes the L2 penalty treat
 both inputs alike (r varies over a few tenths, logit(p) over several units). It is fitted on the grader's
 *validation* predictions of the training folds (cross-validation, never on test cases) for the binary target
-G1-G3 vs G0. Where the ratio is not measured (a truncated vertebra) the fused probability is the grader's p.
+G1-G3 vs G0. Where the ratio is not measured (a truncated vertebra), or lies more than ``RATIO_RANGE_MARGIN`` outside
+the range of the ratios the model was fitted on (``genant_ratio_range``; a failed segmentation can measure 0.08 where
+no vertebra is that flat, and a logistic model must not extrapolate there), the fused probability is the grader's p.
 
 The same fit stores decision thresholds chosen on the same validation predictions by Youden's J (maximum of
 sensitivity + specificity - 1) for the grader's p, for the morphometric height reduction 1 - r and for the fused
@@ -40,6 +42,7 @@ FEATURES = ("logit_p_fracture", "genant_ratio")
 PROBABILITY_CLIP = 1e-6
 REGULARIZATION_C = 1.0
 THRESHOLD_METHODS = ("grader", "morphometry", "fused")
+RATIO_RANGE_MARGIN = 0.05
 
 
 def fusion_features(p_fracture: np.ndarray, genant_ratio: np.ndarray) -> np.ndarray:
@@ -57,12 +60,25 @@ def _classifier(model: dict) -> LogisticRegression:
     return classifier
 
 
+def ratio_usable(model: dict, genant_ratio: np.ndarray) -> np.ndarray:
+    """(N,) bool: the ratio is measured and within the fitted range (+- RATIO_RANGE_MARGIN; models without a stored
+    range accept any measured ratio)."""
+    genant_ratio = np.asarray(genant_ratio, dtype=float)
+    usable = np.isfinite(genant_ratio)
+    if model.get("genant_ratio_range") is not None:
+        low, high = model["genant_ratio_range"]
+        with np.errstate(invalid="ignore"):
+            usable &= (genant_ratio >= low - RATIO_RANGE_MARGIN) & (genant_ratio <= high + RATIO_RANGE_MARGIN)
+    return usable
+
+
 def fused_probability(model: dict, p_fracture: np.ndarray, genant_ratio: np.ndarray) -> np.ndarray:
-    """Fused P(fracture) of N vertebrae; the grader's p where the ratio is missing (NaN)."""
+    """Fused P(fracture) of N vertebrae; the grader's p where the ratio is missing (NaN) or outside the fitted
+    range (:func:`ratio_usable`)."""
     p_fracture = np.asarray(p_fracture, dtype=float)
     genant_ratio = np.asarray(genant_ratio, dtype=float)
     fused = p_fracture.copy()
-    measured = np.isfinite(genant_ratio) & np.isfinite(p_fracture)
+    measured = ratio_usable(model, genant_ratio) & np.isfinite(p_fracture)
     if measured.any():
         features = fusion_features(p_fracture[measured], genant_ratio[measured])
         standardised = (features - np.asarray(model["feature_mean"])) / np.asarray(model["feature_scale"])
@@ -95,7 +111,8 @@ def fit_fusion(true_grades: np.ndarray, p_fracture: np.ndarray, genant_ratio: np
              "coefficients": [float(c) for c in classifier.coef_[0]],
              "intercept": float(classifier.intercept_[0]), "regularization_C": REGULARIZATION_C,
              "probability_clip": PROBABILITY_CLIP, "sklearn_version": sklearn.__version__,
-             "num_vertebrae": int(measured.sum()), "num_fractured": positives}
+             "num_vertebrae": int(measured.sum()), "num_fractured": positives,
+             "genant_ratio_range": [float(genant_ratio[measured].min()), float(genant_ratio[measured].max())]}
     fused = fused_probability(model, p_fracture, genant_ratio)
     scores = {"grader": p_fracture, "morphometry": 1.0 - np.where(np.isfinite(genant_ratio), genant_ratio, 1.0),
               "fused": fused}
@@ -140,6 +157,11 @@ def validate_fusion(model, source="fusion model") -> dict:
             or not isinstance(model.get("intercept"), (int, float)) or model.get("features") != list(FEATURES)):
         raise ConfigError(f"{source}: needs features {list(FEATURES)} and {len(FEATURES)} numbers each for "
                           "coefficients, feature_mean and feature_scale (> 0), and a numeric intercept")
+    ratio_range = model.get("genant_ratio_range")
+    if ratio_range is not None and not (isinstance(ratio_range, list) and len(ratio_range) == 2 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in ratio_range)
+                                        and ratio_range[0] <= ratio_range[1]):
+        raise ConfigError(f"{source}: \"genant_ratio_range\" must be [low, high] with low <= high")
     thresholds = model.get("thresholds", {})
     if not isinstance(thresholds, dict) or not all(v is None or isinstance(v, (int, float))
                                                     for v in thresholds.values()):

@@ -8,7 +8,8 @@ vertebra with P(fracture) = 0.4 is then "G0" although it deserves a look. So pre
 1. ``fusion.json`` next to the grader folds (``vfscreen_evaluate -d D -c C --cv --fit-fusion``; the demo fits it) has
    a fused score (logistic model of the grader's P(fracture) and the measured Genant ratio, see
    :mod:`vfscreen.evaluation.fusion`) and Youden thresholds: suspected = fused P >= threshold_fused (the grader's P
-   against threshold_grader where the ratio could not be measured);
+   against threshold_grader where the ratio was not measured or lies outside the range the model was fitted on -
+   then the vertebra's note says so);
 2. without it: suspected = argmax grade > 0.
 
 Vertebrae that were not graded (cut by the field of view) are never flagged (``suspected`` = None).
@@ -19,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+OUT_OF_RANGE_NOTE = ("Genant ratio outside the range the fusion model was fitted on (a measurement failure?): "
+                     "screened by the grader alone")
 RULE_ARGMAX = "argmax grade > 0 (no fusion.json with validation thresholds next to the grader)"
 
 
@@ -44,7 +47,7 @@ def describe_rule(fusion: dict | None) -> dict:
 def screen(vertebrae: list[dict], fusion: dict | None) -> None:
     """Add ``p_fracture_fused`` and ``suspected`` to every vertebra dict (in place; needs grade, p_fracture and
     genant_ratio). Graded vertebrae only; the others get None for both."""
-    from vfscreen.evaluation.fusion import fused_probability
+    from vfscreen.evaluation.fusion import fused_probability, ratio_usable
 
     graded = [v for v in vertebrae if v["grade"] is not None]
     for vertebra in vertebrae:
@@ -58,9 +61,12 @@ def screen(vertebrae: list[dict], fusion: dict | None) -> None:
         return
     p_fracture = np.array([v["p_fracture"] for v in graded], dtype=float)  # (N,)
     ratio = np.array([np.nan if v["genant_ratio"] is None else v["genant_ratio"] for v in graded], dtype=float)
-    fused = fused_probability(fusion, p_fracture, ratio)  # (N,); the grader's p where the ratio is missing
+    fused = fused_probability(fusion, p_fracture, ratio)  # (N,); the grader's p where the ratio is not usable
     thresholds = fusion.get("thresholds", {})
-    for vertebra, fused_p, measured in zip(graded, fused, np.isfinite(ratio)):
+    usable = ratio_usable(fusion, ratio)  # (N,)
+    for vertebra, fused_p, measured, out_of_range in zip(graded, fused, usable, np.isfinite(ratio) & ~usable):
+        if out_of_range:
+            vertebra["note"] = "; ".join(filter(None, [vertebra["note"], OUT_OF_RANGE_NOTE]))
         score, threshold = (fused_p, thresholds.get("fused")) if measured else \
             (vertebra["p_fracture"], thresholds.get("grader"))
         vertebra["p_fracture_fused"] = round(float(fused_p), 6) if measured else None
