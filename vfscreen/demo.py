@@ -153,11 +153,11 @@ def stage_grader(run: DemoRun) -> str:
         continuing = (setup.fold_folder / "checkpoint_latest.pth").is_file()
         train_grader(setup, continue_training=True)  # --c: resumes checkpoint_latest.pth, else starts afresh
         status = "continued" if continuing else "done"
-    fit_screening_thresholds(plans, refit=status != "skipped")
+    fit_screening_thresholds(plans, setup.fold_folder.parent, refit=status != "skipped")
     return status
 
 
-def fit_screening_thresholds(plans: dict, refit: bool) -> None:
+def fit_screening_thresholds(plans: dict, grader_folder: Path, refit: bool) -> None:
     """The fusion model and Youden thresholds on fold 0's validation predictions (vfscreen_evaluate --cv
     --fit-fusion): prediction flags vertebrae at this operating point instead of argmax
     (vfscreen.inference.screening)."""
@@ -165,7 +165,7 @@ def fit_screening_thresholds(plans: dict, refit: bool) -> None:
     from vfscreen.evaluation.fusion import FUSION_FILE, load_fusion
     from vfscreen.experiment_planning.plans import grader_loss
 
-    path = vfscreen_grader_final(plans).parent.parent / FUSION_FILE
+    path = grader_folder / FUSION_FILE
     if refit or not path.is_file():
         path.unlink(missing_ok=True)  # a stale model must not outlive the grader it was fitted for
         try:
@@ -209,9 +209,8 @@ def predictions_are_stale(run: DemoRun) -> bool:
 
 
 def vfscreen_grader_final(plans: dict) -> Path:
-    from vfscreen.training.grader.trainer import grader_model_folder
-
     from vfscreen.experiment_planning.plans import grader_loss
+    from vfscreen.training.grader.trainer import grader_model_folder
 
     return grader_model_folder(DATASET_NAME, plans.get("plans_name", "vfscreenPlans"), CONFIGURATION,
                                grader_loss(plans, CONFIGURATION)) / f"fold_{FOLD}" / "checkpoint_final.pth"

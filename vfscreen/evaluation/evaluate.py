@@ -43,12 +43,14 @@ def _resolve_fusion(fusion, predictions) -> tuple[dict | None, str]:
         if isinstance(embedded, dict):
             return fusion_module.validate_fusion(embedded, f"{case.json_path}: model.fusion"), \
                 f"{case.json_path} (model.fusion)"
+    from vfscreen.inference.screening import load_screening_model
+
     for case in predictions.values():  # the grader model folder the predictions were made with
         grader = case.model.get("grader")
         if isinstance(grader, dict) and isinstance(grader.get("folder"), str):
-            candidate = Path(grader["folder"]) / fusion_module.FUSION_FILE
-            if candidate.is_file():
-                return fusion_module.load_fusion(candidate), str(candidate)
+            model = load_screening_model(Path(grader["folder"]))
+            if model is not None:
+                return model, str(Path(grader["folder"]) / fusion_module.FUSION_FILE)
     return None, ""
 
 

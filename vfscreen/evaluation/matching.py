@@ -143,7 +143,7 @@ def match_case(case_id: str, reference: sitk.Image, prediction: sitk.Image | Non
     if prediction is not None and rule == "label":
         match.dice = dice_per_label(reference, prediction, match.reference_labels)
     elif prediction is not None:
-        match.dice = _dice_of_pairs(reference, prediction, match)
+        match.dice = _dice_of_pairs(reference, prediction, match, predicted_centroids)
     elif predicted_centroids is None:
         match.dice = {label: 0.0 for label in match.reference_labels}
     return match
@@ -175,16 +175,10 @@ def segmentation_metrics(vertebra_table: pd.DataFrame, extra_table: pd.DataFrame
     return result
 
 
-def _dice_of_pairs(reference: sitk.Image, prediction: sitk.Image, match: CaseMatch) -> dict[int, float]:
-    """Dice of each reference vertebra with its position-matched predicted vertebra (0 when unmatched)."""
-    dice_per_label(reference, prediction, [])  # the same grid check
-    reference_array, predicted_array = sitk.GetArrayViewFromImage(reference), sitk.GetArrayViewFromImage(prediction)
-    dice = {}
-    for label in match.reference_labels:
-        if label not in match.partner:
-            dice[label] = 0.0
-            continue
-        in_reference, in_prediction = reference_array == label, predicted_array == match.partner[label]
-        dice[label] = float(2 * np.logical_and(in_reference, in_prediction).sum()
-                            / max(1, in_reference.sum() + in_prediction.sum()))
-    return dice
+def _dice_of_pairs(reference: sitk.Image, prediction: sitk.Image, match: CaseMatch,
+                   predicted_labels) -> dict[int, float]:
+    """Dice of each reference vertebra with its position-matched predicted vertebra (0 when unmatched): the
+    prediction relabelled with its partners' reference labels (unpaired vertebrae -> 0), then :func:`dice_per_label`."""
+    to_reference = {predicted: reference_label for reference_label, predicted in match.partner.items()}
+    change = {float(label): float(to_reference.get(label, 0)) for label in predicted_labels}
+    return dice_per_label(reference, sitk.ChangeLabel(prediction, changeMap=change), match.reference_labels)

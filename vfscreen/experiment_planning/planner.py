@@ -348,19 +348,21 @@ def assemble_plans(dataset_name: str, fingerprint: dict, nnunet_plans: dict, seg
     }
     if preset and preset.get("configurations"):
         plans["configurations"] = deep_merge(plans["configurations"], preset["configurations"])
-        merged = plans["configurations"][CONFIGURATION]["grader"]
-        fixed = preset["configurations"].get(CONFIGURATION, {}).get("grader", {})
-        if targets.grader_steps and "num_epochs" not in fixed:  # the preset's batch size changes the epoch length
-            merged["num_epochs"] = _epochs_for_steps(fingerprint, merged["sampler"]["samples_per_class"], num_folds,
-                                                     targets)
-            if "validate_every" not in fixed:
-                merged["validate_every"] = max(1, merged["num_epochs"] // 50)
-        _refresh_grader_estimate(merged, device)
+        _refresh_after_preset(plans["configurations"][CONFIGURATION]["grader"],
+                              preset["configurations"].get(CONFIGURATION, {}).get("grader", {}),
+                              fingerprint, device, targets, num_folds)
     return plans
 
 
-def _refresh_grader_estimate(grader: dict, device: B.DeviceBudget) -> None:
-    """After a preset changed sizes, recompute the grader's memory estimate for what will actually run."""
+def _refresh_after_preset(grader: dict, fixed: dict, fingerprint: dict, device: B.DeviceBudget,
+                          targets: B.PlanningTargets, num_folds: int) -> None:
+    """After a preset fixed some grader values (``fixed``), recompute what was derived from the planner's own ones:
+    the epochs of a step budget (the preset's batch changes the epoch length) and the memory estimate."""
+    if targets.grader_steps and "num_epochs" not in fixed:
+        grader["num_epochs"] = _epochs_for_steps(fingerprint, grader["sampler"]["samples_per_class"], num_folds,
+                                                 targets)
+        if "validate_every" not in fixed:
+            grader["validate_every"] = max(1, grader["num_epochs"] // 50)
     views = B.grader_views_per_batch(grader["sampler"]["samples_per_class"], grader["sampler"]["views"])
     grader["estimated_memory_gb"] = round(grader_cost(grader).training_memory_gb(views, device.bytes_per_activation), 3)
 

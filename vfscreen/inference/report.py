@@ -79,7 +79,7 @@ def _verdict(case_json: dict) -> tuple[str, str]:
     patient = case_json["patient"]
     if patient["any_fracture"]:
         flagged = {v["name"]: v["grade"] for v in case_json["vertebrae"] if v.get("suspected")}
-        names = patient.get("suspected") or list(flagged)  # highest score first
+        names = patient["suspected"]  # highest score first
         shown = ", ".join(f"{name} (G{flagged[name]})" for name in names[:MAX_VERDICT_NAMES])
         more = f" and {len(names) - MAX_VERDICT_NAMES} more" if len(names) > MAX_VERDICT_NAMES else ""
         return f"FRACTURE SUSPECTED - {shown}{more}", GRADE_COLOURS[max(list(flagged.values()) + [1])]

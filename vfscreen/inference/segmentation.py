@@ -134,6 +134,7 @@ def load_models(dataset, configuration: str = "3d", folds=None, device: str = "c
     off; plans without the field: on, nnU-Net's default)."""
     from vfscreen.dataset import resolve_dataset_name
     from vfscreen.inference.grading import FoldEnsembleGrader
+    from vfscreen.inference.screening import load_screening_model
     from vfscreen.paths import nnUNet_results
     from vfscreen.training.grader.trainer import TRAINER_NAMES, grader_model_folder, resolve_device
     from vfscreen.training.segmentation import segmentation_model_folder
@@ -171,7 +172,6 @@ def load_models(dataset, configuration: str = "3d", folds=None, device: str = "c
     if saliency:
         from vfscreen.inference.saliency import grad_cam_image
         saliency_function = grad_cam_image
-    from vfscreen.inference.screening import load_screening_model
     fusion = load_screening_model(grader_folder)
     info = {"dataset": dataset_name, "configuration": configuration, "plans_name": grader.plans.get("plans_name"),
             "segmentation": {"folder": str(segmentation_folder), "trainer": segmenter.trainer_name,
