@@ -16,8 +16,9 @@ os.environ["VFSCREEN_QUIET"] = "1"
 import pytest  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
-EXAMPLE_CT = SHARED_DATA / "totalsegmentator_example_ct.nii.gz"
+TEST_DATA = PROJECT_ROOT / "tests" / "data"  # real CT + TotalSegmentator mask (Apache-2.0, see tests/data/NOTICE)
+EXAMPLE_CT = TEST_DATA / "totalsegmentator_example_ct.nii.gz"
+EXAMPLE_CT_VERTEBRAE = TEST_DATA / "totalsegmentator_example_ct_vertebrae.nii.gz"
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -35,10 +36,16 @@ def session_home() -> Path:
 
 @pytest.fixture
 def example_ct() -> Path:
-    """The real abdominal CT of the TotalSegmentator project's tests (Apache-2.0), from ../shared/data."""
-    if not EXAMPLE_CT.is_file():
-        pytest.skip(f"real example CT not available ({EXAMPLE_CT} is absent; it lives in ../shared/data)")
+    """The real abdominal CT of the TotalSegmentator project's tests (Apache-2.0), copied into tests/data."""
+    assert EXAMPLE_CT.is_file(), f"{EXAMPLE_CT} is part of the repository; restore it (git checkout tests/data)"
     return EXAMPLE_CT
+
+
+@pytest.fixture
+def example_ct_vertebrae() -> Path:
+    """TotalSegmentator's vertebra mask of ``example_ct`` (v2 ``total`` ids + embedded label table), tests/data."""
+    assert EXAMPLE_CT_VERTEBRAE.is_file(), f"{EXAMPLE_CT_VERTEBRAE} is part of the repository; restore it"
+    return EXAMPLE_CT_VERTEBRAE
 
 
 def pytest_configure(config):

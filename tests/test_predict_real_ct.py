@@ -1,8 +1,8 @@
 """End-to-end on a real CT: a tiny model is trained on a tiny phantom dataset through the real pipeline (generator ->
 planner with a preset -> nnU-Net segmentation -> SupCon grader), then vfscreen's prediction runs on the real 3 mm
-abdominal CT of ../shared/data. Checked: the pipeline runs, the outputs are well formed (the prediction JSON schema,
-summary, report image) and ``<case>_seg.nii.gz`` has the input's exact geometry. Accuracy is not the point (the model
-sees 2 segmentation iterations); the test is skipped with a reason when ../shared is absent.
+abdominal CT of tests/data (TotalSegmentator example, Apache-2.0, see tests/data/NOTICE). Checked: the pipeline
+runs, the outputs are well formed (the prediction JSON schema, summary, report image) and ``<case>_seg.nii.gz`` has the input's exact geometry. Accuracy is not the point (the model
+sees 2 segmentation iterations).
 """
 import json
 import shutil
