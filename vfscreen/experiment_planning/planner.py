@@ -129,7 +129,7 @@ def plan_grader(fingerprint: dict, device: B.DeviceBudget, targets: B.PlanningTa
         "sampler": {"samples_per_class": samples_per_class, "views": views},
         "optimizer": {"name": "sgd", "lr": 0.001, "momentum": 0.9, "weight_decay": 0.0001, "lr_decay_at": [0.8, 0.9],
                       "lr_decay_factor": 0.1},
-        "prior_correction": "training_frequencies",
+        "prior_correction": "none",
         "num_epochs": num_epochs,
         "validate_every": max(1, num_epochs // 50),
         "num_workers": 1 if device.type == "cpu" else 6,

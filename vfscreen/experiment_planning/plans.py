@@ -68,7 +68,7 @@ _ALLOWED_VALUES = {
     f"configurations.{CONFIGURATION}.grader.crop.storage_dtype": ("float16", "float32"),
     f"configurations.{CONFIGURATION}.grader.network.block": ("BottleneckD", "BasicBlockD"),
     f"configurations.{CONFIGURATION}.grader.loss.name": ("supcon", "ce"),
-    f"configurations.{CONFIGURATION}.grader.optimizer.name": ("sgd",),
+    f"configurations.{CONFIGURATION}.grader.optimizer.name": ("sgd", "adam"),
 }
 
 

@@ -44,8 +44,39 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--npz", action="store_true", help="segmentation: also save validation softmax (nnU-Net)")
     parser.add_argument("--num-workers", type=int, default=None,
                         help="grader data-augmentation worker processes (default: the plans')")
+    parser.add_argument("--grader-override", metavar="JSON", default=None,
+                        help="grader stage: plan values to change for this run, as a JSON object merged into "
+                             "configurations.<config>.grader (e.g. '{\"optimizer\": {\"name\": \"adam\"}}'); "
+                             "needs --plans-tag")
+    parser.add_argument("--plans-tag", default=None,
+                        help="with --grader-override: the model goes to <trainer>__<plans>_<TAG>__<config>, so it "
+                             "never overwrites the plans' own model")
     parser.add_argument("--verbose", action="store_true", help="show tracebacks")
     return parser
+
+
+def apply_grader_override(plans: dict, configuration: str, override: str | None, tag: str | None) -> dict:
+    """The plans with ``override`` (a JSON object) merged into the grader plan, named ``<plans_name>_<tag>``."""
+    if override is None and tag is None:
+        return plans
+    if override is None or not tag or not re.fullmatch(r"[A-Za-z0-9]+", tag):
+        raise ConfigError("--grader-override and --plans-tag go together; the tag is letters and digits only")
+    import json
+
+    from vfscreen.experiment_planning.plans import deep_merge, validate_plans
+
+    try:
+        values = json.loads(override)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"--grader-override is not valid JSON ({error})") from None
+    if not isinstance(values, dict):
+        raise ConfigError("--grader-override must be a JSON object")
+    grader = deep_merge(plans["configurations"][configuration]["grader"], values)
+    plans = deep_merge(plans, {"plans_name": f"{plans.get('plans_name', 'vfscreenPlans')}_{tag}",
+                               "grader_override": values})
+    plans["configurations"][configuration]["grader"] = grader
+    validate_plans(plans, plans.get("dataset_name"), source="plans with --grader-override")
+    return plans
 
 
 def _load_plans(dataset_name: str) -> dict:
@@ -110,6 +141,7 @@ def run(argv=None) -> int:
     if args.configuration not in plans.get("configurations", {}):
         raise ConfigError(f"configuration {args.configuration!r} is not in the plans of {dataset_name} "
                           f"(available: {sorted(plans.get('configurations', {}))})")
+    plans = apply_grader_override(plans, args.configuration, args.grader_override, args.plans_tag)
     args.device = args.device or plans.get("device", {}).get("type", "cpu")
     if args.device not in ("cpu", "cuda", "mps"):
         raise ConfigError(f"unknown device {args.device!r} in the plans (use -device cpu|cuda|mps)")

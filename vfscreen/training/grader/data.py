@@ -131,6 +131,32 @@ class ValidationPatches(Dataset):
         return self._centred_patch(load_crop(self.crop_paths[index]), self.patch_size), index
 
 
+class ProbePatches(Dataset):
+    """The training crops for a linear probe: item i -> (patch (3, *patch_size) float32, i); items
+    ``k * (1 + copies)`` are the centred crops, the ``copies`` after each are seeded augmented views of it."""
+
+    def __init__(self, crop_paths, patch_size, augmentation, copies: int, seed: int):
+        from vfscreen.training.grader.augmentation import centred_patch
+
+        self.crop_paths = list(crop_paths)
+        self.patch_size = tuple(patch_size)
+        self.augmentation = augmentation
+        self.copies = int(copies)
+        self.seed = int(seed)
+        self._centred_patch = centred_patch
+
+    def __len__(self) -> int:
+        return len(self.crop_paths) * (1 + self.copies)
+
+    def __getitem__(self, index):
+        crop_index, copy = divmod(index, 1 + self.copies)
+        crop = load_crop(self.crop_paths[crop_index])
+        if copy == 0:
+            return self._centred_patch(crop, self.patch_size), index
+        item_seed = int(np.random.SeedSequence([self.seed, crop_index, copy]).generate_state(1)[0])
+        return self.augmentation(crop, item_seed), index
+
+
 def _worker_init(_worker_id: int) -> None:
     torch.set_num_threads(1)
 

@@ -7,7 +7,12 @@ the batch still has positives); the denominator runs over every view except i:
     L = mean_i  -1/|P(i)| * sum_{p in P(i)} log( exp(z_i.z_p / tau) / sum_{k != i} exp(z_i.z_k / tau) )
 
 The paper writes a sum over anchors; we average (as SupContrast does), which only rescales the loss by the batch
-size. Anchors without any positive (only possible with a single view) are left out of the mean.
+size. Anchors without any positive (only possible with a single view of a grade's only crop) are left out of the
+mean and counted in ``last_skipped_anchors`` (the trainer logs them).
+
+``normalised`` rescales each anchor's loss to (L_i - log |P(i)|) / (log(N - 1) - log |P(i)|): 1 = chance (every
+other view equally similar), 0 = the floor (positives share all the probability mass), so runs with different
+numbers of views or positives per anchor can be compared.
 """
 from __future__ import annotations
 
@@ -21,12 +26,34 @@ class SupConLoss(nn.Module):
         if not temperature > 0:
             raise ValueError(f"SupCon temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)
+        self.last_skipped_anchors = 0
 
     def forward(self, projections: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """projections: (B, V, P) L2-normalised embeddings, V views of each of B samples; labels: (B,) int.
 
         Returns a scalar tensor.
         """
+        anchor_losses, num_positives = self.per_anchor(projections, labels)
+        has_positive = num_positives > 0
+        self.last_skipped_anchors = int((~has_positive).sum())
+        if not bool(has_positive.any()):
+            return projections.sum() * 0.0  # no anchor has a positive: nothing to learn, keep the graph
+        return anchor_losses[has_positive].mean()
+
+    def normalised(self, projections: torch.Tensor, labels: torch.Tensor) -> float | None:
+        """Mean over anchors with a positive of (L_i - log|P(i)|) / (log(N-1) - log|P(i)|); None without any."""
+        anchor_losses, num_positives = self.per_anchor(projections, labels)
+        num_anchors = anchor_losses.shape[0]
+        usable = (num_positives > 0) & (num_positives < num_anchors - 1)
+        if not bool(usable.any()):
+            return None
+        floor = torch.log(num_positives[usable].double())
+        chance = torch.log(torch.tensor(float(num_anchors - 1), dtype=torch.float64))
+        return float(((anchor_losses[usable].double() - floor) / (chance - floor)).mean())
+
+    def per_anchor(self, projections: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss of each anchor (N,), its number of positives (N,)); N = V * B anchors in view-major order; the loss
+        of an anchor without positive is 0."""
         if projections.ndim != 3:
             raise ValueError(f"projections must be (batch, views, dim), got shape {tuple(projections.shape)}")
         batch_size, num_views, _ = projections.shape
@@ -50,10 +77,5 @@ class SupConLoss(nn.Module):
         log_probability = similarity - log_denominator  # (N, N)
 
         num_positives = positive.sum(dim=1)  # (N,)
-        has_positive = num_positives > 0  # (N,)
         sum_log_probability_positive = (log_probability * positive).sum(dim=1)  # (N,)
-        mean_log_probability_positive = (sum_log_probability_positive[has_positive]
-                                         / num_positives[has_positive])  # (N',)
-        if mean_log_probability_positive.numel() == 0:
-            return projections.sum() * 0.0  # no anchor has a positive: nothing to learn, keep the graph
-        return -mean_log_probability_positive.mean()
+        return -sum_log_probability_positive / num_positives.clamp_min(1), num_positives

@@ -5,7 +5,9 @@
 
 Output: ``nnUNet_results/<Dataset>/vfscreen_grader__<plans>__<config>/fold_<k>/`` (``vfscreen_graderCE`` for the
 cross-entropy baseline, so it never overwrites a SupCon model): checkpoint_{latest,best,final}.pth, plans.json,
-training_log.txt, progress.png, validation/{metrics.json,predictions.csv}.
+training_log.txt, progress.png, validation/{metrics.json,predictions.csv,predictions_head.csv,predictions_probe.csv}
+(+ curves.json when the plan lists ``diagnostics_at_steps``). Both readouts (the head's raw logits, a linear probe on
+frozen features; see readout_stage) are measured at the end; the plan's ``readout.name`` picks the final head.
 """
 from __future__ import annotations
 
@@ -28,10 +30,12 @@ from vfscreen.training.grader import ddp
 from vfscreen.training.grader.augmentation import GraderAugmentation, check_augmentation_plan
 from vfscreen.training.grader.checkpoint import CHECKPOINT_NAMES, PLANS_COPY, checkpoint_path, load_checkpoint, \
     restore_rng_state, save_checkpoint
-from vfscreen.training.grader.data import (PREPROCESS_HINT, TrainingViews, ValidationPatches, crops_folder,
-                                           fold_case_ids, make_loader, read_crops_table, select_fold)
+from vfscreen.training.grader.data import (PREPROCESS_HINT, ProbePatches, TrainingViews, ValidationPatches,
+                                           crops_folder, fold_case_ids, make_loader, read_crops_table, select_fold)
 from vfscreen.training.grader.network import LOSS_NAMES, build_grader
+from vfscreen.training.grader.optimization import build_optimizer, learning_rate_factor, set_learning_rate
 from vfscreen.training.grader.progress import PROGRESS_PLOT, TrainingLog, plot_progress
+from vfscreen.training.grader.readout_stage import describe, final_readout, measure_milestone, readout_plan, summary
 from vfscreen.training.grader.sampler import PerClassBatchSampler
 from vfscreen.training.grader.supcon import SupConLoss
 from vfscreen.training.grader.validation import grading_metrics, predictions_table
@@ -106,15 +110,10 @@ def prepare_grader_training(dataset_name: str, configuration: str, fold, plans: 
                        val_rows, fold_folder)
 
 
-def _learning_rate(optimizer_plan: dict, epoch: int, num_epochs: int) -> float:
-    """Step decay: lr * factor ** (number of decay points, as fractions of training, already passed)."""
-    passed = sum(epoch >= round(fraction * num_epochs) for fraction in optimizer_plan.get("lr_decay_at", []))
-    return float(optimizer_plan["lr"]) * float(optimizer_plan.get("lr_decay_factor", 0.1)) ** passed
-
-
 def _new_history() -> dict:
     keys = ("epoch", "train_loss", "train_supcon", "train_ce", "learning_rate", "epoch_seconds", "data_wait_seconds",
-            "views_per_second", "val_epoch", "val_loss", "val_macro_f1", "val_auroc")
+            "views_per_second", "train_supcon_normalised", "skipped_anchors", "val_epoch", "val_loss",
+            "val_macro_f1", "val_auroc")
     return {key: [] for key in keys}
 
 
@@ -152,12 +151,8 @@ class GraderTrainer:
         network = network.to(self.device, memory_format=self.memory_format)
         self.network = ddp.wrap_model(network, self.context, self.device,
                                       find_unused_parameters=(setup.loss_name == "ce"))
-        optimizer_plan = self.plan["optimizer"]
-        if optimizer_plan.get("name", "sgd") != "sgd":
-            raise ConfigError(f"grader optimizer {optimizer_plan.get('name')!r} is not supported (only sgd)")
-        self.optimizer = torch.optim.SGD(network.parameters(), lr=float(optimizer_plan["lr"]),
-                                         momentum=float(optimizer_plan.get("momentum", 0.9)),
-                                         weight_decay=float(optimizer_plan.get("weight_decay", 1e-4)))
+        self.optimizer = build_optimizer(network, self.plan["optimizer"])
+        self.readout = readout_plan(self.plan)
         self.grad_scaler = torch.amp.GradScaler("cuda") if self.use_amp else None
         self.supcon = SupConLoss(float(self.plan["loss"].get("temperature", 0.07)))
         self.sampler = self._make_sampler()
@@ -170,9 +165,18 @@ class GraderTrainer:
         self.val_loader = make_loader(
             ValidationPatches(setup.val_rows["path"].iloc[val_indices], self.patch_size), 0, pin_memory=False,
             batch_size=max(1, int(self.plan["sampler"]["samples_per_class"]) * 4))
+        probe_copies = int(self.readout["augmented_copies"])
+        self.probe_grades = np.repeat(setup.train_rows["grade"].to_numpy(dtype=int), 1 + probe_copies)
+        self.probe_loader = make_loader(
+            ProbePatches(setup.train_rows["path"], self.patch_size, augmentation, probe_copies, self.seed),
+            self.num_workers, pin_memory=False, batch_size=self.val_loader.batch_size)
+        self.full_val_loader = make_loader(ValidationPatches(setup.val_rows["path"], self.patch_size), 0,
+                                           pin_memory=False, batch_size=self.val_loader.batch_size)
+        self.diagnostics_at_steps = sorted(int(s) for s in self.plan.get("diagnostics_at_steps", []))
         self.start_epoch = 0
         self.best_macro_f1 = None
         self.history = _new_history()
+        self.curves = []
 
     def _make_sampler(self) -> PerClassBatchSampler:
         samples_per_class = int(self.plan["sampler"]["samples_per_class"])
@@ -193,7 +197,8 @@ class GraderTrainer:
                 "patch_size_order": "D, H, W (array order; the plan's crop.patch_size is x, y, z)",
                 "input_channels": self.input_channels, "crop_plan": self.plan["crop"],
                 "num_views": self.num_views, "world_size": self.context.world_size,
-                "best_macro_f1": self.best_macro_f1, "history": self.history, "vfscreen_version": __version__}
+                "best_macro_f1": self.best_macro_f1, "history": self.history, "curves": self.curves,
+                "vfscreen_version": __version__}
 
     def _expected_metadata(self) -> dict:
         setup = self.setup
@@ -219,6 +224,7 @@ class GraderTrainer:
         metadata = checkpoint["metadata"]
         self.start_epoch = int(metadata["epoch"])
         self.best_macro_f1 = metadata["best_macro_f1"]
+        self.curves = list(metadata.get("curves", []))
         self.history = _new_history()  # keys a checkpoint of an older vfscreen lacks are filled with None
         for key in self.history:
             length = len(metadata["history"]["val_epoch" if key.startswith("val_") else "epoch"])
@@ -227,12 +233,11 @@ class GraderTrainer:
 
     # ------------------------------------------------------------------ epochs
     def train_epoch(self, epoch: int) -> None:
-        learning_rate = _learning_rate(self.plan["optimizer"], epoch, self.num_epochs)
-        for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate
+        learning_rate = set_learning_rate(self.optimizer,
+                                          learning_rate_factor(self.plan["optimizer"], epoch, self.num_epochs))
         self.network.train()
         self.sampler.set_epoch(epoch)
-        totals = {"loss": 0.0, "supcon": 0.0, "ce": 0.0}
+        totals = {"loss": 0.0, "supcon": 0.0, "ce": 0.0, "supcon_normalised": 0.0, "skipped_anchors": 0.0}
         num_batches, num_views, data_wait = 0, 0, 0.0
         started = time.perf_counter()
         batches = iter(self.train_loader)
@@ -264,6 +269,13 @@ class GraderTrainer:
         self.history["epoch_seconds"].append(seconds)
         self.history["data_wait_seconds"].append(data_wait)
         self.history["views_per_second"].append(views_per_second)
+        supcon_run = self.setup.loss_name == "supcon"
+        self.history["train_supcon_normalised"].append(means["supcon_normalised"] if supcon_run else None)
+        skipped = int(round(means["skipped_anchors"] * num_batches))
+        self.history["skipped_anchors"].append(skipped)
+        if skipped:
+            self.log(f"epoch {epoch + 1}: {skipped} SupCon anchor(s) without a positive (a grade with a single crop "
+                     "and a single view) were left out of the loss")
         self.log(f"epoch {epoch + 1}/{self.num_epochs}: loss {means['loss']:.4f} (SupCon {means['supcon']:.4f}, "
                  f"CE {means['ce']:.4f}), lr {learning_rate:g}, {num_batches} batches, {seconds:.1f} s, "
                  f"{views_per_second:.1f} views/s, waiting for data {data_wait:.2f} s "
@@ -280,6 +292,7 @@ class GraderTrainer:
         projection = projection.float().reshape(num_views, batch_size, -1).transpose(0, 1)  # (B, V, P)
         ce_loss = F.cross_entropy(logits.float(), grades.repeat(num_views))
         supcon_loss = self.supcon(projection, grades) if self.setup.loss_name == "supcon" else None
+        normalised = self.supcon.normalised(projection.detach(), grades) if supcon_loss is not None else None
         loss = ce_loss + supcon_loss if supcon_loss is not None else ce_loss
         self.optimizer.zero_grad(set_to_none=True)
         if self.grad_scaler is not None:
@@ -290,7 +303,9 @@ class GraderTrainer:
             loss.backward()
             self.optimizer.step()
         return {"loss": float(loss.detach()), "ce": float(ce_loss.detach()),
-                "supcon": float(supcon_loss.detach()) if supcon_loss is not None else 0.0}
+                "supcon": float(supcon_loss.detach()) if supcon_loss is not None else 0.0,
+                "supcon_normalised": normalised or 0.0,
+                "skipped_anchors": float(self.supcon.last_skipped_anchors if supcon_loss is not None else 0)}
 
     @torch.no_grad()
     def validate(self, epoch: int) -> dict:
@@ -322,9 +337,8 @@ class GraderTrainer:
             folder = self.setup.fold_folder / "validation"
             atomic_write_json(folder / "metrics.json", metrics)
             atomic_write_csv(folder / "predictions.csv", predictions_table(rows, all_probabilities))
-        auroc = metrics["binary"]["auroc"]
-        self.log(f"validation after epoch {epoch + 1}: macro-F1 {metrics['multiclass']['macro_f1']:.3f}, AUROC "
-                 f"{'n/a' if auroc is None else f'{auroc:.3f}'}, CE {val_loss:.4f} ({len(rows)} vertebrae)")
+        self.log(f"validation after epoch {epoch + 1}: {describe(summary(metrics))}, CE {val_loss:.4f} "
+                 f"({len(rows)} vertebrae)")
         return metrics
 
     # ------------------------------------------------------------------ run
@@ -347,12 +361,14 @@ class GraderTrainer:
                     self.best_macro_f1 = macro_f1
                     self._save("best", epoch + 1)
                     self.log(f"new best validation macro-F1 {macro_f1:.3f}: checkpoint_best.pth")
+            measure_milestone(self, epoch)
             self._save("latest", epoch + 1)
             if self.context.is_main:
                 plot_progress(self.history, setup.fold_folder / PROGRESS_PLOT)
             if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and not last:
                 self.log(f"stopping after epoch {epoch + 1} as requested")
                 return None
+        metrics = final_readout(self, metrics)
         self._save("final", self.num_epochs)
         self.log(f"training done: checkpoint_final.pth in {setup.fold_folder}")
         return metrics
