@@ -156,6 +156,8 @@ class GraderTrainer:
         self.grad_scaler = torch.amp.GradScaler("cuda") if self.use_amp else None
         self.supcon = SupConLoss(float(self.plan["loss"].get("temperature", 0.07)))
         self.sampler = self._make_sampler()
+        if self.plan.get("num_steps"):  # a step budget instead of epochs (the curves): whole passes covering it
+            self.num_epochs = -(-int(self.plan["num_steps"]) // len(self.sampler))
         augmentation = GraderAugmentation(self.plan["augmentation"], self.patch_size, self.num_image_channels)
         self.train_loader = make_loader(
             TrainingViews(setup.train_rows["path"], setup.train_rows["grade"], augmentation, self.num_views),
