@@ -67,3 +67,16 @@ def test_mask_boxes_blank_all_channels_together():
     assert zeros[0].any()
     assert np.array_equal(zeros[0], zeros[1]) and np.array_equal(zeros[0], zeros[2])
     assert zeros[0].sum() <= 2 * plan["mask_boxes"] * 6 ** 3  # boxes before and after rotation
+
+
+def test_shared_switch_turns_the_random_transforms_on_together_or_not_at_all():
+    # the authors' code: one p switch for intensity, noise, rotation, zoom and shift; boxes drawn with p 0.5 each
+    plan = {**augmentation_plan(probability=0.7), "switch": "shared", "mask_box_probability": 0.0,
+            "isotropic_zoom": True}
+    off_plan = {**plan, "probability": 0.0}
+    shared, off = GraderAugmentation(plan, PATCH), GraderAugmentation(off_plan, PATCH)
+    crop = make_crop()
+    untouched = [torch.equal(shared(crop, seed), off(crop, seed)) for seed in range(40)]
+    assert 4 <= sum(untouched) <= 20  # ~30 % of views pass the switch untouched (12 expected of 40)
+    independent = GraderAugmentation({**plan, "switch": "independent"}, PATCH)
+    assert sum(torch.equal(independent(crop, seed), off(crop, seed)) for seed in range(40)) <= 2

@@ -51,7 +51,13 @@ def test_faint_features_preset_fixes_the_papers_configuration_on_any_data():
     validate_plans(plans, DATASET)
     grader = plans["configurations"]["3d"]["grader"]
     assert grader["crop"]["patch_size"] == [128, 128, 128] and grader["network"]["name"] == "se_resnet50"
-    assert grader["sampler"]["samples_per_class"] * 4 == 24 and grader["num_epochs"] == 1000
+    # the authors' code: 3 crops per grade x 2 views per GPU (24 views, SupCon per GPU), 2 GPUs with SyncBatchNorm
+    assert grader["sampler"]["samples_per_class"] * 4 * 2 == 24 and grader["num_epochs"] == 1000
+    assert grader["sync_batchnorm"] and grader["optimizer"]["lr"] == 0.005
+    augmentation = grader["augmentation"]
+    assert (augmentation["switch"], augmentation["mask_box_probability"], augmentation["isotropic_zoom"]) == \
+        ("shared", 0.5, True)
+    assert augmentation["mask_box_size"] == [1, 20]  # the planner's values where the preset is silent
     assert grader["crop"]["margin_mm"] == 3.0  # left open by the preset: from the fingerprint
     assert plans["configurations"]["3d"]["segmentation"]["trainer"] == "nnUNetTrainer"
     assert plans["preset"] == "faint_features_2022"

@@ -357,7 +357,13 @@ def assemble_plans(dataset_name: str, fingerprint: dict, nnunet_plans: dict, seg
 def _refresh_after_preset(grader: dict, fixed: dict, fingerprint: dict, device: B.DeviceBudget,
                           targets: B.PlanningTargets, num_folds: int) -> None:
     """After a preset fixed some grader values (``fixed``), recompute what was derived from the planner's own ones:
-    the epochs of a step budget (the preset's batch changes the epoch length) and the memory estimate."""
+    the epochs of a step budget (the preset's batch changes the epoch length), the augmentation's voxel sizes (they
+    scale with the patch the preset may fix) and the memory estimate."""
+    if "patch_size" in fixed.get("crop", {}):
+        scaled = grader_augmentation(int(min(grader["crop"]["patch_size"])))
+        own = fixed.get("augmentation", {})
+        grader["augmentation"].update({key: scaled[key] for key in ("mask_box_size", "shift_voxels")
+                                       if key not in own})
     if targets.grader_steps and "num_epochs" not in fixed:
         grader["num_epochs"] = _epochs_for_steps(fingerprint, grader["sampler"]["samples_per_class"], num_folds,
                                                  targets)

@@ -12,6 +12,12 @@ Order (parameters from the plan's ``grader.augmentation``; p = ``probability``, 
   7. ``mask_boxes`` boxes set to 0 again, after rotation (always).
 Validation and prediction use only the centred placement (no randomness).
 
+Optional switches that reproduce the authors' code where it differs from the above (defaults: as above):
+  ``switch``: "independent" (default: each of 3-6 with its own p) or "shared" (the authors' code: ONE switch with p
+  turns 3-6 on together, or none of them),
+  ``mask_box_probability`` (default 1): each box of a masking step is drawn with this probability (0.5 in their code),
+  ``isotropic_zoom`` (default false): one zoom factor for all axes (their code), instead of one per axis.
+
 Each call is seeded (``item_seed`` from the sampler), so an augmented view is a pure function of the crop and the
 seed, whichever worker process computes it.
 """
@@ -96,6 +102,8 @@ def build_transforms(augmentation_plan: dict, patch_size, num_image_channels: in
     """The augmentation after placement, acting on {'image': (C, *patch_size) float tensor} whose first
     ``num_image_channels`` channels are CT windows and the rest (0 or 1) the mask channel."""
     check_augmentation_plan(augmentation_plan)
+    shared = augmentation_plan.get("switch", "independent") == "shared"
+    box_probability = float(augmentation_plan.get("mask_box_probability", 1.0))
     patch_size = tuple(int(s) for s in patch_size)
     p = float(augmentation_plan["probability"])
     box_low, box_high = (int(v) for v in augmentation_plan["mask_box_size"])
@@ -104,8 +112,14 @@ def build_transforms(augmentation_plan: dict, patch_size, num_image_channels: in
     shift = int(augmentation_plan["shift_voxels"])
 
     def mask_boxes():
-        return SharedBlankRectangleTransform(rectangle_size=tuple((box_low, box_high + 1) for _ in patch_size),
-                                             rectangle_value=0.0, num_rectangles=num_boxes)
+        if box_probability >= 1.0:
+            return SharedBlankRectangleTransform(rectangle_size=tuple((box_low, box_high + 1) for _ in patch_size),
+                                                 rectangle_value=0.0, num_rectangles=num_boxes)
+        return ComposeTransforms([RandomTransform(SharedBlankRectangleTransform(
+            rectangle_size=tuple((box_low, box_high + 1) for _ in patch_size), rectangle_value=0.0,
+            num_rectangles=1), box_probability) for _ in range(num_boxes)])
+
+    each = 1.0 if shared else p  # with one shared switch, the transforms inside it always act
 
     intensity_jitter = ComposeTransforms([
         MultiplicativeBrightnessTransform(tuple(augmentation_plan["intensity_scale"]), synchronize_channels=False),
@@ -113,19 +127,26 @@ def build_transforms(augmentation_plan: dict, patch_size, num_image_channels: in
                        synchronize_channels=False, p_per_channel=1, p_retain_stats=0),
     ])
     rotation_and_zoom = SpatialTransform(
-        patch_size, 0, random_crop=False, p_rotation=p, rotation=(-rotation, rotation), p_rot_per_axis=1,
-        p_scaling=p, scaling=tuple(augmentation_plan["zoom"]), p_synchronize_scaling_across_axes=0,
+        patch_size, 0, random_crop=False, p_rotation=each, rotation=(-rotation, rotation), p_rot_per_axis=1,
+        p_scaling=each, scaling=tuple(augmentation_plan["zoom"]),
+        p_synchronize_scaling_across_axes=1 if augmentation_plan.get("isotropic_zoom", False) else 0,
         mode_seg="nearest", border_mode_seg="zeros", padding_mode_image="zeros")
     # no rotation/zoom -> no resampling: an integer crop around a random centre = an integer shift, zero padded
     integer_shift = SpatialTransform(
         patch_size, [s / 2 - shift for s in patch_size], random_crop=True, border_mode_seg="zeros")
+    if shared:
+        middle = [RandomTransform(ComposeTransforms([
+            intensity_jitter, GaussianNoiseTransform(float(augmentation_plan["noise_sigma"]), p_per_channel=1),
+            rotation_and_zoom, integer_shift]), p)]
+    else:
+        middle = [RandomTransform(intensity_jitter, p),
+                  RandomTransform(GaussianNoiseTransform(float(augmentation_plan["noise_sigma"]), p_per_channel=1),
+                                  p),
+                  rotation_and_zoom, RandomTransform(integer_shift, p)]
     return ComposeTransforms([
         mask_boxes(),
         SplitMaskChannel(num_image_channels),
-        RandomTransform(intensity_jitter, p),
-        RandomTransform(GaussianNoiseTransform(float(augmentation_plan["noise_sigma"]), p_per_channel=1), p),
-        rotation_and_zoom,
-        RandomTransform(integer_shift, p),
+        *middle,
         MergeMaskChannel(),
         mask_boxes(),
     ])

@@ -53,10 +53,15 @@ def shutdown(context: DistributedContext) -> None:
 
 
 def wrap_model(network: torch.nn.Module, context: DistributedContext, device: torch.device,
-               find_unused_parameters: bool):
+               find_unused_parameters: bool, sync_batchnorm: bool = False):
+    """DDP wrapper (the network itself without DDP). ``sync_batchnorm``: batch statistics over all ranks' samples
+    (the authors' 2-GPU setting; torch supports it on CUDA only), the BatchNorm layers converted in place."""
     if not context.enabled:
         return network
     from torch.nn.parallel import DistributedDataParallel
+
+    if sync_batchnorm and device.type == "cuda":
+        network = torch.nn.SyncBatchNorm.convert_sync_batchnorm(network)
 
     device_ids = [device.index if device.index is not None else context.local_rank] if device.type == "cuda" else None
     return DistributedDataParallel(network, device_ids=device_ids, find_unused_parameters=find_unused_parameters)

@@ -150,7 +150,8 @@ class GraderTrainer:
                               "'training_frequencies', 'none'")
         network = network.to(self.device, memory_format=self.memory_format)
         self.network = ddp.wrap_model(network, self.context, self.device,
-                                      find_unused_parameters=(setup.loss_name == "ce"))
+                                      find_unused_parameters=(setup.loss_name == "ce"),
+                                      sync_batchnorm=bool(self.plan.get("sync_batchnorm", False)))
         self.optimizer = build_optimizer(network, self.plan["optimizer"])
         self.readout = readout_plan(self.plan)
         self.grad_scaler = torch.amp.GradScaler("cuda") if self.use_amp else None
