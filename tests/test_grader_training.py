@@ -191,3 +191,13 @@ def test_cli_bad_fold_exits_with_usage_error(uninterrupted_run, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["977", "3d", "fold_x"])
     assert exit_info.value.code == 2
+
+
+def test_time_budget_finishes_with_validation_and_a_final_checkpoint():
+    plans = make_dataset("Dataset979_GraderMinutes", num_epochs=5)
+    plans["configurations"]["3d"]["grader"]["max_minutes"] = 0  # spent after the first epoch
+    setup = prepare_grader_training("Dataset979_GraderMinutes", "3d", 0, plans)
+    metrics = train_grader(setup, show_progress=False)
+    assert metrics is not None and set(metrics["readouts"]) <= {"head", "probe"} and "head" in metrics["readouts"]
+    assert load_checkpoint(setup.fold_folder / "checkpoint_final.pth")["metadata"]["epoch"] == 1
+    assert "time budget of 0 minutes spent after epoch 1" in (setup.fold_folder / "training_log.txt").read_text()

@@ -354,9 +354,15 @@ class GraderTrainer:
                  f"{train_counts}), {len(setup.val_rows)} validation crops, {len(self.sampler)} batches/epoch, "
                  f"{self.num_workers} data worker(s), epochs {self.start_epoch + 1}-{self.num_epochs}")
         metrics = None
+        started, max_minutes = time.monotonic(), self.plan.get("max_minutes")
+        completed = self.num_epochs
         for epoch in range(self.start_epoch, self.num_epochs):
             self.train_epoch(epoch)
-            last = epoch + 1 == self.num_epochs
+            time_up = max_minutes is not None and ddp.mean_over_ranks(
+                float(time.monotonic() - started > 60 * float(max_minutes)), self.context) > 0
+            last = epoch + 1 == self.num_epochs or time_up
+            if time_up and epoch + 1 < self.num_epochs:
+                self.log(f"time budget of {max_minutes} minutes spent after epoch {epoch + 1}: finishing here")
             if last or (epoch + 1) % self.validate_every == 0:
                 metrics = self.validate(epoch)
                 macro_f1 = metrics["multiclass"]["macro_f1"]
@@ -371,8 +377,11 @@ class GraderTrainer:
             if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and not last:
                 self.log(f"stopping after epoch {epoch + 1} as requested")
                 return None
+            if last:
+                completed = epoch + 1
+                break
         metrics = final_readout(self, metrics)
-        self._save("final", self.num_epochs)
+        self._save("final", completed)
         self.log(f"training done: checkpoint_final.pth in {setup.fold_folder}")
         return metrics
 
