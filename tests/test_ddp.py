@@ -33,7 +33,8 @@ def test_two_process_gloo_run_writes_one_set_of_artefacts():
     fold = fold_folders[0]
     assert sorted(p.relative_to(fold).as_posix() for p in fold.rglob("*") if p.is_file()) == [
         "checkpoint_best.pth", "checkpoint_final.pth", "checkpoint_latest.pth", "plans.json", "progress.png",
-        "training_log.txt", "validation/metrics.json", "validation/predictions.csv"]
+        "training_log.txt", "validation/metrics.json", "validation/predictions.csv",
+        "validation/predictions_head.csv", "validation/predictions_probe.csv"]
     log = (fold / "training_log.txt").read_text()
     assert log.count("epoch 2/2:") == 1, "only rank 0 may write the log"
     assert "x2:" in log  # two processes
