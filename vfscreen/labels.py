@@ -129,3 +129,36 @@ def region_evidence(region_probabilities: np.ndarray) -> np.ndarray:
     p_thoracic, p_lumbar = region_probabilities[:, 1:2], region_probabilities[:, 2:3]
     evidence = (np.where(thoracic, p_thoracic, 1 - p_thoracic) * np.where(lumbar, p_lumbar, 1 - p_lumbar))
     return evidence / evidence.sum(axis=1, keepdims=True)
+
+
+# Structures that are not graded but serve as anatomical context (naming landmarks): canonical names.
+MAX_RIB_NUMBER = 13  # a 13th rib pair goes with T13 (TotalSegmentator names rib_left_1 .. rib_right_12)
+LANDMARK_NAMES: tuple[str, ...] = ("sacrum", "S1", "coccyx") + tuple(
+    f"rib_{side}_{number}" for side in ("left", "right") for number in range(1, MAX_RIB_NUMBER + 1))
+_VERTEBRA_NAME = re.compile(r"(?:vertebrae?[_ -]?)?([CTL])(\d{1,2})", re.IGNORECASE)
+_RIB_NAME = re.compile(r"rib[_ -]?(left|right)[_ -]?(\d{1,2})", re.IGNORECASE)
+
+
+def parse_structure_name(name: str) -> tuple[str, int | str] | None:
+    """What a label name of another tool means: ``("vertebra", VerSe id)``, ``("landmark", canonical name)`` or None
+    (another structure, e.g. an organ).
+
+    Understood: 'L1', 'vertebrae_L1' (TotalSegmentator), 'vertebra_T13', 'L6', 'C1'; 'vertebrae_S1' / 'S1', 'sacrum',
+    'coccyx'; 'rib_left_1' ... 'rib_right_12'. Case and '_' / '-' / ' ' separators do not matter.
+    """
+    text = str(name).strip()
+    match = _VERTEBRA_NAME.fullmatch(text)
+    if match:
+        candidate = f"{match.group(1).upper()}{int(match.group(2))}"
+        return ("vertebra", NAME_TO_VERSE[candidate]) if candidate in NAME_TO_VERSE else None
+    lowered = re.sub(r"[\s-]+", "_", text.lower())
+    if lowered in ("vertebrae_s1", "vertebra_s1", "s1"):
+        return "landmark", "S1"
+    if lowered in ("sacrum", "os_sacrum"):
+        return "landmark", "sacrum"
+    if lowered in ("coccyx", "cocygis", "os_coccygis"):
+        return "landmark", "coccyx"
+    match = _RIB_NAME.fullmatch(lowered)
+    if match and 1 <= int(match.group(2)) <= MAX_RIB_NUMBER:
+        return "landmark", f"rib_{match.group(1)}_{int(match.group(2))}"
+    return None

@@ -6,6 +6,12 @@ import argparse
 from vfscreen.errors import EXIT_CASES_FAILED, EXIT_OK, cli_entry
 
 
+def _mask_labels(value: str) -> str:
+    if value in ("verse", "totalseg", "totalseg_v1") or value.endswith(".json"):
+        return value
+    raise argparse.ArgumentTypeError(f"{value!r}: use verse, totalseg, totalseg_v1 or a path to a dataset.json")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vfscreen_predict",
@@ -39,6 +45,20 @@ def build_parser() -> argparse.ArgumentParser:
                                 "plans, on in GPU plans]")
     mirroring.add_argument("--enable_tta", dest="use_mirroring", action="store_const", const=True,
                            help="test-time mirroring even where the plans turn it off")
+    parser.add_argument("--masks", default=None, metavar="MASKS",
+                        help="vertebra masks instead of segmentation: one file (when -i is one scan) or a folder with "
+                             "<case>.nii.gz, <case>_seg.nii.gz or a TotalSegmentator per-structure folder "
+                             "<case>/vertebrae_L1.nii.gz ...; cases without a mask are segmented as usual")
+    parser.add_argument("--mask-labels", dest="mask_labels", default=None, metavar="CONVENTION", type=_mask_labels,
+                        help="label convention of --masks: verse | totalseg (TotalSegmentator v2) | totalseg_v1 | "
+                             "PATH_TO_dataset.json [detected: embedded label table, dataset.json next to the masks, "
+                             "then the ids]")
+    parser.add_argument("--seg-model", dest="seg_model", default=None, metavar="FOLDER",
+                        help="a trained nnU-Net v2 model folder (dataset.json, plans.json, fold_X/"
+                             "checkpoint_final.pth; e.g. a TotalSegmentator vertebra model) as the segmentation "
+                             "stage; its dataset.json names the labels")
+    parser.add_argument("--no-grader", dest="no_grader", action="store_true",
+                        help="no learned grade: morphometry, morphometric Genant grade and the report only")
     parser.add_argument("--verbose", action="store_true", help="timings per case and tracebacks")
     return parser
 
@@ -53,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
                     continue_prediction=arguments.continue_prediction, num_parts=arguments.num_parts,
                     part_id=arguments.part_id, num_threads=arguments.num_threads, saliency=arguments.saliency,
                     save_probabilities=arguments.save_probabilities, checkpoint=arguments.checkpoint,
-                    verbose=arguments.verbose, use_mirroring=arguments.use_mirroring)
+                    verbose=arguments.verbose, use_mirroring=arguments.use_mirroring, masks=arguments.masks,
+                    mask_labels=arguments.mask_labels, seg_model=arguments.seg_model, no_grader=arguments.no_grader)
     finished, skipped, errors = table.attrs["finished"], table.attrs["skipped"], table.attrs["errors"]
     print(f"vfscreen_predict: {len(finished)} case(s) predicted, {len(skipped)} skipped (complete), "
           f"{len(errors)} failed -> {arguments.output}")

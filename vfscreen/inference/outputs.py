@@ -19,22 +19,25 @@ import pandas as pd
 from vfscreen.utils.atomic import atomic_path, atomic_write_csv, atomic_write_json, remove_stale_temporaries
 
 # 2: vertebra p_fracture_fused + suspected, patient suspected + p_fracture_fused; any_fracture = the screening decision
-JSON_SCHEMA_VERSION = 2
+# 3: vertebra + patient implausible (vfscreen.inference.plausibility); case segmentation (source, convention) and
+#    landmarks (sacrum, S1, ribs: not graded)
+JSON_SCHEMA_VERSION = 3
 VERTEBRA_FIELDS = {  # field -> allowed Python types of its JSON value
     "label": (int,), "name": (str,), "grade": (int, type(None)), "probabilities": (list, type(None)),
     "p_fracture": (float, type(None)), "uncertainty": (float, type(None)), "fold_disagreement": (float, type(None)),
     "label_confidence": (float, type(None)), "heights_mm": (dict, type(None)), "genant_ratio": (float, type(None)),
     "morph_grade": (int, type(None)), "morphology": (str, type(None)), "centroid_mm": (list,), "truncated": (bool,),
     "note": (str,), "p_fracture_fused": (float, type(None)), "suspected": (bool, type(None)),
+    "implausible": (str, type(None)),
 }
 PATIENT_FIELDS = {"worst_grade": (int, type(None)), "any_fracture": (bool,), "suspected": (list,),
                   "num_vertebrae": (int,), "p_fracture": (float, type(None)),
                   "p_fracture_fused": (float, type(None)), "morph_worst_grade": (int, type(None)),
-                  "message": (str,)}
+                  "implausible": (str, type(None)), "message": (str,)}
 SUMMARY_COLUMNS = ["case_id", "label", "name", "suspected", "grade", "p_fracture", "p_fracture_fused", "uncertainty",
                    "fold_disagreement", "label_confidence", "p_g0", "p_g1", "p_g2", "p_g3", "anterior_mm",
                    "middle_mm", "posterior_mm", "genant_ratio", "morph_grade", "morphology", "truncated",
-                   "centroid_x_mm", "centroid_y_mm", "centroid_z_mm", "note"]
+                   "centroid_x_mm", "centroid_y_mm", "centroid_z_mm", "implausible", "note"]
 ERROR_COLUMNS = ["case_id", "input", "error"]
 
 
@@ -52,7 +55,7 @@ def case_files(output_folder: Path, case_id: str, saliency: bool = False, probab
 
 def validate_case_json(data: dict) -> None:
     """Raise ValueError naming the first field that breaks the schema."""
-    for key in ("case_id", "vertebrae", "patient", "model", "schema_version"):
+    for key in ("case_id", "vertebrae", "patient", "model", "segmentation", "schema_version"):
         if key not in data:
             raise ValueError(f"case JSON lacks '{key}'")
     for index, vertebra in enumerate(data["vertebrae"]):
@@ -136,7 +139,7 @@ def summary_rows(case_json: dict) -> list[dict]:
             "morph_grade": vertebra["morph_grade"], "morphology": vertebra["morphology"],
             "truncated": vertebra["truncated"],
             **{f"centroid_{axis}_mm": value for axis, value in zip("xyz", vertebra["centroid_mm"])},
-            "note": vertebra["note"]})
+            "implausible": vertebra["implausible"], "note": vertebra["note"]})
     return rows
 
 

@@ -26,7 +26,9 @@ from vfscreen.inference import outputs
 from vfscreen.inference.grading import Grader, grade_crops
 from vfscreen.inference.label_consistency import make_labels_consistent
 from vfscreen.inference.morphometry import measure_vertebrae
+from vfscreen.inference.plausibility import assess as assess_plausibility
 from vfscreen.inference.screening import describe_rule, screen
+from vfscreen.inference.spine_labels import SpineLabels
 from vfscreen.labels import CLASS_TO_VERSE, name_of
 from vfscreen.utils.image_io import check_case_id, check_ct_intensities, ensure_3d, orientation_code, read_image
 
@@ -39,11 +41,13 @@ Segmenter = Callable[[sitk.Image], tuple[np.ndarray, np.ndarray | None]]
 
 @dataclass
 class Models:
-    segmenter: Segmenter
-    grader: Grader
+    segmenter: Segmenter | None  # vfscreen's own network (class ids + chain model); None: masks / named_segmenter
+    grader: Grader | None  # None: no learned grade (--no-grader or none trained); morphometry still runs
     info: dict = field(default_factory=dict)  # goes to the JSON's "model"
     saliency: Callable | None = None  # (image, crops, grader) -> sitk.Image Grad-CAM in the image's geometry
     fusion: dict | None = None  # fusion.json of the grader (vfscreen.inference.screening); None: argmax decides
+    # another nnU-Net model whose dataset.json names its labels (vfscreen.inference.seg_model): image -> SpineLabels
+    named_segmenter: Callable[[sitk.Image], SpineLabels] | None = None
 
 
 @dataclass
@@ -125,9 +129,11 @@ def _json_float(value):
     return None if value is None else round(float(value), 4)
 
 
-def predict_case(image: sitk.Image, case_id: str, models: Models, saliency: bool = False) -> dict:
-    """Run the pipeline on one image. Returns {"json", "seg_image", "verse_map", "morphometry", "gradcam",
-    "probabilities", "components", "timings_s"}; writes nothing."""
+def predict_case(image: sitk.Image, case_id: str, models: Models, saliency: bool = False,
+                 given: SpineLabels | None = None) -> dict:
+    """Run the pipeline on one image. ``given``: the case's vertebrae from a mask (``--masks``), which replaces
+    segmentation. Returns {"json", "seg_image", "verse_map", "morphometry", "gradcam", "probabilities",
+    "components", "landmarks", "plausibility", "timings_s"}; writes nothing."""
     from vfscreen.preprocessing.crops import extract_vertebra_crops
 
     timings = {}
@@ -139,17 +145,33 @@ def predict_case(image: sitk.Image, case_id: str, models: Models, saliency: bool
         warnings.warn(message, stacklevel=2)
 
     start = time.perf_counter()
-    class_map, probabilities = models.segmenter(image)
-    timings["segmentation"] = time.perf_counter() - start
-    if class_map.shape != sitk.GetArrayViewFromImage(image).shape:
-        raise RuntimeError(f"segmenter returned shape {class_map.shape}, expected the image's "
-                           f"{sitk.GetArrayViewFromImage(image).shape}")
-    start = time.perf_counter()
-    verse_map, components = make_labels_consistent(class_map, image, probabilities,
-                                                   grouping=getattr(models.segmenter, "label_grouping", "vertebrae"))
-    confidence = {CLASS_TO_VERSE[c.new_class_id]: c.label_confidence for c in components if c.new_class_id > 0}
+    spine = given if given is not None else models.named_segmenter(image) if models.named_segmenter else None
+    probabilities, components, confidence = None, [], {}
+    if spine is None:
+        if models.segmenter is None:
+            raise ConfigError("no segmentation model for this case (no mask for it in --masks, no --seg-model, no "
+                              "trained vfscreen segmentation)")
+        class_map, probabilities = models.segmenter(image)
+        timings["segmentation"] = time.perf_counter() - start
+        if class_map.shape != sitk.GetArrayViewFromImage(image).shape:
+            raise RuntimeError(f"segmenter returned shape {class_map.shape}, expected the image's "
+                               f"{sitk.GetArrayViewFromImage(image).shape}")
+        start = time.perf_counter()
+        verse_map, components = make_labels_consistent(
+            class_map, image, probabilities, grouping=getattr(models.segmenter, "label_grouping", "vertebrae"))
+        del class_map
+        confidence = {CLASS_TO_VERSE[c.new_class_id]: c.label_confidence for c in components if c.new_class_id > 0}
+        segmentation_info, landmarks = {"source": "vfscreen", "convention": "verse"}, None
+    else:
+        timings["segmentation"] = time.perf_counter() - start
+        start = time.perf_counter()
+        verse_map, segmentation_info, landmarks = spine.verse_map, spine.segmentation, spine.landmarks
+        case_warnings += spine.warnings
+        for message in spine.warnings:
+            warnings.warn(f"{case_id}: {message}", stacklevel=2)
     seg_image = sitk.GetImageFromArray(verse_map)
     seg_image.CopyInformation(image)
+    plausibility = assess_plausibility(verse_map, image, len(components) if spine is None else None)
     timings["label_consistency"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -157,10 +179,13 @@ def predict_case(image: sitk.Image, case_id: str, models: Models, saliency: bool
     timings["morphometry"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    crops = extract_vertebra_crops(image, seg_image, models.grader.crop_plan) if morphometry else []
-    use_truncated = bool(models.grader.crop_plan.get("use_truncated", True))
-    gradable = [crop for crop in crops if use_truncated or not crop.truncated]
-    predictions = dict(zip([crop.label for crop in gradable], grade_crops(gradable, models.grader)))
+    plausible = {label for label in morphometry if plausibility.reason(label) is None}
+    crops = extract_vertebra_crops(image, seg_image, models.grader.crop_plan) \
+        if plausible and models.grader is not None else []
+    use_truncated = models.grader is not None and bool(models.grader.crop_plan.get("use_truncated", True))
+    gradable = [crop for crop in crops if (use_truncated or not crop.truncated) and crop.label in plausible]
+    predictions = dict(zip([crop.label for crop in gradable], grade_crops(gradable, models.grader))) \
+        if gradable else {}
     timings["grading"] = time.perf_counter() - start
     gradcam = None
     if saliency:
@@ -174,10 +199,15 @@ def predict_case(image: sitk.Image, case_id: str, models: Models, saliency: bool
     vertebrae = []
     for label, measured in morphometry.items():
         prediction = predictions.get(label)
-        heights = measured.heights_mm
+        implausible = plausibility.reason(label)
+        heights = None if implausible else measured.heights_mm
         truncated = bool(measured.truncated or crop_truncated.get(label, False))
-        notes = [measured.note] if measured.note else []
-        if prediction is None:
+        notes = [measured.note] if measured.note and not implausible else []
+        if implausible:
+            notes.append(f"not graded: anatomically implausible ({implausible})")
+        elif models.grader is None:
+            notes.append("no learned grade (no grader); morphometry only")
+        elif prediction is None:
             notes.append("not graded: cut by the field of view (the grader was trained on whole vertebrae)")
         vertebrae.append({
             "label": int(label), "name": name_of(label),
@@ -187,8 +217,8 @@ def predict_case(image: sitk.Image, case_id: str, models: Models, saliency: bool
             "uncertainty": prediction.uncertainty if prediction else None,
             "fold_disagreement": prediction.fold_disagreement if prediction else None,
             "label_confidence": _json_float(confidence.get(label)),
-            "heights_mm": heights, "genant_ratio": _json_float(measured.genant_ratio),
-            "morph_grade": measured.morph_grade,
+            "heights_mm": heights, "genant_ratio": None if implausible else _json_float(measured.genant_ratio),
+            "morph_grade": None if implausible else measured.morph_grade, "implausible": implausible,
             "morphology": morphology_from_heights(heights["anterior"], heights["middle"], heights["posterior"])
             if heights else None,
             "centroid_mm": [round(float(v), 2) for v in measured.centroid_mm],
@@ -200,6 +230,11 @@ def predict_case(image: sitk.Image, case_id: str, models: Models, saliency: bool
     worst = max((v["grade"] for v in graded), default=None)
     if not vertebrae:
         message = "no vertebra found in this scan"
+    elif plausibility.case_reason:
+        message = f"segmentation anatomically implausible ({plausibility.case_reason}): nothing graded"
+    elif models.grader is None:
+        message = ("no learned grade was made (no grader); morphometric worst grade: "
+                   + (f"G{max(morph_graded)}" if morph_graded else "none measured"))
     elif worst is None:
         message = "vertebrae found but none could be graded (all cut by the field of view)"
     elif suspected:
@@ -216,11 +251,15 @@ def predict_case(image: sitk.Image, case_id: str, models: Models, saliency: bool
                     "p_fracture": max((v["p_fracture"] for v in graded), default=None),
                     "p_fracture_fused": max((v["p_fracture_fused"] for v in graded
                                              if v["p_fracture_fused"] is not None), default=None),
-                    "morph_worst_grade": max(morph_graded, default=None), "message": message},
+                    "morph_worst_grade": max(morph_graded, default=None),
+                    "implausible": plausibility.case_reason, "message": message},
+        "segmentation": segmentation_info,
+        "landmarks": landmarks.summary(image) if landmarks is not None else [],
         "model": {**models.info, "screening": describe_rule(models.fusion)}, "warnings": case_warnings,
         "vfscreen_version": __version__}
     return {"json": case_json, "seg_image": seg_image, "verse_map": verse_map, "morphometry": morphometry,
-            "gradcam": gradcam, "probabilities": probabilities, "components": components, "timings_s": timings}
+            "gradcam": gradcam, "probabilities": probabilities, "components": components, "landmarks": landmarks,
+            "plausibility": plausibility, "timings_s": timings}
 
 
 def _screening_score(vertebra: dict) -> float:
@@ -245,10 +284,14 @@ def _check_output_folder(input_path: Path, output_folder: Path) -> None:
 def predict(input, output, dataset=501, configuration: str = "3d", folds=None, device: str = "cpu",
             continue_prediction: bool = False, num_parts: int = 1, part_id: int = 0, num_threads: int | None = None,
             saliency: bool = False, save_probabilities: bool = False, checkpoint: str = "final",
-            models: Models | None = None, verbose: bool = False, use_mirroring: bool | None = None) -> pd.DataFrame:
+            models: Models | None = None, verbose: bool = False, use_mirroring: bool | None = None,
+            masks=None, mask_labels: str | None = None, seg_model=None, no_grader: bool = False) -> pd.DataFrame:
     """Predict every case of ``input`` into ``output``; returns summary.csv's table of this run's finished cases.
 
     ``models`` (tests, notebooks) replaces loading the trained models of ``dataset``/``configuration``/``folds``.
+    ``masks``: a mask file or folder (vfscreen.inference.masks) whose cases skip segmentation; ``mask_labels`` forces
+    their label convention. ``seg_model``: another trained nnU-Net model folder as the segmentation stage
+    (vfscreen.inference.seg_model). ``no_grader``: morphometry only, no learned grade.
     ``use_mirroring``: nnU-Net's test-time mirroring (True/False), None = the plans' choice (CPU plans: off, ~9x
     faster segmentation on a CPU).
     The returned frame's ``attrs["errors"]`` lists failed cases ({case_id, input, error}); ``attrs["skipped"]`` the
@@ -264,10 +307,15 @@ def predict(input, output, dataset=501, configuration: str = "3d", folds=None, d
     skipped = [case.case_id for case in cases if continue_prediction and _safe(case.case_id)
                and outputs.case_is_complete(output_folder, case.case_id, saliency, save_probabilities)]
     todo = [case for case in cases if case.case_id not in skipped]
+    mask_sources = {}
+    if masks is not None and todo:
+        from vfscreen.inference.masks import find_masks
+        mask_sources = find_masks(masks, [case.case_id for case in todo])
     if todo and models is None:
-        from vfscreen.inference.segmentation import load_models
-        models = load_models(dataset, configuration, folds, device, checkpoint, saliency=saliency,
-                             use_mirroring=use_mirroring)
+        from vfscreen.inference.model_setup import load_prediction_models
+        models = load_prediction_models(dataset, configuration, folds, device, checkpoint, saliency=saliency,
+                                        use_mirroring=use_mirroring, seg_model=seg_model, no_grader=no_grader,
+                                        need_segmenter=any(case.case_id not in mask_sources for case in todo))
     output_folder.mkdir(parents=True, exist_ok=True)
 
     failures, finished = [], []
@@ -275,7 +323,11 @@ def predict(input, output, dataset=501, configuration: str = "3d", folds=None, d
         try:
             check_case_id(case.case_id)
             image = read_case_image(case)
-            result = predict_case(image, case.case_id, models, saliency)
+            given = None
+            if case.case_id in mask_sources:
+                from vfscreen.inference.masks import read_case_mask
+                given = read_case_mask(mask_sources[case.case_id], image, mask_labels)
+            result = predict_case(image, case.case_id, models, saliency, given=given)
             from vfscreen.inference.report import render_report
 
             probability_arrays = None

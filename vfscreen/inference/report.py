@@ -137,7 +137,8 @@ def render_report(path, image: sitk.Image, verse_map: np.ndarray, case_json: dic
             for top, bottom in measured.height_endpoints_mm:
                 axes.plot([top[1], bottom[1]], [top[2], bottom[2]], color="white", linewidth=0.8, alpha=0.9)
         grade_text = f"G{vertebra['grade']}" if vertebra["grade"] is not None else "--"
-        p_text = f"P {vertebra['p_fracture']:.2f}" if vertebra["p_fracture"] is not None else "truncated"
+        p_text = f"P {vertebra['p_fracture']:.2f}" if vertebra["p_fracture"] is not None else \
+            "implausible" if vertebra.get("implausible") else "truncated" if vertebra["truncated"] else "no grader"
         morph_text = f"  h {vertebra['genant_ratio']:.2f}" if vertebra["genant_ratio"] is not None else ""
         unsure = vertebra["label_confidence"] is not None and vertebra["label_confidence"] < LABEL_CONFIDENCE_WARNING
         name = f"{vertebra['name']}?" if unsure else vertebra["name"]
@@ -169,7 +170,7 @@ def render_report(path, image: sitk.Image, verse_map: np.ndarray, case_json: dic
     model = case_json.get("model", {})
     figure.text(0.02, 0.1 / total_height_in,
                 f"vfscreen {case_json.get('vfscreen_version', '')} | {model.get('dataset', '')} folds "
-                f"{model.get('grader', {}).get('folds', '')} | research use, not a diagnosis\n"
+                f"{(model.get('grader') or {}).get('folds', 'no grader')} | research use, not a diagnosis\n"
                 f"P = P(fracture) = 1 - P(G0); h = min/max body height (morphometry); "
                 f"'?' = label confidence < {LABEL_CONFIDENCE_WARNING}; '!' = flagged for review ("
                 f"{_rule_text(model)})", fontsize=7, color="#444444")

@@ -127,23 +127,34 @@ def _losses_by_preference(dataset_name: str, configuration: str) -> list[str]:
     return sorted(TRAINER_NAMES, key=lambda loss: loss != chosen)
 
 
+def find_grader_folder(dataset_name: str, configuration: str) -> Path | None:
+    """The trained grader folder of a dataset (the plans' loss first), None when there is none."""
+    from vfscreen.training.grader.trainer import grader_model_folder
+
+    return next((folder for folder in (grader_model_folder(dataset_name, "vfscreenPlans", configuration, loss)
+                                       for loss in _losses_by_preference(dataset_name, configuration))
+                 if folder.is_dir()), None)
+
+
 def load_models(dataset, configuration: str = "3d", folds=None, device: str = "cpu", checkpoint: str = "final",
-                saliency: bool = False, use_mirroring: bool | None = None) -> Models:
+                saliency: bool = False, use_mirroring: bool | None = None, grader: bool = True,
+                segmentation: bool = True) -> Models:
     """Trained segmentation + grader models of ``dataset`` (fold ensembles); ConfigError naming what is missing.
     ``use_mirroring``: nnU-Net's test-time mirroring; None = the plans' ``segmentation.test_time_mirroring`` (CPU plans:
-    off; plans without the field: on, nnU-Net's default)."""
+    off; plans without the field: on, nnU-Net's default). ``grader`` / ``segmentation`` False: that stage is not
+    loaded (``Models.grader`` / ``Models.segmenter`` None; the segmentation plan then comes from the dataset's plans).
+    """
+    if not grader:
+        return _load_segmentation_only(dataset, configuration, folds, device, checkpoint, use_mirroring, segmentation)
     from vfscreen.dataset import resolve_dataset_name
     from vfscreen.inference.grading import FoldEnsembleGrader
     from vfscreen.inference.screening import load_screening_model
     from vfscreen.paths import nnUNet_results
-    from vfscreen.training.grader.trainer import TRAINER_NAMES, grader_model_folder, resolve_device
-    from vfscreen.training.segmentation import segmentation_model_folder
+    from vfscreen.training.grader.trainer import resolve_device
 
     dataset_name = resolve_dataset_name(dataset)
     torch_device = resolve_device(device)
-    grader_folder = next((folder for folder in (grader_model_folder(dataset_name, "vfscreenPlans", configuration, loss)
-                                                for loss in _losses_by_preference(dataset_name, configuration))
-                          if folder.is_dir()), None)
+    grader_folder = find_grader_folder(dataset_name, configuration)
     if grader_folder is None:
         raise ConfigError(f"no trained grader for {dataset_name} configuration {configuration} in {nnUNet_results}; "
                           f"train it with vfscreen_train {dataset_name} {configuration} 0")
@@ -158,9 +169,27 @@ def load_models(dataset, configuration: str = "3d", folds=None, device: str = "c
         raise ConfigError(f"{grader_folder}: its plans belong to {grader.plans.get('dataset_name')!r}, not "
                           f"{dataset_name!r}")
     segmentation_plan = grader.plans["configurations"][configuration]["segmentation"]
+    segmenter, segmentation_info = (_own_segmenter(dataset_name, configuration, segmentation_plan, folds, torch_device,
+                                                   checkpoint, use_mirroring) if segmentation else (None, None))
+    saliency_function = None
+    if saliency:
+        from vfscreen.inference.saliency import grad_cam_image
+        saliency_function = grad_cam_image
+    fusion = load_screening_model(grader_folder)
+    info = {"dataset": dataset_name, "configuration": configuration, "plans_name": grader.plans.get("plans_name"),
+            "segmentation": segmentation_info,
+            "grader": {"folder": str(grader_folder), "folds": folds, "checkpoint": f"checkpoint_{checkpoint}.pth"}}
+    return Models(segmenter=segmenter, grader=grader, info=info, saliency=saliency_function, fusion=fusion)
+
+
+def _own_segmenter(dataset_name: str, configuration: str, segmentation_plan: dict, folds, torch_device,
+                   checkpoint: str, use_mirroring: bool | None) -> tuple[NnunetSegmenter, dict]:
+    """The dataset's own trained nnU-Net segmentation (folds ``folds`` where trained, else all) + its JSON info."""
+    from vfscreen.training.segmentation import segmentation_model_folder
+
     segmentation_folder = segmentation_model_folder(dataset_name, segmentation_plan)
     segmentation_existing = available_folds(segmentation_folder, NNUNET_CHECKPOINTS[checkpoint])
-    segmentation_folds = [f for f in folds if f in segmentation_existing] or segmentation_existing
+    segmentation_folds = [f for f in (folds or []) if f in segmentation_existing] or segmentation_existing
     if not segmentation_folds:
         raise ConfigError(f"{segmentation_folder}: no trained segmentation fold ({NNUNET_CHECKPOINTS[checkpoint]}); "
                           f"train it with vfscreen_train {dataset_name} {configuration} 0")
@@ -168,14 +197,26 @@ def load_models(dataset, configuration: str = "3d", folds=None, device: str = "c
         use_mirroring = bool(segmentation_plan.get("test_time_mirroring", True))
     segmenter = NnunetSegmenter(segmentation_folder, segmentation_folds, torch_device, checkpoint,
                                 orientation=segmentation_plan.get("orientation"), use_mirroring=use_mirroring)
-    saliency_function = None
-    if saliency:
-        from vfscreen.inference.saliency import grad_cam_image
-        saliency_function = grad_cam_image
-    fusion = load_screening_model(grader_folder)
-    info = {"dataset": dataset_name, "configuration": configuration, "plans_name": grader.plans.get("plans_name"),
-            "segmentation": {"folder": str(segmentation_folder), "trainer": segmenter.trainer_name,
-                             "test_time_mirroring": use_mirroring,
-                             "folds": segmentation_folds, "checkpoint": NNUNET_CHECKPOINTS[checkpoint]},
-            "grader": {"folder": str(grader_folder), "folds": folds, "checkpoint": f"checkpoint_{checkpoint}.pth"}}
-    return Models(segmenter=segmenter, grader=grader, info=info, saliency=saliency_function, fusion=fusion)
+    return segmenter, {"folder": str(segmentation_folder), "trainer": segmenter.trainer_name,
+                       "test_time_mirroring": use_mirroring, "folds": segmentation_folds,
+                       "checkpoint": NNUNET_CHECKPOINTS[checkpoint]}
+
+
+def _load_segmentation_only(dataset, configuration, folds, device, checkpoint, use_mirroring,
+                            segmentation: bool) -> Models:
+    """No grader: the dataset's own segmentation (plan from its plans) or nothing."""
+    from vfscreen.dataset import resolve_dataset_name
+    from vfscreen.experiment_planning.plans import load_plans
+    from vfscreen.training.grader.trainer import resolve_device
+
+    dataset_name = resolve_dataset_name(dataset)
+    segmenter, segmentation_info = None, None
+    if segmentation:
+        plans = load_plans(dataset_name)
+        segmentation_plan = plans.get("configurations", {}).get(configuration, {}).get("segmentation")
+        if segmentation_plan is None:
+            raise ConfigError(f"the plans of {dataset_name} have no segmentation stage for {configuration!r}")
+        segmenter, segmentation_info = _own_segmenter(dataset_name, configuration, segmentation_plan, folds,
+                                                      resolve_device(device), checkpoint, use_mirroring)
+    return Models(segmenter=segmenter, grader=None, info={"dataset": dataset_name, "configuration": configuration,
+                                                           "segmentation": segmentation_info, "grader": None})

@@ -1,0 +1,75 @@
+"""Any trained nnU-Net v2 model folder as vfscreen's segmentation stage (``--seg-model``, ``--pretrained-seg``).
+
+The folder is what nnU-Net writes and TotalSegmentator ships (e.g. ``~/.totalsegmentator/nnunet/results/
+Dataset292_.../nnUNetTrainer...__nnUNetPlans__3d_fullres``): ``dataset.json``, ``plans.json``,
+``fold_X/checkpoint_final.pth``. The network is built and run by vfscreen.inference.segmentation.NnunetSegmenter
+(checkpoints with ``torch.load(weights_only=True)``; a checkpoint that needs more is refused), and its output labels
+are named by its ``dataset.json``: vertebra names map to VerSe ids, sacrum / S1 / ribs become landmarks, every other
+class is ignored (vfscreen.inference.spine_labels). The labels are the model's; vfscreen only checks them
+(warnings). Nothing is downloaded: a missing folder or fold is an error that says where vfscreen looked.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from vfscreen.errors import ConfigError
+from vfscreen.inference.label_conventions import dataset_json_table, named_vertebrae, table_convention
+from vfscreen.inference.spine_labels import SpineLabels, check_given_labels, spine_labels_from_label_map
+
+NNUNET_CHECKPOINT_FILES = {"final": "checkpoint_final.pth", "best": "checkpoint_best.pth",
+                           "latest": "checkpoint_latest.pth"}
+
+
+def check_model_folder(folder, folds=None, checkpoint: str = "final") -> tuple[Path, list]:
+    """(resolved folder, folds to use) of a trained nnU-Net model folder, or ConfigError saying where it looked."""
+    from vfscreen.inference.segmentation import available_folds
+
+    folder = Path(folder).expanduser().resolve()
+    if not folder.is_dir():
+        raise ConfigError(f"segmentation model folder {folder} does not exist (vfscreen never downloads models; give "
+                          "the folder of a trained nnU-Net model, e.g. TotalSegmentator's "
+                          "~/.totalsegmentator/nnunet/results/Dataset.../<trainer>__<plans>__<configuration>)")
+    for name in ("dataset.json", "plans.json"):
+        if not (folder / name).is_file():
+            raise ConfigError(f"{folder} is not a trained nnU-Net model folder: {folder / name} is missing")
+    checkpoint_file = NNUNET_CHECKPOINT_FILES[checkpoint]
+    existing = available_folds(folder, checkpoint_file) + (["all"] if (folder / "fold_all" / checkpoint_file)
+                                                            .is_file() else [])
+    if folds is None:
+        folds = existing
+    folds = [fold if fold == "all" else int(fold) for fold in folds]
+    missing = [fold for fold in folds if fold not in existing]
+    if not folds or missing:
+        looked = ", ".join(str(folder / f"fold_{fold}" / checkpoint_file) for fold in (missing or ["X"]))
+        raise ConfigError(f"{folder}: no trained fold {missing or ''} (looked for {looked}; trained folds: "
+                          f"{existing or 'none'})")
+    table = dataset_json_table(folder / "dataset.json")
+    if not named_vertebrae(table_convention("dataset.json", table), table):
+        raise ConfigError(f"{folder / 'dataset.json'}: no label is a vertebra (names like 'vertebrae_L1' or 'L1' "
+                          f"expected; found {', '.join(list(table.values())[:8])})")
+    return folder, folds
+
+
+class NamedModelSegmenter:
+    """Callable: sitk.Image -> SpineLabels, from another nnU-Net model whose dataset.json names its classes."""
+
+    def __init__(self, folder, folds=None, device="cpu", checkpoint: str = "final", use_mirroring: bool | None = None,
+                 how: str = "--seg-model"):
+        from vfscreen.inference.segmentation import NnunetSegmenter
+
+        self.folder, self.folds = check_model_folder(folder, folds, checkpoint)
+        self.convention = table_convention(f"dataset.json:{self.folder / 'dataset.json'}",
+                                           dataset_json_table(self.folder / "dataset.json"))
+        self.segmenter = NnunetSegmenter(self.folder, self.folds, device, checkpoint,
+                                         use_mirroring=True if use_mirroring is None else use_mirroring)
+        self.info = {"source": "seg_model", "how": how, "folder": str(self.folder), "folds": self.folds,
+                     "trainer": self.segmenter.trainer_name, "checkpoint": NNUNET_CHECKPOINT_FILES[checkpoint]}
+
+    def __call__(self, image: sitk.Image) -> SpineLabels:
+        class_map, _ = self.segmenter(image)
+        spine = spine_labels_from_label_map(class_map, self.convention, str(self.folder),
+                                            {"source": "seg_model", "model_folder": str(self.folder)})
+        spine.warnings = check_given_labels(spine.verse_map, image)
+        return spine
