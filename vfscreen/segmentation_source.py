@@ -12,9 +12,47 @@ from pathlib import Path
 
 from vfscreen import paths
 from vfscreen.errors import ConfigError
+from vfscreen.labels import parse_structure_name
 from vfscreen.utils.atomic import atomic_write_json
 
 RECORD_FILE = "pretrained_segmentation.json"
+NNUNET_CHECKPOINT_FILES = {"final": "checkpoint_final.pth", "best": "checkpoint_best.pth",
+                           "latest": "checkpoint_latest.pth"}
+
+
+def _trained_folds(folder: Path, checkpoint_file: str) -> list:
+    folds = [int(path.parent.name[len("fold_"):]) for path in folder.glob(f"fold_*/{checkpoint_file}")
+             if path.parent.name[len("fold_"):].isdigit()]
+    return sorted(folds) + (["all"] if (folder / "fold_all" / checkpoint_file).is_file() else [])
+
+
+def check_model_folder(folder, folds=None, checkpoint: str = "final") -> tuple[Path, list]:
+    """(resolved folder, folds to use) of a trained nnU-Net v2 model folder whose dataset.json names at least one
+    vertebra, or ConfigError saying where it looked. (Checkpoints are loaded - weights only - when predicting.)"""
+    folder = Path(folder).expanduser().resolve()
+    if not folder.is_dir():
+        raise ConfigError(f"segmentation model folder {folder} does not exist (vfscreen never downloads models; give "
+                          "the folder of a trained nnU-Net model, e.g. TotalSegmentator's "
+                          "~/.totalsegmentator/nnunet/results/Dataset.../<trainer>__<plans>__<configuration>)")
+    for name in ("dataset.json", "plans.json"):
+        if not (folder / name).is_file():
+            raise ConfigError(f"{folder} is not a trained nnU-Net model folder: {folder / name} is missing")
+    checkpoint_file = NNUNET_CHECKPOINT_FILES[checkpoint]
+    existing = _trained_folds(folder, checkpoint_file)
+    folds = existing if folds is None else [fold if str(fold) == "all" else int(fold) for fold in folds]
+    missing = [fold for fold in folds if fold not in existing]
+    if not folds or missing:
+        looked = ", ".join(str(folder / f"fold_{fold}" / checkpoint_file) for fold in (missing or ["X"]))
+        raise ConfigError(f"{folder}: no trained fold {missing or ''} (looked for {looked}; trained folds: "
+                          f"{existing or 'none'})")
+    try:
+        names = list(json.loads((folder / "dataset.json").read_text())["labels"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ConfigError(f"{folder / 'dataset.json'} has no readable 'labels'") from None
+    if not any((parse_structure_name(name) or ("",))[0] == "vertebra" for name in names):
+        raise ConfigError(f"{folder / 'dataset.json'}: no label is a vertebra (names like 'vertebrae_L1' or 'L1' "
+                          f"expected; found {', '.join(names[:8])})")
+    return folder, folds
 
 
 def record_path(dataset_name: str) -> Path:

@@ -149,8 +149,8 @@ def predict_case(image: sitk.Image, case_id: str, models: Models, saliency: bool
     probabilities, components, confidence = None, [], {}
     if spine is None:
         if models.segmenter is None:
-            raise ConfigError("no segmentation model for this case (no mask for it in --masks, no --seg-model, no "
-                              "trained vfscreen segmentation)")
+            raise ConfigError("no mask for this case in --masks and no segmentation model ("
+                              + models.info.get("segmentation_unavailable", "none loaded") + ")")
         class_map, probabilities = models.segmenter(image)
         timings["segmentation"] = time.perf_counter() - start
         if class_map.shape != sitk.GetArrayViewFromImage(image).shape:
@@ -315,7 +315,8 @@ def predict(input, output, dataset=501, configuration: str = "3d", folds=None, d
         from vfscreen.inference.model_setup import load_prediction_models
         models = load_prediction_models(dataset, configuration, folds, device, checkpoint, saliency=saliency,
                                         use_mirroring=use_mirroring, seg_model=seg_model, no_grader=no_grader,
-                                        need_segmenter=any(case.case_id not in mask_sources for case in todo))
+                                        need_segmenter=any(case.case_id not in mask_sources for case in todo),
+                                        some_masks=bool(mask_sources))
     output_folder.mkdir(parents=True, exist_ok=True)
 
     failures, finished = [], []

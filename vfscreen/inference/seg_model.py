@@ -10,46 +10,11 @@ class is ignored (vfscreen.inference.spine_labels). The labels are the model's; 
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import SimpleITK as sitk
 
-from vfscreen.errors import ConfigError
-from vfscreen.inference.label_conventions import dataset_json_table, named_vertebrae, table_convention
+from vfscreen.inference.label_conventions import dataset_json_table, table_convention
 from vfscreen.inference.spine_labels import SpineLabels, check_given_labels, spine_labels_from_label_map
-
-NNUNET_CHECKPOINT_FILES = {"final": "checkpoint_final.pth", "best": "checkpoint_best.pth",
-                           "latest": "checkpoint_latest.pth"}
-
-
-def check_model_folder(folder, folds=None, checkpoint: str = "final") -> tuple[Path, list]:
-    """(resolved folder, folds to use) of a trained nnU-Net model folder, or ConfigError saying where it looked."""
-    from vfscreen.inference.segmentation import available_folds
-
-    folder = Path(folder).expanduser().resolve()
-    if not folder.is_dir():
-        raise ConfigError(f"segmentation model folder {folder} does not exist (vfscreen never downloads models; give "
-                          "the folder of a trained nnU-Net model, e.g. TotalSegmentator's "
-                          "~/.totalsegmentator/nnunet/results/Dataset.../<trainer>__<plans>__<configuration>)")
-    for name in ("dataset.json", "plans.json"):
-        if not (folder / name).is_file():
-            raise ConfigError(f"{folder} is not a trained nnU-Net model folder: {folder / name} is missing")
-    checkpoint_file = NNUNET_CHECKPOINT_FILES[checkpoint]
-    existing = available_folds(folder, checkpoint_file) + (["all"] if (folder / "fold_all" / checkpoint_file)
-                                                            .is_file() else [])
-    if folds is None:
-        folds = existing
-    folds = [fold if fold == "all" else int(fold) for fold in folds]
-    missing = [fold for fold in folds if fold not in existing]
-    if not folds or missing:
-        looked = ", ".join(str(folder / f"fold_{fold}" / checkpoint_file) for fold in (missing or ["X"]))
-        raise ConfigError(f"{folder}: no trained fold {missing or ''} (looked for {looked}; trained folds: "
-                          f"{existing or 'none'})")
-    table = dataset_json_table(folder / "dataset.json")
-    if not named_vertebrae(table_convention("dataset.json", table), table):
-        raise ConfigError(f"{folder / 'dataset.json'}: no label is a vertebra (names like 'vertebrae_L1' or 'L1' "
-                          f"expected; found {', '.join(list(table.values())[:8])})")
-    return folder, folds
+from vfscreen.segmentation_source import NNUNET_CHECKPOINT_FILES, check_model_folder
 
 
 class NamedModelSegmenter:

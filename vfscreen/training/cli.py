@@ -40,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="default: the device the plans were made for")
     parser.add_argument("--c", action="store_true", help="continue from the latest checkpoints")
     parser.add_argument("--pretrained-seg", metavar="MODEL_FOLDER", default=None,
-                        help="use an existing vertebra nnU-Net model folder instead of training segmentation")
+                        help="a trained nnU-Net v2 vertebra model folder (dataset.json, plans.json, "
+                             "fold_X/checkpoint_final.pth; e.g. TotalSegmentator's) instead of training segmentation: "
+                             "recorded for the dataset, so every later vfscreen_predict -d DATASET segments with it")
     parser.add_argument("--npz", action="store_true", help="segmentation: also save validation softmax (nnU-Net)")
     parser.add_argument("--num-workers", type=int, default=None,
                         help="grader data-augmentation worker processes (default: the plans')")
@@ -97,14 +99,16 @@ def _segmentation_model_folder(dataset_name: str, segmentation_plan: dict) -> Pa
                                             f"{segmentation_plan['nnunet_configuration']}")
 
 
-def _check_pretrained_segmentation(model_folder: str, fold) -> Path:
+def _record_pretrained_segmentation(dataset_name: str, model_folder: str, fold) -> None:
+    """Check the model folder (this fold, or all its folds when it lacks this one) and record it for prediction."""
+    from vfscreen.segmentation_source import check_model_folder, record_pretrained_segmentation
+
     folder = Path(model_folder).expanduser().resolve()
-    fold_name = "fold_all" if fold == "all" else f"fold_{fold}"
-    candidates = [folder / fold_name / "checkpoint_final.pth", folder / "checkpoint_final.pth"]
-    if not (folder / "plans.json").is_file() or not any(c.is_file() for c in candidates):
-        raise ConfigError(f"--pretrained-seg {folder} is not a usable nnU-Net model folder (needs plans.json and "
-                          f"{fold_name}/checkpoint_final.pth)")
-    return folder
+    folds = [fold] if (folder / f"fold_{fold}" / "checkpoint_final.pth").is_file() else None
+    folder, folds = check_model_folder(folder, folds)
+    path = record_pretrained_segmentation(dataset_name, folder, folds)
+    print(f"vfscreen: segmentation model {folder} (folds {folds}) recorded in {path}; vfscreen_predict -d "
+          f"{dataset_name} segments with it; no segmentation training")
 
 
 def run_segmentation_stage(dataset_name: str, configuration: str, fold, plans: dict, args, stage: str) -> None:
@@ -156,8 +160,7 @@ def run(argv=None) -> int:
 
         resolve_device(args.device)
     if args.pretrained_seg:
-        folder = _check_pretrained_segmentation(args.pretrained_seg, fold)
-        print(f"vfscreen: using the segmentation model {folder}; no segmentation training")
+        _record_pretrained_segmentation(dataset_name, args.pretrained_seg, fold)
     elif args.stage in ("seg", "both"):
         run_segmentation_stage(dataset_name, args.configuration, fold, plans, args, args.stage)
     if grader_setup is not None:
