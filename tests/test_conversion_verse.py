@@ -197,7 +197,7 @@ def test_planner_runs_on_a_converted_verse_dataset(tmp_path, session_home, monke
     from fake_layouts import build_faint_features_patches
 
     from vfscreen.conversion.faint_features import convert_patches
-    from vfscreen.experiment_planning.plans import load_plans
+    from vfscreen.core.plans import load_plans
 
     build_faint_features_patches(tmp_path / "processed")
     patch_folder, table, folds, problems = convert_patches(tmp_path / "processed", dataset_id=596, plans_from="595")

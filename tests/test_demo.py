@@ -5,15 +5,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-import vfscreen.evaluation.cross_validation
-import vfscreen.evaluation.evaluate
-import vfscreen.evaluation.table
 import vfscreen.experiment_planning.cli
-import vfscreen.inference.predict
-import vfscreen.paths
-import vfscreen.phantom.generator
-import vfscreen.training.grader.trainer
-import vfscreen.training.segmentation
 from vfscreen import demo
 from vfscreen.errors import EXIT_USAGE
 
@@ -27,9 +19,8 @@ FAKE_PLANS = {"preset": demo.PLANNING_PRESET,
 def stubbed(tmp_path, monkeypatch):
     """Every heavy call of the demo replaced by a fake that writes what the real one leaves behind."""
     raw, results = tmp_path / "raw", tmp_path / "results"
-    monkeypatch.setattr(vfscreen.paths, "nnUNet_raw", raw)
-    monkeypatch.setattr(vfscreen.paths, "nnUNet_results", results)
-    monkeypatch.setattr(vfscreen.training.grader.trainer, "nnUNet_results", results)
+    monkeypatch.setenv("nnUNet_raw", str(raw))
+    monkeypatch.setenv("nnUNet_results", str(results))
     calls = []
 
     def generate_dataset(output_root, **kwargs):
@@ -82,16 +73,16 @@ def stubbed(tmp_path, monkeypatch):
         calls.append(("evaluate", kwargs["split"], kwargs["n_bootstrap"], kwargs.get("matching", "label")))
         return {"metrics": {}, "cases": {}}
 
-    monkeypatch.setattr(vfscreen.phantom.generator, "generate_dataset", generate_dataset)
+    monkeypatch.setattr(demo, "generate_dataset", generate_dataset)
     monkeypatch.setattr(vfscreen.experiment_planning.cli, "run", planning_run)
     monkeypatch.setattr(demo, "load_demo_plans", lambda: FAKE_PLANS)
-    monkeypatch.setattr(vfscreen.training.segmentation, "train_segmentation", train_segmentation)
-    monkeypatch.setattr(vfscreen.training.grader.trainer, "prepare_grader_training", prepare_grader_training)
-    monkeypatch.setattr(vfscreen.training.grader.trainer, "train_grader", train_grader)
-    monkeypatch.setattr(vfscreen.inference.predict, "predict", predict)
-    monkeypatch.setattr(vfscreen.evaluation.cross_validation, "fit_fusion_for_model", fit_fusion_for_model)
-    monkeypatch.setattr(vfscreen.evaluation.evaluate, "evaluate_predictions", evaluate_predictions)
-    monkeypatch.setattr(vfscreen.evaluation.table, "format_result", lambda result, method, dataset_label: "TABLE")
+    monkeypatch.setattr(demo, "train_segmentation", train_segmentation)
+    monkeypatch.setattr(demo, "prepare_grader_training", prepare_grader_training)
+    monkeypatch.setattr(demo, "train_grader", train_grader)
+    monkeypatch.setattr(demo, "predict", predict)
+    monkeypatch.setattr(demo, "fit_fusion_for_model", fit_fusion_for_model)
+    monkeypatch.setattr(demo, "evaluate_predictions", evaluate_predictions)
+    monkeypatch.setattr(demo, "format_result", lambda result, method, dataset_label: "TABLE")
     return SimpleNamespace(calls=calls, tmp_path=tmp_path, grader_folder=grader_folder)
 
 

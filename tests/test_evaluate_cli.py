@@ -8,6 +8,7 @@ import pytest
 import SimpleITK as sitk
 
 from vfscreen import labels
+from vfscreen.core import fusion_model
 from vfscreen.evaluation import fusion
 from vfscreen.evaluation.cli import main
 from vfscreen.evaluation.evaluate import evaluate_predictions
@@ -134,13 +135,13 @@ def test_cli_on_fabricated_predictions(reference, predictions, tmp_path, capsys)
 
 
 def test_fusion_file_gives_fused_score_and_thresholds(reference, predictions, tmp_path):
-    model = {"schema_version": 1, "kind": "vfscreen_fusion", "features": list(fusion.FEATURES),
+    model = {"schema_version": 1, "kind": "vfscreen_fusion", "features": list(fusion_model.FEATURES),
              "feature_mean": [0.0, 0.0], "feature_scale": [1.0, 1.0], "coefficients": [1.0, -5.0], "intercept": 4.0,
              "thresholds": {"grader": 0.35, "morphometry": 0.15, "fused": 0.5}}
     path = fusion.save_fusion(model, tmp_path / "fusion.json")
     result = evaluate_predictions(reference, predictions, fusion=path, n_bootstrap=0, progress=False)
     rows = result["vertebrae"]
-    expected = fusion.fused_probability(model, [r["score_grader"] for r in rows], [r["genant_ratio"] if r[
+    expected = fusion_model.fused_probability(model, [r["score_grader"] for r in rows], [r["genant_ratio"] if r[
         "genant_ratio"] is not None else np.nan for r in rows])
     expected = np.where([r["matched"] for r in rows], expected, 0.0)
     np.testing.assert_allclose([r["score_fused"] for r in rows], expected, atol=1e-12)
@@ -228,7 +229,7 @@ def test_cross_validation_pools_folds_and_fits_fusion(session_home, capsys):
     assert vertebra_level["fused"]["auroc"]["value"] is not None  # cross-fitted from the other fold
     assert vertebra_level["grader"]["validation_threshold"]["sensitivity"]["value"] is not None
     assert result["metrics"]["segmentation"]["identification_rate"]["value"] is None
-    fitted = fusion.load_fusion(model / "fusion.json")
+    fitted = fusion_model.load_fusion(model / "fusion.json")
     assert fitted["fitted_on"]["folds"] == [0, 1] and fitted["thresholds"]["grader"] is not None
 
 
@@ -303,7 +304,7 @@ def test_truncated_reference_vertebra_not_graded_is_excluded_and_listed(referenc
 
 
 def test_method_columns_from_the_plan_and_the_model_folder():
-    from vfscreen.evaluation.results import loss_of_grader_folder
+    from vfscreen.core.model_folders import loss_of_grader_folder
     from vfscreen.evaluation.table import describe_method
 
     plans = {"configurations": {"3d": {"grader": {

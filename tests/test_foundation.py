@@ -171,10 +171,17 @@ def test_cli_entry_exit_codes(capsys):
 
 
 def test_default_data_folders_under_vfscreen_home(tmp_path):
+    """Importing vfscreen.paths changes nothing and prints nothing; the folders follow the environment at each access;
+    a module that uses nnunetv2 exports vfscreen's defaults before nnunetv2 reads them (once, at its import)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_") and k != "VFSCREEN_QUIET"}
     env["VFSCREEN_HOME"] = str(tmp_path / "home")
-    code = "import vfscreen.paths as p, nnunetv2.paths as n; print(p.nnUNet_raw); print(n.nnUNet_results)"
+    code = ("import os, vfscreen.paths as p; print('nnUNet_raw' in os.environ); print(p.nnUNet_raw); "
+            "os.environ['VFSCREEN_HOME'] = os.environ['VFSCREEN_HOME'] + '2'; print(p.nnUNet_raw); "
+            "os.environ['VFSCREEN_HOME'] = os.environ['VFSCREEN_HOME'][:-1]; "
+            "import vfscreen.dataset, nnunetv2.paths as n; print(n.nnUNet_results)")
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    raw, results = result.stdout.split()
-    assert raw == str(tmp_path / "home" / "raw") and results == str(tmp_path / "home" / "results")
-    assert "data goes to" in result.stderr and result.stderr.count("data goes to") == 1
+    exported_at_import, raw, raw_after_change, results = result.stdout.split()
+    assert exported_at_import == "False"
+    assert raw == str(tmp_path / "home" / "raw") and raw_after_change == str(tmp_path / "home2" / "raw")
+    assert results == str(tmp_path / "home" / "results")
+    assert "vfscreen" not in result.stderr

@@ -35,8 +35,8 @@ def plans(margin_mm=3.0, dataset_name=DATASET):
 def dataset(tmp_path, monkeypatch):
     """A raw dataset (3 training cases, one test case) and its splits, in a private nnU-Net folder tree."""
     raw, preprocessed = tmp_path / "raw", tmp_path / "preprocessed"
-    monkeypatch.setattr(vfscreen.paths, "nnUNet_raw", raw)
-    monkeypatch.setattr(vfscreen.paths, "nnUNet_preprocessed", preprocessed)
+    monkeypatch.setenv("nnUNet_raw", str(raw))
+    monkeypatch.setenv("nnUNet_preprocessed", str(preprocessed))
     folder = raw / DATASET
     for split, cases in (("Tr", CASES), ("Ts", {"case_9": {L1: (5, 11)}})):
         (folder / f"images{split}").mkdir(parents=True)

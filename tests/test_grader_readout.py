@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from vfscreen.training.grader.network import build_grader
+from vfscreen.core.grader_network import build_grader
 from vfscreen.training.grader.optimization import build_optimizer, learning_rate_factor
 from vfscreen.training.grader.readout import (cosine_within_across, fit_linear_probe, install_probe, softmax)
 from vfscreen.training.grader.supcon import SupConLoss

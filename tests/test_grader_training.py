@@ -12,8 +12,8 @@ from grader_fakes import tiny_plans, write_dataset
 from vfscreen import paths
 from vfscreen.errors import ConfigError
 from vfscreen.training.cli import main as cli_main
-from vfscreen.training.grader.checkpoint import load_checkpoint, load_grader
-from vfscreen.training.grader.network import build_grader
+from vfscreen.core.grader_checkpoint import load_checkpoint, load_grader
+from vfscreen.core.grader_network import build_grader
 from vfscreen.training.grader.trainer import prepare_grader_training, train_grader
 
 torch.set_num_threads(1)

@@ -9,6 +9,7 @@ import pytest
 from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
 
 from vfscreen.errors import ConfigError
+from vfscreen.core import fusion_model
 from vfscreen.evaluation import fusion
 from vfscreen.evaluation.bootstrap import bootstrap_intervals, resample_patients
 from vfscreen.evaluation.metrics import (compute_metrics, defined, flatten_metrics, four_grade_metrics,
@@ -211,21 +212,21 @@ def test_bootstrap_counts_undefined_replicates():
 # --- fusion -----------------------------------------------------------------------------------------------------
 
 def test_fused_probability_is_the_documented_logistic_model(tmp_path):
-    model = {"schema_version": 1, "kind": "vfscreen_fusion", "features": list(fusion.FEATURES),
+    model = {"schema_version": 1, "kind": "vfscreen_fusion", "features": list(fusion_model.FEATURES),
              "feature_mean": [-1.0, 0.8], "feature_scale": [2.0, 0.1],
              "coefficients": [1.0, -2.0], "intercept": 0.5, "thresholds": {"grader": 0.5}}
     path = fusion.save_fusion(model, tmp_path / "fusion.json")
-    loaded = fusion.load_fusion(path)
+    loaded = fusion_model.load_fusion(path)
     ratio = np.array(RATIO)
     ratio[0] = np.nan  # not measured -> the grader's p
-    fused = fusion.fused_probability(loaded, P_FRACTURE, ratio)
+    fused = fusion_model.fused_probability(loaded, P_FRACTURE, ratio)
     for p, r, f in zip(P_FRACTURE, ratio, fused):
         z = ((math.log(p / (1 - p)) + 1.0) / 2.0, (r - 0.8) / 0.1)
         expected = p if math.isnan(r) else 1 / (1 + math.exp(-(1.0 * z[0] - 2.0 * z[1] + 0.5)))
         assert f == pytest.approx(expected, abs=TOL)
     (tmp_path / "bad.json").write_text('{"kind": "something else"}')
     with pytest.raises(ConfigError, match="bad.json"):
-        fusion.load_fusion(tmp_path / "bad.json")
+        fusion_model.load_fusion(tmp_path / "bad.json")
 
 
 def test_fit_fusion_learns_from_ratio_and_refuses_one_class():
@@ -235,7 +236,7 @@ def test_fit_fusion_learns_from_ratio_and_refuses_one_class():
     p_fracture = np.full(200, 0.5)  # an uninformative grader: the ratio must carry the fit
     model = fusion.fit_fusion(grades, p_fracture, ratio)
     assert model["coefficients"][1] < 0 and model["num_vertebrae"] == 200
-    fused = fusion.fused_probability(model, p_fracture, ratio)
+    fused = fusion_model.fused_probability(model, p_fracture, ratio)
     assert roc_auc_score(grades > 0, fused) > 0.95
     assert set(model["thresholds"]) == {"grader", "morphometry", "fused"}
     with pytest.raises(ConfigError, match="0 fractured"):

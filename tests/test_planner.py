@@ -6,7 +6,8 @@ from planning_dataset import fullres_configuration, nnunet_plans, synthetic_fing
 from vfscreen.errors import ConfigError
 from vfscreen.experiment_planning import budget as B
 from vfscreen.experiment_planning import planner as P
-from vfscreen.experiment_planning.plans import load_preset, validate_plans
+from vfscreen.core.plans import validate_plans
+from vfscreen.experiment_planning.presets import load_preset
 
 DATASET = "Dataset990_PlanTest"
 TARGETS = B.PlanningTargets()

@@ -9,7 +9,7 @@ import SimpleITK as sitk
 from planning_dataset import make_dataset
 from vfscreen import paths
 from vfscreen.experiment_planning import cli
-from vfscreen.experiment_planning.plans import load_plans, plans_file
+from vfscreen.core.plans import load_plans, plans_file
 
 
 def _exit_code(argv) -> int:

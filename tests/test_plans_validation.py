@@ -8,7 +8,8 @@ from planning_dataset import nnunet_plans, synthetic_fingerprint
 from vfscreen.errors import ConfigError
 from vfscreen.experiment_planning import budget as B
 from vfscreen.experiment_planning import planner as P
-from vfscreen.experiment_planning.plans import (deep_merge, load_plans, load_preset, save_plans, validate_plans)
+from vfscreen.core.plans import load_plans, save_plans, validate_plans
+from vfscreen.experiment_planning.presets import deep_merge, load_preset
 
 DATASET = "Dataset990_PlanTest"
 

@@ -20,8 +20,8 @@ GRADER_NETWORK = {"block": "BasicBlockD", "features_per_stage": [4, 8], "n_block
 
 
 def write_grader_folds(results_dataset, dataset_name, folds=(0, 1)):
-    from vfscreen.training.grader.checkpoint import checkpoint_path, save_checkpoint
-    from vfscreen.training.grader.network import build_grader
+    from vfscreen.core.grader_checkpoint import checkpoint_path, save_checkpoint
+    from vfscreen.core.grader_network import build_grader
 
     plans = {"dataset_name": dataset_name, "plans_name": "vfscreenPlans", "configurations": {"3d": {
         "segmentation": {"trainer": "nnUNetTrainer", "nnunet_plans_identifier": "nnUNetPlans",
@@ -45,8 +45,8 @@ def trained_results(model_folder):
     (random weights); removed afterwards."""
     import shutil
 
-    from vfscreen.paths import nnUNet_results
-    dataset_folder = nnUNet_results / DATASET
+    from vfscreen import paths
+    dataset_folder = paths.nnUNet_results / DATASET
     shutil.rmtree(dataset_folder, ignore_errors=True)
     dataset_folder.mkdir(parents=True)
     shutil.copytree(model_folder, dataset_folder / model_folder.name)

@@ -224,7 +224,7 @@ def test_cli_exit_codes(input_folder, tmp_path, capsys):
 
 
 def test_cli_disable_tta_reaches_the_predictor(input_folder, tmp_path, monkeypatch):
-    import vfscreen.inference.predict as predict_module
+    import vfscreen.inference.cli as cli_module
     from vfscreen.inference.cli import main
 
     seen = {}
@@ -233,7 +233,7 @@ def test_cli_disable_tta_reaches_the_predictor(input_folder, tmp_path, monkeypat
         seen.update(kwargs)
         raise SystemExit(0)
 
-    monkeypatch.setattr(predict_module, "predict", fake_predict)
+    monkeypatch.setattr(cli_module, "predict", fake_predict)
     for argv, expected in (([], None), (["--disable_tta"], False), (["--enable_tta"], True)):
         with pytest.raises(SystemExit):
             main(["-i", str(input_folder), "-o", str(tmp_path / "out")] + argv)
@@ -241,7 +241,7 @@ def test_cli_disable_tta_reaches_the_predictor(input_folder, tmp_path, monkeypat
 
 
 class TinyRealGrader:
-    """A randomly initialised GraderNet (vfscreen.training.grader.network) x 2 folds: exercises Grad-CAM for real."""
+    """A randomly initialised GraderNet (vfscreen.core.grader_network) x 2 folds: exercises Grad-CAM for real."""
 
     crop_plan = CROP_PLAN
     patch_size = (16, 16, 16)
@@ -249,7 +249,7 @@ class TinyRealGrader:
     def __init__(self):
         import torch
 
-        from vfscreen.training.grader.network import build_grader
+        from vfscreen.core.grader_network import build_grader
 
         torch.manual_seed(0)
         plan = {"block": "BasicBlockD", "features_per_stage": [4, 8], "n_blocks_per_stage": [1, 1],
@@ -316,7 +316,7 @@ def _identity_fusion(threshold_fused):
     (_identity_fusion(0.15), "all"),  # every vertebra has p = 0.2 >= 0.15: flagged although argmax says G0
 ])
 def test_screening_decision_uses_the_validation_threshold(input_folder, tmp_path, fusion, flagged):
-    from vfscreen.evaluation.fusion import validate_fusion
+    from vfscreen.core.fusion_model import validate_fusion
 
     if fusion is not None:
         validate_fusion(fusion)
@@ -344,7 +344,7 @@ def test_screening_decision_uses_the_validation_threshold(input_folder, tmp_path
 
 def test_a_broken_fusion_file_is_a_clear_error(tmp_path):
     from vfscreen.errors import ConfigError
-    from vfscreen.inference.screening import load_screening_model
+    from vfscreen.core.fusion_model import load_screening_model
 
     assert load_screening_model(tmp_path) is None
     (tmp_path / "fusion.json").write_text('{"kind": "something else"}')
@@ -364,7 +364,8 @@ def test_report_verdict_names_at_most_three_flagged_vertebrae():
 
 
 def test_a_ratio_outside_the_fitted_range_is_not_extrapolated():
-    from vfscreen.evaluation.fusion import fit_fusion, fused_probability, validate_fusion
+    from vfscreen.core.fusion_model import fused_probability, validate_fusion
+    from vfscreen.evaluation.fusion import fit_fusion
     from vfscreen.inference.screening import OUT_OF_RANGE_NOTE, screen
 
     rng = np.random.default_rng(0)

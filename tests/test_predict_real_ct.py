@@ -32,7 +32,7 @@ def tiny_trained_model(tmp_path_factory):
     """Dataset921 with a trained fold 0 (segmentation + grader) in the test session's nnU-Net folders."""
     from vfscreen import paths
     from vfscreen.experiment_planning import cli as planning_cli
-    from vfscreen.experiment_planning.plans import load_plans
+    from vfscreen.core.plans import load_plans
     from vfscreen.phantom.generator import generate_dataset
     from vfscreen.training.grader.trainer import prepare_grader_training, train_grader
     from vfscreen.training.segmentation import train_segmentation

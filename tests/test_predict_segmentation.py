@@ -74,7 +74,8 @@ def model_folder(tmp_path):
 
 @pytest.mark.parametrize("orientation", [None, "LPS"])
 def test_segmenter_returns_maps_on_the_input_grid(model_folder, orientation):
-    from vfscreen.inference.segmentation import NnunetSegmenter, available_folds
+    from vfscreen.core.model_folders import available_folds
+    from vfscreen.inference.segmentation import NnunetSegmenter
 
     torch.set_num_threads(1)
     assert available_folds(model_folder, "checkpoint_final.pth") == [0, 1]
@@ -95,7 +96,7 @@ def test_unsafe_or_missing_checkpoint_is_refused(model_folder, tmp_path):
     import pickle
 
     from vfscreen.errors import ConfigError
-    from vfscreen.inference.segmentation import load_nnunet_checkpoint
+    from vfscreen.core.nnunet_models import load_nnunet_checkpoint
 
     class Evil:
         def __reduce__(self):
@@ -133,7 +134,8 @@ def test_reorientation_round_trip_is_voxel_exact(model_folder, orientation):
 
 def test_vfscreen_trainer_checkpoints_are_found(model_folder):
     """Checkpoints written by vfscreenSegTrainer (not findable by nnunetv2's own look-up) load too."""
-    from vfscreen.inference.segmentation import NnunetSegmenter, load_nnunet_checkpoint
+    from vfscreen.core.nnunet_models import load_nnunet_checkpoint
+    from vfscreen.inference.segmentation import NnunetSegmenter
 
     for fold in (0, 1):
         path = model_folder / f"fold_{fold}" / "checkpoint_final.pth"

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from vfscreen import labels
+from vfscreen import labels, paths
 from vfscreen.errors import ConfigError, InputError
-from vfscreen.paths import nnUNet_raw
+
+paths.export_for_nnunet()  # nnunetv2 (imported below, on use) reads its folders once, at import
 
 GRADES_FILE = "grades.csv"
 GRADES_REQUIRED_COLUMNS = ("case_id", "label", "grade")
@@ -48,8 +49,16 @@ def resolve_dataset_name(dataset: str | int) -> str:
                           "e.g. python dataset_conversion/Dataset501_SyntheticSpine.py") from None
 
 
+def dataset_id(dataset_name: str) -> int:
+    """'Dataset501_SyntheticSpine' -> 501 (nnU-Net's naming: three digits after 'Dataset')."""
+    match = re.fullmatch(r"Dataset(\d{3})_\w+", str(dataset_name))
+    if match is None:
+        raise ConfigError(f"{dataset_name!r} is not an nnU-Net dataset name (DatasetXXX_Name)")
+    return int(match.group(1))
+
+
 def raw_dataset_folder(dataset: str | int) -> Path:
-    return nnUNet_raw / resolve_dataset_name(dataset)
+    return paths.nnUNet_raw / resolve_dataset_name(dataset)
 
 
 def write_dataset_json(folder: Path, dataset_name: str, num_training_cases: int, description: str,

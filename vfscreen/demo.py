@@ -28,8 +28,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vfscreen import paths  # noqa: F401  (nnU-Net's folders before nnunetv2)
+from vfscreen import paths
+from vfscreen.core.fusion_model import load_fusion
+from vfscreen.core.model_folders import FUSION_FILE, grader_model_folder, segmentation_model_folder
+from vfscreen.core.plans import grader_loss, load_plans, plans_file
 from vfscreen.errors import ConfigError, cli_entry
+from vfscreen.evaluation.cross_validation import fit_fusion_for_model
+from vfscreen.evaluation.evaluate import evaluate_predictions
+from vfscreen.evaluation.table import describe_method, format_result
+from vfscreen.experiment_planning import cli as planning_cli
+from vfscreen.inference.predict import predict
+from vfscreen.phantom.generator import generate_dataset
+from vfscreen.training.grader.trainer import prepare_grader_training, train_grader
+from vfscreen.training.segmentation import train_segmentation
+from vfscreen.utils.atomic import atomic_write_json
 
 DATASET_ID = 501
 DATASET_NAME = "Dataset501_SyntheticSpine"
@@ -85,8 +97,6 @@ def _header(index: int, title: str) -> None:
 
 # ------------------------------------------------------------------------------------------------------ the stages
 def stage_generate(run: DemoRun) -> str:
-    from vfscreen.phantom.generator import generate_dataset
-
     if (run.raw_folder / "dataset.json").is_file():  # the generator writes the folder atomically: present = complete
         print(f"{run.raw_folder} exists; reusing it")
         return "skipped"
@@ -98,9 +108,6 @@ def stage_generate(run: DemoRun) -> str:
 
 def stage_plan(run: DemoRun) -> str:
     """The planner's own CLI logic: existing plans are reused, nnU-Net preprocessing and crops are incremental."""
-    from vfscreen.experiment_planning import cli as planning_cli
-    from vfscreen.experiment_planning.plans import plans_file
-
     reused = plans_file(DATASET_NAME).is_file()
     planning_cli.run(["-d", str(DATASET_ID), "--device", "cpu", "--preset", PLANNING_PRESET,
                       "-np", str(run.num_threads)])
@@ -113,14 +120,10 @@ def stage_plan(run: DemoRun) -> str:
 
 
 def load_demo_plans() -> dict:
-    from vfscreen.experiment_planning.plans import load_plans
-
     return load_plans(DATASET_NAME)
 
 
 def segmentation_fold_folder(plans: dict) -> Path:
-    from vfscreen.training.segmentation import segmentation_model_folder
-
     return segmentation_model_folder(DATASET_NAME, plans["configurations"][CONFIGURATION]["segmentation"]) \
         / f"fold_{FOLD}"
 
@@ -135,15 +138,12 @@ def stage_segmentation(run: DemoRun) -> str:
     segmentation = plans["configurations"][CONFIGURATION]["segmentation"]
     print(f"nnU-Net {segmentation['nnunet_configuration']}, fold {FOLD}: {segmentation['num_epochs']} epochs x "
           f"{segmentation['iterations_per_epoch']} iterations" + (" (continuing)" if continuing else ""))
-    from vfscreen.training.segmentation import train_segmentation
 
     train_segmentation(DATASET_NAME, plans, CONFIGURATION, FOLD, device="cpu", continue_training=continuing)
     return "continued" if continuing else "done"
 
 
 def stage_grader(run: DemoRun) -> str:
-    from vfscreen.training.grader.trainer import prepare_grader_training, train_grader
-
     plans = load_demo_plans()
     setup = prepare_grader_training(DATASET_NAME, CONFIGURATION, FOLD, plans, None, "cpu")
     if (setup.fold_folder / "checkpoint_final.pth").is_file():
@@ -161,9 +161,6 @@ def fit_screening_thresholds(plans: dict, grader_folder: Path, refit: bool) -> N
     """The fusion model and Youden thresholds on fold 0's validation predictions (vfscreen_evaluate --cv
     --fit-fusion): prediction flags vertebrae at this operating point instead of argmax
     (vfscreen.inference.screening)."""
-    from vfscreen.evaluation.cross_validation import fit_fusion_for_model
-    from vfscreen.evaluation.fusion import FUSION_FILE, load_fusion
-    from vfscreen.experiment_planning.plans import grader_loss
 
     path = grader_folder / FUSION_FILE
     if refit or not path.is_file():
@@ -180,8 +177,6 @@ def fit_screening_thresholds(plans: dict, grader_folder: Path, refit: bool) -> N
 
 
 def stage_predict(run: DemoRun) -> str:
-    from vfscreen.inference.predict import predict
-
     reuse = not predictions_are_stale(run)
     if not reuse:
         print(f"a model is newer than the predictions in {run.output_folder}: predicting every case again")
@@ -209,19 +204,11 @@ def predictions_are_stale(run: DemoRun) -> bool:
 
 
 def vfscreen_grader_final(plans: dict) -> Path:
-    from vfscreen.experiment_planning.plans import grader_loss
-    from vfscreen.training.grader.trainer import grader_model_folder
-
-    return grader_model_folder(DATASET_NAME, plans.get("plans_name", "vfscreenPlans"), CONFIGURATION,
-                               grader_loss(plans, CONFIGURATION)) / f"fold_{FOLD}" / "checkpoint_final.pth"
+    return grader_model_folder(DATASET_NAME, CONFIGURATION, grader_loss(plans, CONFIGURATION),
+                               plans.get("plans_name", "vfscreenPlans")) / f"fold_{FOLD}" / "checkpoint_final.pth"
 
 
 def stage_evaluate(run: DemoRun) -> str:
-    from vfscreen.evaluation.evaluate import evaluate_predictions
-    from vfscreen.evaluation.table import describe_method, format_result
-    from vfscreen.experiment_planning.plans import grader_loss
-    from vfscreen.utils.atomic import atomic_write_json
-
     result = evaluate_predictions(run.raw_folder, run.output_folder, split="Ts", n_bootstrap=run.bootstrap,
                                   progress=False)
     metrics_file = run.output_folder / "metrics.json"

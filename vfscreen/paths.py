@@ -2,8 +2,12 @@
 
 vfscreen uses ``nnUNet_raw``, ``nnUNet_preprocessed`` and ``nnUNet_results`` so an existing nnU-Net setup just works.
 When a variable is unset, it defaults to ``$VFSCREEN_HOME/{raw,preprocessed,results}`` (``VFSCREEN_HOME`` defaults to
-``./vfscreen_data``). This module must be imported before :mod:`nnunetv2` (``vfscreen/__init__.py`` does so), because
-nnunetv2 reads the variables once, at import time.
+``./vfscreen_data``). The folders are read from the environment at every access (``paths.nnUNet_raw`` etc.), so a
+changed environment is seen at once; importing this module changes nothing.
+
+nnunetv2 reads the variables once, when it is first imported. Every vfscreen module that imports nnunetv2 therefore
+calls :func:`export_for_nnunet` first, which writes vfscreen's defaults into the environment of this process (and
+its children) for the variables that are unset.
 """
 from __future__ import annotations
 
@@ -11,28 +15,32 @@ import os
 import sys
 from pathlib import Path
 
-_FOLDERS = {"nnUNet_raw": "raw", "nnUNet_preprocessed": "preprocessed", "nnUNet_results": "results"}
+FOLDERS = {"nnUNet_raw": "raw", "nnUNet_preprocessed": "preprocessed", "nnUNet_results": "results"}
 
 
-def _apply_defaults() -> list[str]:
-    """Set unset nnU-Net folder variables to vfscreen's defaults; return the names that were set."""
-    home = Path(os.environ.get("VFSCREEN_HOME", "vfscreen_data")).expanduser().resolve()
-    newly_set = []
-    for variable, sub_folder in _FOLDERS.items():
-        if not os.environ.get(variable):
-            os.environ[variable] = str(home / sub_folder)
-            newly_set.append(variable)
-    return newly_set
+def home() -> Path:
+    return Path(os.environ.get("VFSCREEN_HOME", "vfscreen_data")).expanduser().resolve()
 
 
-_defaulted = _apply_defaults()
-if _defaulted and "nnunetv2" in sys.modules:  # pragma: no cover - a programming error, not a user error
-    raise ImportError("vfscreen.paths must be imported before nnunetv2 (nnunetv2 reads its folders at import time)")
-if _defaulted and not os.environ.get("VFSCREEN_QUIET"):
-    print(f"vfscreen: {', '.join(_defaulted)} not set; data goes to {Path(os.environ['nnUNet_raw']).parent} "
-          "(set VFSCREEN_HOME or nnU-Net's variables to change this)", file=sys.stderr)
-    os.environ["VFSCREEN_QUIET"] = "1"  # say it once, also for child processes
+def folder(variable: str) -> Path:
+    """The folder of one of nnU-Net's variables (its value, else vfscreen's default below VFSCREEN_HOME)."""
+    value = os.environ.get(variable)
+    return Path(value) if value else home() / FOLDERS[variable]
 
-nnUNet_raw = Path(os.environ["nnUNet_raw"])
-nnUNet_preprocessed = Path(os.environ["nnUNet_preprocessed"])
-nnUNet_results = Path(os.environ["nnUNet_results"])
+
+def export_for_nnunet() -> list[str]:
+    """Set the unset nnU-Net folder variables to vfscreen's defaults (before nnunetv2 is imported); returns their
+    names. Raises RuntimeError when nnunetv2 was imported already without them (it would use no folders at all)."""
+    unset = [variable for variable in FOLDERS if not os.environ.get(variable)]
+    if unset and "nnunetv2.paths" in sys.modules:
+        raise RuntimeError(f"nnunetv2 was imported before vfscreen set {', '.join(unset)}; import vfscreen first or "
+                           "set nnU-Net's variables")
+    for variable in unset:
+        os.environ[variable] = str(folder(variable))
+    return unset
+
+
+def __getattr__(name: str) -> Path:
+    if name in FOLDERS:
+        return folder(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

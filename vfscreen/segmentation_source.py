@@ -11,13 +11,12 @@ import json
 from pathlib import Path
 
 from vfscreen import paths
+from vfscreen.core.model_folders import NNUNET_CHECKPOINTS
 from vfscreen.errors import ConfigError
 from vfscreen.labels import parse_structure_name
 from vfscreen.utils.atomic import atomic_write_json
 
 RECORD_FILE = "pretrained_segmentation.json"
-NNUNET_CHECKPOINT_FILES = {"final": "checkpoint_final.pth", "best": "checkpoint_best.pth",
-                           "latest": "checkpoint_latest.pth"}
 
 
 def _trained_folds(folder: Path, checkpoint_file: str) -> list:
@@ -37,7 +36,7 @@ def check_model_folder(folder, folds=None, checkpoint: str = "final") -> tuple[P
     for name in ("dataset.json", "plans.json"):
         if not (folder / name).is_file():
             raise ConfigError(f"{folder} is not a trained nnU-Net model folder: {folder / name} is missing")
-    checkpoint_file = NNUNET_CHECKPOINT_FILES[checkpoint]
+    checkpoint_file = NNUNET_CHECKPOINTS[checkpoint]
     existing = _trained_folds(folder, checkpoint_file)
     folds = existing if folds is None else [fold if str(fold) == "all" else int(fold) for fold in folds]
     missing = [fold for fold in folds if fold not in existing]

@@ -14,7 +14,7 @@ from vfscreen.training.cli import main as train_main
 
 
 def _trainer(dataset_name):
-    from vfscreen.experiment_planning.plans import load_plans
+    from vfscreen.core.plans import load_plans
     from vfscreen.training.segmentation import build_trainer
 
     segmentation_plan = load_plans(dataset_name)["configurations"]["3d"]["segmentation"]

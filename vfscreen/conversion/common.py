@@ -31,11 +31,13 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from vfscreen import labels
+from vfscreen import labels, paths
 from vfscreen.dataset import GRADES_FILE, image_path, label_path, write_dataset_json
 from vfscreen.errors import ConfigError, InputError
 from vfscreen.utils.atomic import atomic_directory, atomic_write_csv, atomic_write_image, atomic_write_json
 from vfscreen.utils.image_io import check_case_id, check_ct_intensities, check_same_geometry, read_image
+
+paths.export_for_nnunet()  # nnunetv2 (imported on use, below) reads its folders once, at import
 
 BACKGROUND_VERSE_IDS = {26: "sacrum", 27: "coccyx"}
 CENTROIDS_FOLDER = "centroids"

@@ -30,10 +30,15 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
-from vfscreen import labels
+from vfscreen import labels, paths
 from vfscreen.conversion.common import (CERVICAL_VERSE_IDS, InputTree, ProblemLog, SourceCase, build_raw_dataset,
                                         nifti_stem, output_folder, safe_case_id, summary_text)
 from vfscreen.errors import ConfigError, InputError, cli_entry
+from vfscreen.preprocessing.crops import extract_vertebra_crops, validate_crop_plan
+from vfscreen.preprocessing.grader_crops import CROPS_INDEX, CROP_PLAN_FILE, INDEX_COLUMNS, crop_plan_hash
+from vfscreen.utils.atomic import atomic_directory, atomic_save_npy, atomic_write_csv, atomic_write_json
+from vfscreen.utils.image_io import check_same_geometry, read_image
+from vfscreen.core.plans import PLANS_FILE_NAME, load_plans, save_plans
 
 DATASET_NAME = "FaintFeatures"
 PATCH_DATASET_NAME = "FaintFeaturesPatches"
@@ -157,10 +162,8 @@ def convert_original(source: Path, dataset_id: int = DEFAULT_DATASET_ID, drop_ce
                      overwrite: bool = False, raw_root: Path | None = None, verify: bool = True,
                      progress: bool = True, tree: InputTree | None = None):
     """original_dataset(.zip) -> raw_root/DatasetXXX_FaintFeatures. Returns (folder, written cases, problems)."""
-    from vfscreen.paths import nnUNet_raw
-
     tree = tree or InputTree(source)
-    final_folder = output_folder(Path(raw_root) if raw_root else nnUNet_raw, dataset_id, DATASET_NAME)
+    final_folder = output_folder(Path(raw_root) if raw_root else paths.nnUNet_raw, dataset_id, DATASET_NAME)
     if final_folder.exists() and any(final_folder.iterdir()) and not overwrite:
         raise ConfigError(f"{final_folder} exists and is not empty (use --overwrite to replace it)")
     problems = ProblemLog()
@@ -235,11 +238,7 @@ def load_crop_plan(path: Path | None, patch_size: int, plans_from: str | None = 
     (``plans_from``: a planned dataset's id/name or a plans file; the plans are then copied to the patch dataset so
     the grader can be trained on it), else a JSON crop plan file, else the default (fit mode, margin 0, the standard
     windows, ``patch_size``^3)."""
-    from vfscreen.preprocessing.crops import validate_crop_plan
-
     if plans_from is not None:
-        from vfscreen.experiment_planning.plans import load_plans
-
         if Path(plans_from).is_file():
             try:
                 planned_for = json.loads(Path(plans_from).read_text())["dataset_name"]
@@ -298,13 +297,9 @@ def convert_patches(source: Path, dataset_id: int = DEFAULT_PATCH_DATASET_ID, cr
     import SimpleITK as sitk
     from tqdm import tqdm
 
-    from vfscreen.preprocessing.crops import extract_vertebra_crops
-    from vfscreen.preprocessing.grader_crops import CROP_PLAN_FILE, CROPS_INDEX, INDEX_COLUMNS, crop_plan_hash
-    from vfscreen.utils.atomic import atomic_directory, atomic_save_npy, atomic_write_csv, atomic_write_json
-    from vfscreen.utils.image_io import check_same_geometry, read_image
 
     if preprocessed_root is None:
-        from vfscreen.paths import nnUNet_preprocessed as preprocessed_root
+        preprocessed_root = paths.nnUNet_preprocessed
     tree = tree or InputTree(source)
     crop_plan, plans = load_crop_plan(crop_plan_file, patch_size, plans_from)
     final_folder = output_folder(Path(preprocessed_root), dataset_id, PATCH_DATASET_NAME)
@@ -364,8 +359,6 @@ def convert_patches(source: Path, dataset_id: int = DEFAULT_PATCH_DATASET_ID, cr
                 "fold_tags": [fold["tag"] for fold in folds]})
             atomic_write_csv(crops_folder / CROPS_INDEX, table)
             if plans is not None:
-                from vfscreen.experiment_planning.plans import PLANS_FILE_NAME, save_plans
-
                 save_plans({**plans, "dataset_name": final_folder.name}, tmp_folder / PLANS_FILE_NAME)
             usable = set(table.case_id)
             atomic_write_json(tmp_folder / "splits_final.json", [

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vfscreen import labels
+from vfscreen import labels, paths
 from vfscreen.conversion.common import (CERVICAL_VERSE_IDS, ProblemLog, SourceCase, build_raw_dataset, local_files,
                                         output_folder, summary_text)
 from vfscreen.errors import ConfigError, InputError, cli_entry
@@ -295,9 +295,7 @@ def convert_verse(roots: list[Path], grade_sheet: Path, dataset_id: int = DEFAUL
                   exclude_implants: str | None = None, drop_cervical: bool = False, overwrite: bool = False,
                   raw_root: Path | None = None, verify: bool = True, progress: bool = True):
     """Convert VerSe folder(s) into ``raw_root/DatasetXXX_VerSe``. Returns (folder, written cases, problems)."""
-    from vfscreen.paths import nnUNet_raw
-
-    final_folder = output_folder(Path(raw_root) if raw_root else nnUNet_raw, dataset_id, DATASET_NAME)
+    final_folder = output_folder(Path(raw_root) if raw_root else paths.nnUNet_raw, dataset_id, DATASET_NAME)
     if final_folder.exists() and any(final_folder.iterdir()) and not overwrite:
         raise ConfigError(f"{final_folder} exists and is not empty (use --overwrite to replace it)")
     problems = ProblemLog()

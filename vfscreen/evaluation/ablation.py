@@ -22,10 +22,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from vfscreen.core.model_folders import grader_model_folder
+from vfscreen.core.plans import PLANS_NAME
 from vfscreen.errors import ConfigError
 from vfscreen.evaluation.bootstrap import bootstrap_intervals
 from vfscreen.evaluation.metrics import compute_metrics, defined, metric_value, undefined
-from vfscreen.evaluation.results import DEFAULT_PLANS, grader_model_folder
 from vfscreen.evaluation.table import render
 
 # name -> (loss, plans tag, grader override, label)
@@ -42,7 +43,7 @@ METRIC_PATHS = {"auroc": ("auroc",), "sensitivity": ("argmax", "sensitivity"),
 
 def variant_folder(dataset_name: str, configuration: str, plans_name: str, variant: str) -> Path:
     loss, tag, _, _ = VARIANTS[variant]
-    return grader_model_folder(dataset_name, configuration, f"{plans_name}_{tag}", loss)
+    return grader_model_folder(dataset_name, configuration, loss, f"{plans_name}_{tag}")
 
 
 def trained_folds(dataset_name: str, configuration: str, plans_name: str, variant: str) -> list[int]:
@@ -110,7 +111,7 @@ def ablation_metrics(tables: dict) -> dict:
     return {**result, "differences": differences}
 
 
-def run_ablation(dataset_name: str, configuration: str, folds, plans_name: str = DEFAULT_PLANS, train: bool = True,
+def run_ablation(dataset_name: str, configuration: str, folds, plans_name: str = PLANS_NAME, train: bool = True,
                  device: str | None = None, n_resamples: int = 1000, seed: int = 0) -> dict:
     commands = train_missing_folds(dataset_name, configuration, folds, plans_name, device) if train else []
     tables = {f"{variant}/{readout}": evaluation_table(variant_folder(dataset_name, configuration, plans_name,

@@ -9,40 +9,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 from pathlib import Path
 
+from vfscreen.core.devices import DEVICE_TYPES
+from vfscreen.core.plans import PLANS_NAME
 from vfscreen.dataset import resolve_dataset_name
 from vfscreen.errors import ConfigError, cli_entry
+from vfscreen.evaluation.ablation import VARIANTS, format_ablation, run_ablation, trained_folds, variant_folder
 from vfscreen.evaluation.bootstrap import DEFAULT_SEED
-from vfscreen.evaluation.results import DEFAULT_PLANS
+from vfscreen.evaluation.curves import DEFAULT_STEPS, format_curves, run_curves, write_curves
+from vfscreen.evaluation.speed import format_speed, format_speed_markdown, machine_description, run_speed
+from vfscreen.evaluation.untrained import DEFAULT_FOLDS, run_untrained_speed
 from vfscreen.utils.atomic import atomic_write_json
 
 DEFAULT_ABLATION_RESAMPLES = 1000
 QUICK_RESAMPLES = 100
-
-
-def machine_description() -> dict:
-    import torch
-
-    return {"platform": platform.platform(), "python": platform.python_version(), "processor": platform.processor(),
-            "cpu_model": _cpu_model(), "cpu_count": os.cpu_count(),
-            "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-            if hasattr(os, "sysconf") else None, "torch": torch.__version__, "cuda": torch.cuda.is_available(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-
-
-def _cpu_model() -> str | None:
-    """The CPU's model name (Linux /proc/cpuinfo; platform.processor() elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,12 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
     ablation = commands.add_parser("ablation", help="SupCon (SGD) vs CE (SGD) vs CE (Adam), head and probe readouts")
     ablation.add_argument("-d", "--dataset", required=True)
     ablation.add_argument("-c", "--configuration", default="3d")
-    ablation.add_argument("-p", "--plans", default=DEFAULT_PLANS)
+    ablation.add_argument("-p", "--plans", default=PLANS_NAME)
     ablation.add_argument("-f", "--folds", nargs="+", type=int, default=None,
                           help="folds (default: 0-4; with --no-train: those every grader has)")
     ablation.add_argument("--quick", action="store_true", help="smoke test: fold 0, 100 bootstrap resamples")
     ablation.add_argument("--no-train", action="store_true", help="only evaluate folds trained already")
-    ablation.add_argument("-device", "--device", choices=("cpu", "cuda", "mps"), default=None)
+    ablation.add_argument("-device", "--device", choices=DEVICE_TYPES, default=None)
     ablation.add_argument("--bootstrap", type=int, default=None)
     ablation.add_argument("--seed", type=int, default=DEFAULT_SEED)
     ablation.add_argument("-o", "--output", help="JSON to write (default: ablation.json in the SupCon (SGD) model "
@@ -73,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="grader plan values changed for both losses (a change tried against the curves)")
     curves.add_argument("--tag", default="", help="letters/digits naming this curves run (default: none)")
     curves.add_argument("--no-train", action="store_true", help="only read curves trained already")
-    curves.add_argument("-device", "--device", choices=("cpu", "cuda", "mps"), default=None)
+    curves.add_argument("-device", "--device", choices=DEVICE_TYPES, default=None)
     curves.add_argument("-o", "--output", default=".", help="folder for curves.json and curves.png (default .)")
     curves.add_argument("--markdown", action="store_true", help="also print the table for the README")
     curves.add_argument("--verbose", action="store_true")
@@ -83,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("-d", "--dataset", default="501")
     speed.add_argument("-c", "--configuration", default="3d")
     speed.add_argument("-f", "--folds", nargs="+", type=int, help="folds (default: those trained)")
-    speed.add_argument("-device", "--device", choices=("cpu", "cuda", "mps"), default="cpu")
+    speed.add_argument("-device", "--device", choices=DEVICE_TYPES, default="cpu")
     speed.add_argument("-n", "--num-cases", type=int, help="time only the first N cases")
     speed.add_argument("-np", "--num-threads", type=int, help="torch CPU threads")
     speed.add_argument("--saliency", action="store_true", help="include Grad-CAM")
@@ -115,11 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "speed":
-        from vfscreen.evaluation.speed import format_speed, format_speed_markdown, run_speed
-
         if args.untrained_preset is not None:
-            from vfscreen.evaluation.untrained import DEFAULT_FOLDS, run_untrained_speed
-
             if args.saliency:
                 raise ConfigError("--saliency is not timed with --untrained-preset")
             speed = run_untrained_speed(
@@ -139,8 +116,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"speed written: {args.output}")
         return 0
     if args.command == "curves":
-        from vfscreen.evaluation.curves import DEFAULT_STEPS, format_curves, run_curves, write_curves
-
         if args.tag and not args.tag.isalnum():
             raise ConfigError(f"--tag {args.tag!r}: letters and digits only")
         try:
@@ -155,8 +130,6 @@ def main(argv: list[str] | None = None) -> int:
         for path in write_curves(result, Path(args.output)):
             print(f"curves written: {path}")
         return 0
-    from vfscreen.evaluation.ablation import VARIANTS, format_ablation, run_ablation, trained_folds, variant_folder
-
     dataset_name = resolve_dataset_name(args.dataset)
     folds = args.folds if args.folds is not None else [0] if args.quick else None
     if folds is None:

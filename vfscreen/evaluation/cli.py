@@ -9,16 +9,17 @@ or cv_metrics.json in the grader model folder). Exit codes: see vfscreen.errors.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
+from vfscreen.core.model_folders import grader_fold_plans, grader_model_folder, loss_of_grader_folder
+from vfscreen.core.plans import PLANS_NAME
 from vfscreen.dataset import resolve_dataset_name
 from vfscreen.errors import ConfigError, cli_entry
 from vfscreen.evaluation import evaluate
 from vfscreen.evaluation.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED
 from vfscreen.evaluation.matching import MAX_CENTROID_DISTANCE_MM
-from vfscreen.evaluation.results import DEFAULT_PLANS, fusion_path, grader_model_folder, loss_of_grader_folder
+from vfscreen.evaluation.results import fusion_path
 from vfscreen.evaluation.table import describe_method, format_result
 from vfscreen.utils.atomic import atomic_write_json
 
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-pred", "--prediction", help="output folder of vfscreen_predict")
     parser.add_argument("-d", "--dataset", help="dataset id or name (for --cv, or to find the fusion model)")
     parser.add_argument("-c", "--configuration", default="3d", help="configuration (default: 3d)")
-    parser.add_argument("-p", "--plans", default=DEFAULT_PLANS, help="plans name (default: vfscreenPlans)")
+    parser.add_argument("-p", "--plans", default=PLANS_NAME, help=f"plans name (default: {PLANS_NAME})")
     parser.add_argument("--cv", action="store_true", help="pool the grader folds' validation predictions")
     parser.add_argument("--loss", choices=("supcon", "ce"), default="supcon",
                         help="which grader (supcon: vfscreen_grader, ce: the cross-entropy baseline vfscreen_graderCE)")
@@ -65,20 +66,13 @@ def _plans_of_model(args, result: dict) -> dict | None:
     """The grader's plans (for the FE / Loss / Optimizer columns): from -d/-c, else from the model folder named in
     the prediction JSONs."""
     if args.dataset:
-        folder = grader_model_folder(resolve_dataset_name(args.dataset), args.configuration,
-                                              args.plans, args.loss)
+        folder = grader_model_folder(resolve_dataset_name(args.dataset), args.configuration, args.loss, args.plans)
     else:
         grader = (result.get("model") or {}).get("grader")
         folder = grader.get("folder") if isinstance(grader, dict) else None
         if not isinstance(folder, str):
             return None
-        folder = Path(folder)
-    for plans_file in sorted(folder.glob("fold_*/plans.json")):
-        try:
-            return json.loads(plans_file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return None
-    return None
+    return grader_fold_plans(Path(folder))
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -12,15 +12,18 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from vfscreen import labels
+from vfscreen import labels, paths
 from vfscreen.dataset import GRADES_FILE, label_path, raw_dataset_folder, read_grades, resolve_dataset_name
 from vfscreen.errors import ConfigError, InputError
+from vfscreen.core import fusion_model
+from vfscreen.core.model_folders import grader_model_folder
+from vfscreen.core.plans import PLANS_NAME
 from vfscreen.evaluation import fusion as fusion_module
 from vfscreen.evaluation.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED
 from vfscreen.evaluation.inputs import (masks_use_class_ids, read_reference_mask, read_validation_predictions,
                                         truncated_flags)
-from vfscreen.evaluation.results import DEFAULT_PLANS, finish_result, grader_model_folder, grading_row
-from vfscreen.paths import nnUNet_preprocessed
+from vfscreen.evaluation.results import finish_result, grading_row
+from vfscreen.inference.morphometry import measure_vertebrae
 
 
 def _grader_folds(model_folder: Path, folds) -> dict[int, Path]:
@@ -43,7 +46,7 @@ def _grader_folds(model_folder: Path, folds) -> dict[int, Path]:
 
 
 def _validation_cases(dataset_name: str, folds: list[int]) -> dict[str, int]:
-    splits_file = nnUNet_preprocessed / dataset_name / "splits_final.json"
+    splits_file = paths.nnUNet_preprocessed / dataset_name / "splits_final.json"
     if not splits_file.is_file():
         raise ConfigError(f"{splits_file}: splits missing; run vfscreen_plan_and_preprocess first")
     try:
@@ -67,7 +70,6 @@ def measure_reference_morphometry(dataset_name: str, case_ids, progress: bool = 
     runs) on the reference masks labelsTr/<case>.nii.gz; vertebrae it cannot measure (truncated) are left out."""
     import SimpleITK as sitk
 
-    from vfscreen.inference.morphometry import measure_vertebrae
 
     raw = raw_dataset_folder(dataset_name)
     class_ids = masks_use_class_ids(raw)
@@ -88,12 +90,12 @@ def measure_reference_morphometry(dataset_name: str, case_ids, progress: bool = 
 
 
 def cross_validation_table(dataset: str | int, configuration: str = "3d", folds=None,
-                           plans_name: str = DEFAULT_PLANS, progress: bool = True, loss: str = "supcon",
+                           plans_name: str = PLANS_NAME, progress: bool = True, loss: str = "supcon",
                            include_truncated: bool = False) -> tuple[pd.DataFrame, dict]:
     """Pooled validation predictions of the grader folds against grades.csv: the evaluation table with a ``fold``
     column (not yet fused) and a description of cases/vertebrae that were missing, extra or excluded."""
     dataset_name = resolve_dataset_name(dataset)
-    model_folder = grader_model_folder(dataset_name, configuration, plans_name, loss)
+    model_folder = grader_model_folder(dataset_name, configuration, loss, plans_name)
     fold_files = _grader_folds(model_folder, folds)
     case_fold = _validation_cases(dataset_name, list(fold_files))
     grades = read_grades(raw_dataset_folder(dataset_name) / GRADES_FILE)
@@ -153,7 +155,7 @@ def cross_validation_table(dataset: str | int, configuration: str = "3d", folds=
 
 
 def evaluate_cross_validation(dataset: str | int, configuration: str = "3d", *, folds=None,
-                              plans_name: str = DEFAULT_PLANS, n_bootstrap: int = DEFAULT_RESAMPLES,
+                              plans_name: str = PLANS_NAME, n_bootstrap: int = DEFAULT_RESAMPLES,
                               seed: int = DEFAULT_SEED, fit_fusion: bool = False, progress: bool = True,
                               loss: str = "supcon", include_truncated: bool = False) -> dict:
     """Pool the folds' validation predictions; fused score and validation thresholds are cross-fitted (each fold's
@@ -182,11 +184,11 @@ def _fit_and_save_fusion(table: pd.DataFrame, info: dict, plans_name: str) -> Pa
                                                 "plans": plans_name, "folds": info["folds"],
                                                 "predictions": "validation/predictions.csv of each fold",
                                                 "morphometry": info["morphometry"]})
-    return fusion_module.save_fusion(model, Path(info["model_folder"]) / fusion_module.FUSION_FILE)
+    return fusion_module.save_fusion(model, Path(info["model_folder"]) / fusion_model.FUSION_FILE)
 
 
 def fit_fusion_for_model(dataset: str | int, configuration: str = "3d", *, folds=None,
-                         plans_name: str = DEFAULT_PLANS, progress: bool = True, loss: str = "supcon") -> Path:
+                         plans_name: str = PLANS_NAME, progress: bool = True, loss: str = "supcon") -> Path:
     """Fit the fusion model + validation thresholds on all folds' validation predictions and save fusion.json in
     the grader model folder (where prediction can load it)."""
     table, info = cross_validation_table(dataset, configuration, folds, plans_name, progress, loss)

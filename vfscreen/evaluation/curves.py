@@ -17,8 +17,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from vfscreen.core.model_folders import grader_model_folder
+from vfscreen.core.plans import PLANS_NAME
 from vfscreen.errors import ConfigError
-from vfscreen.evaluation.results import DEFAULT_PLANS, grader_model_folder
 from vfscreen.evaluation.table import render
 from vfscreen.utils.atomic import atomic_path, atomic_write_json
 
@@ -42,7 +43,7 @@ def run_curves(dataset_name: str, configuration: str, fold: int, steps, override
               "validate_every": 10 ** 6}
     commands, curves = [], {}
     for loss in LOSSES:
-        folder = grader_model_folder(dataset_name, configuration, f"{DEFAULT_PLANS}_{plans_tag}", loss)
+        folder = grader_model_folder(dataset_name, configuration, loss, f"{PLANS_NAME}_{plans_tag}")
         curves_file = folder / f"fold_{fold}" / "validation" / "curves.json"
         if train and not (folder / f"fold_{fold}" / "checkpoint_final.pth").is_file():
             command = [sys.executable, "-m", "vfscreen.training.cli", dataset_name, configuration, str(fold),

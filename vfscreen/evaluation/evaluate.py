@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from vfscreen import labels
 from vfscreen.errors import ConfigError
-from vfscreen.evaluation import fusion as fusion_module
+from vfscreen.core import fusion_model
 from vfscreen.evaluation.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED
 from vfscreen.evaluation.cross_validation import (cross_validation_table, evaluate_cross_validation,
                                                   fit_fusion_for_model)
@@ -35,22 +35,20 @@ __all__ = ["evaluate_predictions", "evaluate_cross_validation", "fit_fusion_for_
 
 def _resolve_fusion(fusion, predictions) -> tuple[dict | None, str]:
     if isinstance(fusion, dict):
-        return fusion_module.validate_fusion(fusion), "given as a dict"
+        return fusion_model.validate_fusion(fusion), "given as a dict"
     if fusion is not None:
-        return fusion_module.load_fusion(fusion), str(fusion)
+        return fusion_model.load_fusion(fusion), str(fusion)
     for case in predictions.values():
         embedded = case.model.get("fusion")
         if isinstance(embedded, dict):
-            return fusion_module.validate_fusion(embedded, f"{case.json_path}: model.fusion"), \
+            return fusion_model.validate_fusion(embedded, f"{case.json_path}: model.fusion"), \
                 f"{case.json_path} (model.fusion)"
-    from vfscreen.inference.screening import load_screening_model
-
     for case in predictions.values():  # the grader model folder the predictions were made with
         grader = case.model.get("grader")
         if isinstance(grader, dict) and isinstance(grader.get("folder"), str):
-            model = load_screening_model(Path(grader["folder"]))
+            model = fusion_model.load_screening_model(Path(grader["folder"]))
             if model is not None:
-                return model, str(Path(grader["folder"]) / fusion_module.FUSION_FILE)
+                return model, str(Path(grader["folder"]) / fusion_model.FUSION_FILE)
     return None, ""
 
 

@@ -13,36 +13,21 @@ import pandas as pd
 import vfscreen
 from vfscreen import genant, labels
 from vfscreen.dataset import resolve_dataset_name
+from vfscreen.core import fusion_model
+from vfscreen.core.model_folders import FUSION_FILE, grader_model_folder
+from vfscreen.core.plans import PLANS_NAME
 from vfscreen.evaluation import fusion as fusion_module
 from vfscreen.evaluation.bootstrap import attach_intervals, bootstrap_intervals
 from vfscreen.evaluation.matching import segmentation_metrics
 from vfscreen.evaluation.metrics import compute_metrics, undefined
-from vfscreen.training.grader.trainer import TRAINER_NAMES as GRADER_FOLDER_PREFIX  # loss -> model folder prefix
-from vfscreen.training.grader.trainer import grader_model_folder as trainer_model_folder
 
 SCHEMA_VERSION = 1
-DEFAULT_PLANS = "vfscreenPlans"
 SEGMENTATION_NOT_EVALUATED = ("cross-validation grades crops of the ground-truth masks; segmentation is evaluated on "
                               "predictions (vfscreen_evaluate -ref -pred) and by nnU-Net's own validation")
 
 
-def grader_model_folder(dataset_name: str, configuration: str, plans_name: str = DEFAULT_PLANS,
-                        loss: str = "supcon") -> Path:
-    """nnUNet_results/<Dataset>/vfscreen_grader[CE]__<plans>__<configuration> (contract 4)."""
-    if loss not in GRADER_FOLDER_PREFIX:
-        raise ValueError(f"loss {loss!r}: expected one of {sorted(GRADER_FOLDER_PREFIX)}")
-    return trainer_model_folder(dataset_name, plans_name, configuration, loss)
-
-
-def loss_of_grader_folder(folder: str | Path) -> str | None:
-    """'supcon' / 'ce' from a grader model folder's name, None for another name."""
-    prefix = Path(folder).name.split("__")[0]
-    return next((loss for loss, name in GRADER_FOLDER_PREFIX.items() if name == prefix), None)
-
-
-def fusion_path(dataset: str | int, configuration: str, plans_name: str = DEFAULT_PLANS, loss: str = "supcon") -> Path:
-    return grader_model_folder(resolve_dataset_name(dataset), configuration, plans_name, loss) / \
-        fusion_module.FUSION_FILE
+def fusion_path(dataset: str | int, configuration: str, plans_name: str = PLANS_NAME, loss: str = "supcon") -> Path:
+    return grader_model_folder(resolve_dataset_name(dataset), configuration, loss, plans_name) / FUSION_FILE
 
 
 def grading_row(case_id: str, label: int, grade: int, prediction: dict | None) -> dict:
@@ -77,7 +62,7 @@ def apply_fusion_model(table: pd.DataFrame, model: dict | None, missing_reason: 
         return {"fused": missing_reason, **{f"threshold_{m}": missing_reason for m in fusion_module.THRESHOLD_METHODS}}
     if not table.empty:
         graded = table["graded"].to_numpy(dtype=bool)
-        fused = fusion_module.fused_probability(model, table["score_grader"], table["genant_ratio"])
+        fused = fusion_model.fused_probability(model, table["score_grader"], table["genant_ratio"])
         table["score_fused"] = np.where(graded, fused, 0.0)
     reasons = {}
     for method, column in (("grader", "threshold_grader"), ("morphometry", "threshold_morph"),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import platform
 import resource
 import sys
 import tempfile
@@ -20,9 +21,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from vfscreen.errors import ConfigError
+from vfscreen.inference.predict import list_cases, predict_case, read_case_image
+from vfscreen.inference.report import render_report
+from vfscreen.inference.segmentation import load_models
+from vfscreen.preprocessing.crops import extract_vertebra_crops
 
 
 def reset_peak_memory() -> bool:
@@ -64,6 +70,26 @@ def peak_memory_gb(since_reset: bool = False) -> dict:
     return memory
 
 
+def machine_description() -> dict:
+    return {"platform": platform.platform(), "python": platform.python_version(), "processor": platform.processor(),
+            "cpu_model": _cpu_model(), "cpu_count": os.cpu_count(),
+            "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+            if hasattr(os, "sysconf") else None, "torch": torch.__version__, "cuda": torch.cuda.is_available(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def _cpu_model() -> str | None:
+    """The CPU's model name (Linux /proc/cpuinfo; platform.processor() elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
 def run_speed(input_path, dataset=501, configuration: str = "3d", folds=None, device: str = "cpu",
               num_cases: int | None = None, saliency: bool = False, models=None, num_threads: int | None = None,
               progress: bool = True, model_loader=None, prepare_case=None) -> dict:
@@ -72,13 +98,7 @@ def run_speed(input_path, dataset=501, configuration: str = "3d", folds=None, de
     ``models`` replaces loading trained ones; ``model_loader()`` (timed as model loading) builds them instead.
     ``prepare_case(case, image)`` runs untimed before each case (vfscreen.evaluation.untrained hands the case's
     ground truth to its segmenter there)."""
-    from vfscreen.evaluation.benchmark import machine_description
-    from vfscreen.inference.predict import list_cases, predict_case, read_case_image
-    from vfscreen.inference.report import render_report
-    from vfscreen.preprocessing.crops import extract_vertebra_crops
-
     if num_threads:
-        import torch
         torch.set_num_threads(int(num_threads))
     cases = list_cases(input_path)[: num_cases or None]
     if not cases:
@@ -89,7 +109,6 @@ def run_speed(input_path, dataset=501, configuration: str = "3d", folds=None, de
     if models is None and model_loader is not None:
         models = model_loader()
     elif models is None:
-        from vfscreen.inference.segmentation import load_models
         models = load_models(dataset, configuration, folds, device, saliency=saliency)
     loading_s = time.perf_counter() - start
     per_case = []

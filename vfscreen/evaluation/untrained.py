@@ -28,9 +28,30 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+import torch
+
+from vfscreen import paths
+from vfscreen.core.devices import resolve_device
+from vfscreen.core.grader_checkpoint import PLANS_COPY, checkpoint_path, save_checkpoint
+from vfscreen.core.grader_network import build_grader
+from vfscreen.core.model_folders import GRADER_TRAINER_NAMES
+from vfscreen.core.nnunet_models import build_segmentation_network, dataset_json_for_grouping, label_grouping
+from vfscreen.core.plans import CONFIGURATION, PLANS_FILE_NAME, PLANS_NAME
 from vfscreen.errors import ConfigError
-from vfscreen.experiment_planning.plans import CONFIGURATION, PLANS_FILE_NAME, PLANS_NAME
+from vfscreen.evaluation.speed import run_speed
+from vfscreen.experiment_planning.planner import grader_cost
+from vfscreen.inference.grading import FoldEnsembleGrader
+from vfscreen.inference.predict import list_cases
+from vfscreen.inference.segmentation import Models, NnunetSegmenter
+from vfscreen.labels import NUM_CLASSES
+from vfscreen.phantom.acquisition import PRESETS
+from vfscreen.phantom.anatomy import FOV_KINDS
+from vfscreen.phantom.generator import case_anatomy, case_specs, generate_case, generate_dataset
 from vfscreen.utils.atomic import atomic_path, atomic_write_image, atomic_write_json
+from vfscreen.utils.image_io import check_same_geometry, read_image
+
+paths.export_for_nnunet()  # nnunetv2 reads its folders once, at import
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager  # noqa: E402  (after export_for_nnunet)
 
 PLANNING_DATASET_ID = 999  # inside the benchmark's own temporary nnU-Net folders only
 DEFAULT_FOLDS = (0, 1, 2, 3, 4)
@@ -43,10 +64,6 @@ def write_phantom_case(folder: Path, phantom_preset: str = "full", slice_thickne
                        fov_kind: str = "thoracolumbar", seed: int = 0, max_draws: int = 64) -> dict:
     """First phantom of ``seed`` whose field of view is ``fov_kind``; written as ``images/<case>_0000.nii.gz`` and
     ``labels/<case>.nii.gz`` (nnU-Net class ids). Returns its description (paths, spacing, size, vertebrae)."""
-    from vfscreen.phantom.acquisition import PRESETS
-    from vfscreen.phantom.anatomy import FOV_KINDS
-    from vfscreen.phantom.generator import case_anatomy, case_specs, generate_case
-
     if phantom_preset not in PRESETS:
         raise ConfigError(f"--phantom-preset {phantom_preset!r} is unknown (choose one of {', '.join(PRESETS)})")
     if fov_kind not in FOV_KINDS:
@@ -76,8 +93,6 @@ def plan_untrained(work_folder: Path, plans_preset: str | None, phantom_preset: 
     """Plan a generated planning dataset of ``phantom_preset`` with the real planner and ``plans_preset``
     (None: the planner's defaults for the device present). Returns {"plans", "nnunet_plans", "dataset_json",
     "command"}."""
-    from vfscreen.phantom.generator import generate_dataset
-
     work_folder = Path(work_folder)
     folders = {name: work_folder / sub for name, sub in (("nnUNet_raw", "raw"), ("nnUNet_preprocessed",
                                                           "preprocessed"), ("nnUNet_results", "results"))}
@@ -107,33 +122,23 @@ def write_untrained_models(results_folder: Path, planned: dict, folds=DEFAULT_FO
                            ) -> tuple[Path, Path]:
     """nnU-Net model folder + vfscreen grader folder, one random (seeded) checkpoint per fold, laid out as training
     writes them. Returns (segmentation folder, grader folder)."""
-    import torch
-    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from vfscreen.training.grader.checkpoint import PLANS_COPY, checkpoint_path, save_checkpoint
-    from vfscreen.training.grader.network import build_grader
-    from vfscreen.training.grader.trainer import TRAINER_NAMES
-    from vfscreen.training.segmentation import SCHEDULE_KEY, dataset_json_for_grouping, trainer_class
 
     plans, nnunet_plans = planned["plans"], planned["nnunet_plans"]
     segmentation = plans["configurations"][CONFIGURATION]["segmentation"]
     configuration = segmentation["nnunet_configuration"]
     plans_manager = PlansManager(nnunet_plans)
     configuration_manager = plans_manager.get_configuration(configuration)
-    grouping = configuration_manager.configuration.get(SCHEDULE_KEY, {}).get("label_grouping", "vertebrae")
+    grouping = label_grouping(configuration_manager.configuration)
     dataset_json = dataset_json_for_grouping(planned["dataset_json"], grouping)
     segmentation_folder = Path(results_folder) / (f"{segmentation['trainer']}__"
                                                   f"{segmentation['nnunet_plans_identifier']}__{configuration}")
     atomic_write_json(segmentation_folder / "plans.json", nnunet_plans)
     atomic_write_json(segmentation_folder / "dataset.json", dataset_json)
-    network_class = trainer_class(segmentation["trainer"])
     for fold in folds:
         torch.manual_seed(seed + fold)
-        network = network_class.build_network_architecture(
-            plans_manager, configuration_manager,
-            determine_num_input_channels(plans_manager, configuration_manager, dataset_json),
-            plans_manager.get_label_manager(dataset_json).num_segmentation_heads, enable_deep_supervision=False)
+        network = build_segmentation_network(segmentation["trainer"], plans_manager, configuration_manager,
+                                             dataset_json)
         checkpoint = {"network_weights": network.state_dict(), "init_args": {"configuration": configuration},
                       "trainer_name": segmentation["trainer"],
                       "inference_allowed_mirroring_axes": NNUNET_3D_MIRROR_AXES}
@@ -142,7 +147,7 @@ def write_untrained_models(results_folder: Path, planned: dict, folds=DEFAULT_FO
 
     grader = plans["configurations"][CONFIGURATION]["grader"]
     input_channels = len(grader["crop"]["windows"]) + (grader["crop"].get("mask_channel") != "none")
-    grader_folder = Path(results_folder) / f"{TRAINER_NAMES['supcon']}__{PLANS_NAME}__{CONFIGURATION}"
+    grader_folder = Path(results_folder) / f"{GRADER_TRAINER_NAMES['supcon']}__{PLANS_NAME}__{CONFIGURATION}"
     for fold in folds:
         torch.manual_seed(seed + 1000 + fold)
         network = build_grader(grader["network"], "supcon", input_channels)
@@ -159,16 +164,12 @@ class GroundTruthDownstream:
     case's ground truth: (class map (Z, Y, X) uint8 nnU-Net class ids, one-hot probabilities (27, Z, Y, X) float16).
 
     ``prepare(case, image)`` (untimed, before each case) reads the case's mask from ``label_paths[case_id]``."""
-
     def __init__(self, segmenter, label_paths: dict[str, Path]):
         self.segmenter = segmenter
         self.label_paths = {case_id: Path(path) for case_id, path in label_paths.items()}
         self.class_map = self.probabilities = None
 
     def prepare(self, case, image: sitk.Image) -> None:
-        from vfscreen.labels import NUM_CLASSES
-        from vfscreen.utils.image_io import check_same_geometry, read_image
-
         if case.case_id not in self.label_paths:
             raise ConfigError(f"case {case.case_id}: no ground-truth mask (give --labels FILE|FOLDER with "
                               f"{case.case_id}.nii.gz)")
@@ -213,8 +214,6 @@ def run_untrained_speed(plans_preset: str | None, input_path=None, labels=None, 
     ``weights``, ``downstream_on`` and ``untrained`` (plans, networks, case, planning command)."""
     import tempfile
 
-    from vfscreen.evaluation.speed import run_speed
-    from vfscreen.inference.predict import list_cases
 
     folds = [int(fold) for fold in folds]
     if not folds or len(set(folds)) != len(folds) or min(folds) < 0:
@@ -223,7 +222,6 @@ def run_untrained_speed(plans_preset: str | None, input_path=None, labels=None, 
         raise ConfigError("-i with --untrained-preset needs --labels (the cases' ground-truth masks): the stages "
                           "after segmentation run on them")
     if num_threads:
-        import torch
         torch.set_num_threads(int(num_threads))
     with tempfile.TemporaryDirectory(prefix="vfscreen_untrained_") as scratch:
         work = Path(work_folder) if work_folder is not None else Path(scratch)
@@ -239,11 +237,6 @@ def run_untrained_speed(plans_preset: str | None, input_path=None, labels=None, 
         loaded = {}
 
         def load():
-            from vfscreen.inference.grading import FoldEnsembleGrader
-            from vfscreen.inference.predict import Models
-            from vfscreen.inference.segmentation import NnunetSegmenter
-            from vfscreen.training.grader.trainer import resolve_device
-
             torch_device = resolve_device(device)
             segmenter = NnunetSegmenter(segmentation_folder, folds, torch_device, "final",
                                         orientation=segmentation_plan.get("orientation"),
@@ -265,9 +258,6 @@ def run_untrained_speed(plans_preset: str | None, input_path=None, labels=None, 
 def describe_untrained(planned: dict, plans_preset, phantom, folds, seed, tile_step_size, use_mirroring,
                        num_planning_cases, phantom_preset) -> dict:
     """What was timed, for the JSON: the plan's two networks, the case and how the models were made."""
-    from vfscreen.experiment_planning.planner import grader_cost
-    from vfscreen.labels import NUM_CLASSES
-
     configuration = planned["plans"]["configurations"][CONFIGURATION]
     segmentation, grader = configuration["segmentation"], configuration["grader"]
     return {

@@ -19,8 +19,14 @@ import subprocess
 import sys
 import time
 
+from vfscreen import paths
+from vfscreen.core.grader_network import build_grader
 from vfscreen.errors import cli_entry
 from vfscreen.experiment_planning import budget as B
+from vfscreen.experiment_planning import planner as P
+from vfscreen.experiment_planning.presets import load_preset
+
+paths.export_for_nnunet()  # nnunetv2 (imported on use, below) reads its folders once, at import
 
 TYPICAL_FINGERPRINT = {"vertebra_extent_mm": {"p95": 50.0}, "median_min_spacing_mm": 1.0,
                        "grade_histogram_vertebrae": {"0": 300, "1": 40, "2": 40, "3": 40}}
@@ -38,9 +44,6 @@ TYPICAL_FULLRES = {"spacing": [1.0, 1.0, 1.0], "median_image_size_in_voxels": [2
 
 def typical_cpu_plan(preset_name: str = "cpu_demo") -> tuple[dict, dict, B.DeviceBudget, B.PlanningTargets]:
     """(nnU-Net configuration, grader section, device, targets) of a CPU plan for the typical fingerprint."""
-    from vfscreen.experiment_planning import planner as P
-    from vfscreen.experiment_planning.plans import load_preset
-
     preset = load_preset(preset_name)
     device_entry = preset.get("device", {})
     device = B.DeviceBudget("cpu", float(device_entry.get("memory_gb", 8)), int(device_entry.get("num_threads", 2)))
@@ -93,8 +96,6 @@ def grader_step(grader_plan: dict):
     """A closure running one grader step on batch = samples_per_class x 4 grades x views crops (SupCon + CE)."""
     import torch
     import torch.nn.functional as F
-
-    from vfscreen.training.grader.network import build_grader
 
     network = build_grader(grader_plan["network"], "supcon")
     optimizer = torch.optim.SGD(network.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)

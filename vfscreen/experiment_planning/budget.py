@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from vfscreen.errors import ConfigError
 
 BYTES_PER_ACTIVATION = {"cpu": 4, "mps": 4, "cuda": 2}
 ACTIVATION_OVERHEAD = 1.3
@@ -90,8 +91,6 @@ class PlanningTargets:
 
     @classmethod
     def from_preset(cls, budget_section: dict | None) -> "PlanningTargets":
-        from vfscreen.errors import ConfigError
-
         budget_section = dict(budget_section or {})
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(budget_section) - known)

@@ -18,16 +18,19 @@ import os
 import sys
 from pathlib import Path
 
-from vfscreen import paths  # noqa: F401  (nnU-Net folders before nnunetv2)
+from vfscreen import paths
+from vfscreen.core.plans import (CONFIGURATION, fingerprint_file, load_plans, plans_file, preprocessed_folder,
+                                 save_plans, validate_plans)
 from vfscreen.errors import ConfigError, InputError, cli_entry
 from vfscreen.experiment_planning import budget as B
 from vfscreen.experiment_planning import planner as P
 from vfscreen.experiment_planning.fingerprint import compute_fingerprint, ensure_dataset_name, run_nnunet_extractor
-from vfscreen.experiment_planning.plans import (CONFIGURATION, fingerprint_file, load_plans, load_preset,
-                                                plans_file, preprocessed_folder, save_plans, validate_plans)
+from vfscreen.experiment_planning.presets import load_preset
 from vfscreen.experiment_planning.splits import SPLITS_FILE_NAME, splits_from_fingerprint, write_splits
+from vfscreen.preprocessing.grader_crops import preprocess_grader_crops
 from vfscreen.utils.atomic import atomic_write_json
 
+paths.export_for_nnunet()  # nnunetv2 (imported on use, below) reads its folders once, at import
 
 
 def detect_device(requested: str | None, gpu_memory_gb: float | None, preset: dict | None) -> B.DeviceBudget:
@@ -191,10 +194,6 @@ def _preprocessing_stamp(dataset_name: str, configuration: dict) -> dict:
 
 
 def preprocess_crops(dataset_name: str, plans: dict, num_processes: int) -> Path | None:
-    try:
-        from vfscreen.preprocessing.grader_crops import preprocess_grader_crops
-    except ImportError as error:  # the crop module is built by another engineer; never fail silently
-        raise ConfigError(f"grader crop preprocessing is not available ({error})") from None
     return preprocess_grader_crops(dataset_name, plans, CONFIGURATION, num_processes=max(1, num_processes))
 
 

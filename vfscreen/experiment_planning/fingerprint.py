@@ -21,16 +21,20 @@ import io
 import multiprocessing
 import warnings
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from vfscreen import labels
-from vfscreen.dataset import GRADES_FILE, image_path, label_path, list_cases, raw_dataset_folder, read_grades
+from vfscreen import labels, paths
+from vfscreen.dataset import (GRADES_FILE, image_path, label_path, list_cases, raw_dataset_folder, read_grades,
+                              resolve_dataset_name)
 from vfscreen.errors import ConfigError, InputError
 from vfscreen.utils.image_io import (check_case_id, check_ct_intensities, check_same_geometry, orientation_code,
                                      read_image)
+
+paths.export_for_nnunet()  # nnunetv2 (imported on use, below) reads its folders once, at import
 
 PERCENTILES = (0.5, 5, 50, 95, 99.5)
 
@@ -217,8 +221,6 @@ def _run_nnunet_integrity_check(folder, num_processes: int) -> None:
 
 
 def ensure_dataset_name(dataset) -> str:
-    from vfscreen.dataset import resolve_dataset_name
-
     name = resolve_dataset_name(dataset)
     if not raw_dataset_folder(name).is_dir():
         raise ConfigError(f"{raw_dataset_folder(name)}: raw dataset folder missing")

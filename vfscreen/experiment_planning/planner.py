@@ -22,14 +22,18 @@ import math
 
 import numpy as np
 
-from vfscreen import __version__
+from vfscreen import __version__, paths
 from vfscreen.errors import ConfigError
 from vfscreen.experiment_planning import budget as B
-from vfscreen.experiment_planning.plans import CONFIGURATION, PLANS_NAME, SCHEMA_VERSION, deep_merge
+from vfscreen.core.nnunet_models import VFSCREEN_SEG_TRAINER
+from vfscreen.core.plans import CONFIGURATION, PLANS_NAME, SCHEMA_VERSION
+from vfscreen.experiment_planning.presets import deep_merge
+from vfscreen.dataset import NNUNET_READER_WRITER, SEGMENTATION_ORIENTATION
+
+paths.export_for_nnunet()  # nnunetv2 (imported on use, below) reads its folders once, at import
 
 NNUNET_PLANS_IDENTIFIER = "nnUNetPlans"
 VFSCREEN_SEG_CONFIGURATION = "3d_vfscreen"
-VFSCREEN_SEG_TRAINER = "vfscreenSegTrainer"
 STOCK_NNUNET_MIN_GPU_GB = 11.0  # nnU-Net's planner targets 8 GB; + CUDA context and headroom
 NNUNET_NUM_CLASSES = 27  # background + 26 vertebrae (vfscreen.labels)
 # Below this many training iterations a segmentation network is trained on the coarse regions vertebra / thoracic /
@@ -322,8 +326,6 @@ def segmentation_section(nnunet_plans: dict, configuration_name: str, device: B.
 
 def _orientation_entry(nnunet_plans: dict) -> dict:
     """Images read by nnU-Net's reorienting reader are in one canonical layout; prediction must reorient likewise."""
-    from vfscreen.dataset import NNUNET_READER_WRITER, SEGMENTATION_ORIENTATION
-
     if nnunet_plans.get("image_reader_writer") == NNUNET_READER_WRITER:
         return {"orientation": SEGMENTATION_ORIENTATION}
     return {}

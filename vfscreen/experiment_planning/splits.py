@@ -13,6 +13,7 @@ import numpy as np
 from sklearn.model_selection import KFold, StratifiedKFold
 
 from vfscreen.errors import InputError
+from vfscreen.utils.atomic import atomic_write_json
 
 SPLITS_FILE_NAME = "splits_final.json"
 
@@ -67,8 +68,6 @@ def _merge_small_strata(strata: np.ndarray, num_folds: int) -> np.ndarray | None
 
 
 def write_splits(splits: list[dict], preprocessed_folder: Path) -> Path:
-    from vfscreen.utils.atomic import atomic_write_json
-
     path = Path(preprocessed_folder) / SPLITS_FILE_NAME
     atomic_write_json(path, splits)
     return path

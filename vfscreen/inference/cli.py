@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from vfscreen.errors import EXIT_CASES_FAILED, EXIT_OK, cli_entry
+from vfscreen.inference.predict import predict
 
 
 def _mask_labels(value: str) -> str:
@@ -66,8 +67,6 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
-    from vfscreen.inference.predict import predict
-
     table = predict(arguments.input, arguments.output, dataset=arguments.dataset,
                     configuration=arguments.configuration, folds=arguments.folds, device=arguments.device,
                     continue_prediction=arguments.continue_prediction, num_parts=arguments.num_parts,

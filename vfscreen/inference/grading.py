@@ -10,9 +10,12 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import torch
 
+from vfscreen.core.grader_checkpoint import load_grader
 from vfscreen.errors import ConfigError
 from vfscreen.genant import NUM_GRADES
+from vfscreen.preprocessing.crops import patch_shape, place_in_patch, validate_crop_plan
 
 
 class Grader(Protocol):
@@ -59,8 +62,6 @@ def summarise(fold_probabilities: np.ndarray) -> list[GradePrediction]:
 
 def grade_crops(crops: list, grader: Grader, batch_size: int = 4) -> list[GradePrediction]:
     """Crops (VertebraCrop, from vfscreen.preprocessing.crops) -> predictions in the same order."""
-    from vfscreen.preprocessing.crops import place_in_patch
-
     if not crops:
         return []
     fold_probabilities = []
@@ -74,11 +75,6 @@ class FoldEnsembleGrader:
     """The trained graders of ``folds`` in ``model_folder`` (``.../vfscreen_grader__<plans>__<config>``)."""
 
     def __init__(self, model_folder: Path, folds, device, which: str = "final", configuration: str = "3d"):
-        import torch
-
-        from vfscreen.preprocessing.crops import patch_shape, validate_crop_plan
-        from vfscreen.training.grader.checkpoint import load_grader
-
         self.model_folder = Path(model_folder)
         self.folds = list(folds)
         self.device = torch.device(device) if isinstance(device, str) else device
@@ -101,8 +97,6 @@ class FoldEnsembleGrader:
         self.patch_size = patch_shape(self.crop_plan)
 
     def fold_probabilities(self, patches: np.ndarray) -> np.ndarray:
-        import torch
-
         with torch.inference_mode():
             batch = torch.from_numpy(np.ascontiguousarray(patches)).to(self.device)  # (B, C, D, H, W)
             results = [torch.softmax(network(batch)[1].float(), dim=1).cpu().numpy() for network in self.networks]

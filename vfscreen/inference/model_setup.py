@@ -4,13 +4,14 @@ grader (none with ``--no-grader``, or - with a warning in every case's JSON - wh
 and the cases can still be measured)."""
 from __future__ import annotations
 
+from vfscreen.dataset import resolve_dataset_name
 from vfscreen.errors import ConfigError
-from vfscreen.inference.predict import Models
+from vfscreen.inference.seg_model import NamedModelSegmenter
+from vfscreen.inference.segmentation import Models, find_grader_folder, load_models
+from vfscreen.segmentation_source import recorded_pretrained_segmentation
 
 
 def _dataset_name_or_none(dataset) -> str | None:
-    from vfscreen.dataset import resolve_dataset_name
-
     try:
         return str(resolve_dataset_name(dataset))
     except ConfigError:  # the dataset does not exist here
@@ -24,10 +25,6 @@ def load_prediction_models(dataset, configuration: str = "3d", folds=None, devic
     """Models for ``vfscreen_predict`` (see the module docstring); ConfigError naming what is missing.
     ``some_masks``: some cases have masks - then a missing segmentation model fails only the cases without one
     (``info["segmentation_unavailable"]`` says why) instead of the run."""
-    from vfscreen.inference.seg_model import NamedModelSegmenter
-    from vfscreen.inference.segmentation import find_grader_folder, load_models
-    from vfscreen.segmentation_source import recorded_pretrained_segmentation
-
     dataset_name = _dataset_name_or_none(dataset)
     recorded = recorded_pretrained_segmentation(dataset_name) if dataset_name and seg_model is None else None
     named = None

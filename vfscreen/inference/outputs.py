@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vfscreen.utils.atomic import atomic_path, atomic_write_csv, atomic_write_json, remove_stale_temporaries
+from vfscreen.utils.atomic import (atomic_path, atomic_write_csv, atomic_write_image, atomic_write_json,
+                                   remove_stale_temporaries)
 
 # 2: vertebra p_fracture_fused + suspected, patient suspected + p_fracture_fused; any_fracture = the screening decision
 # 3: vertebra + patient implausible (vfscreen.inference.plausibility); case segmentation (source, convention) and
@@ -94,8 +95,6 @@ def write_case_outputs(output_folder: Path, case_id: str, case_json: dict, seg_i
 
     report_writer: callable(path) that saves the PNG to ``path``. probabilities: arrays for ``np.savez_compressed``.
     """
-    from vfscreen.utils.atomic import atomic_write_image
-
     validate_case_json(case_json)
     files = case_files(output_folder, case_id, gradcam_image is not None, probabilities is not None)
     for path in files.values():  # left by a run killed while writing this case (only one run writes a case)

@@ -6,49 +6,38 @@ Grad-CAM -> outputs (see vfscreen.inference.outputs). A failing case is recorded
 """
 from __future__ import annotations
 
-import os
 import time
 import traceback
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
+import torch
 from tqdm import tqdm
 
 from vfscreen import __version__
 from vfscreen.errors import ConfigError, InputError, VfscreenError
 from vfscreen.genant import morphology_from_heights
 from vfscreen.inference import outputs
-from vfscreen.inference.grading import Grader, grade_crops
+from vfscreen.inference.grading import grade_crops
 from vfscreen.inference.label_consistency import make_labels_consistent
 from vfscreen.inference.morphometry import measure_vertebrae
 from vfscreen.inference.plausibility import assess as assess_plausibility
 from vfscreen.inference.screening import describe_rule, screen
+from vfscreen.inference.masks import find_masks, read_case_mask
+from vfscreen.inference.model_setup import load_prediction_models
+from vfscreen.inference.report import render_report
+from vfscreen.inference.segmentation import Models
 from vfscreen.inference.spine_labels import SpineLabels
 from vfscreen.labels import CLASS_TO_VERSE, name_of
+from vfscreen.preprocessing.crops import extract_vertebra_crops
 from vfscreen.utils.image_io import check_case_id, check_ct_intensities, ensure_3d, orientation_code, read_image
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 NNUNET_CHANNEL_SUFFIX = "_0000"
-
-# segmenter(image) -> (class map (Z, Y, X) nnU-Net class ids on the image's grid, softmax (C, Z, Y, X) or None)
-Segmenter = Callable[[sitk.Image], tuple[np.ndarray, np.ndarray | None]]
-
-
-@dataclass
-class Models:
-    segmenter: Segmenter | None  # vfscreen's own network (class ids + chain model); None: masks / named_segmenter
-    grader: Grader | None  # None: no learned grade (--no-grader or none trained); morphometry still runs
-    info: dict = field(default_factory=dict)  # goes to the JSON's "model"
-    saliency: Callable | None = None  # (image, crops, grader) -> sitk.Image Grad-CAM in the image's geometry
-    fusion: dict | None = None  # fusion.json of the grader (vfscreen.inference.screening); None: argmax decides
-    # another nnU-Net model whose dataset.json names its labels (vfscreen.inference.seg_model): image -> SpineLabels
-    named_segmenter: Callable[[sitk.Image], SpineLabels] | None = None
-
 
 @dataclass
 class InputCase:
@@ -134,8 +123,6 @@ def predict_case(image: sitk.Image, case_id: str, models: Models, saliency: bool
     """Run the pipeline on one image. ``given``: the case's vertebrae from a mask (``--masks``), which replaces
     segmentation. Returns {"json", "seg_image", "verse_map", "morphometry", "gradcam", "probabilities",
     "components", "landmarks", "plausibility", "timings_s"}; writes nothing."""
-    from vfscreen.preprocessing.crops import extract_vertebra_crops
-
     timings = {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -302,17 +289,14 @@ def predict(input, output, dataset=501, configuration: str = "3d", folds=None, d
     all_cases = list_cases(input_path)
     cases = split_cases(all_cases, num_parts, part_id)
     if num_threads:
-        import torch
         torch.set_num_threads(int(num_threads))
     skipped = [case.case_id for case in cases if continue_prediction and _safe(case.case_id)
                and outputs.case_is_complete(output_folder, case.case_id, saliency, save_probabilities)]
     todo = [case for case in cases if case.case_id not in skipped]
     mask_sources = {}
     if masks is not None and todo:
-        from vfscreen.inference.masks import find_masks
         mask_sources = find_masks(masks, [case.case_id for case in todo])
     if todo and models is None:
-        from vfscreen.inference.model_setup import load_prediction_models
         models = load_prediction_models(dataset, configuration, folds, device, checkpoint, saliency=saliency,
                                         use_mirroring=use_mirroring, seg_model=seg_model, no_grader=no_grader,
                                         need_segmenter=any(case.case_id not in mask_sources for case in todo),
@@ -326,11 +310,8 @@ def predict(input, output, dataset=501, configuration: str = "3d", folds=None, d
             image = read_case_image(case)
             given = None
             if case.case_id in mask_sources:
-                from vfscreen.inference.masks import read_case_mask
                 given = read_case_mask(mask_sources[case.case_id], image, mask_labels)
             result = predict_case(image, case.case_id, models, saliency, given=given)
-            from vfscreen.inference.report import render_report
-
             probability_arrays = None
             if save_probabilities and result["probabilities"] is not None:
                 probability_arrays = {"probabilities": result["probabilities"].astype(np.float16),
@@ -365,6 +346,3 @@ def predict(input, output, dataset=501, configuration: str = "3d", folds=None, d
     table.attrs["finished"] = finished
     return table
 
-
-def default_num_threads() -> int:
-    return max(1, min(os.cpu_count() or 1, 8))

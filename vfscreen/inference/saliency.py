@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import numpy as np
 import SimpleITK as sitk
+import torch
+import torch.nn.functional as functional
+
+from vfscreen.preprocessing.crops import paste_crops_to_image, place_in_patch, take_from_patch
 
 
 def class_activation_maps(network, patches) -> tuple[np.ndarray, np.ndarray]:
     """patches (B, C, D, H, W) tensor -> (maps for every class (B, 4, d, h, w), softmax (B, 4)) of one network."""
-    import torch
-
     captured = {}
     handle = network.encoder.register_forward_hook(lambda module, inputs, output: captured.update(maps=output))
     try:
@@ -32,11 +34,6 @@ def class_activation_maps(network, patches) -> tuple[np.ndarray, np.ndarray]:
 
 def grad_cam_image(image: sitk.Image, crops: list, grader) -> sitk.Image:
     """Grad-CAM of every crop (VertebraCrop) for the ensemble's predicted grade, on ``image``'s grid (float32)."""
-    import torch
-    import torch.nn.functional as functional
-
-    from vfscreen.preprocessing.crops import paste_crops_to_image, place_in_patch, take_from_patch
-
     items = []
     for crop in crops:
         patch = torch.from_numpy(place_in_patch(crop, grader.patch_size)[None].astype(np.float32)).to(grader.device)

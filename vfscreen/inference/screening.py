@@ -7,7 +7,7 @@ vertebra with P(fracture) = 0.4 is then "G0" although it deserves a look. So pre
 
 1. ``fusion.json`` next to the grader folds (``vfscreen_evaluate -d D -c C --cv --fit-fusion``; the demo fits it) has
    a fused score (logistic model of the grader's P(fracture) and the measured Genant ratio, see
-   :mod:`vfscreen.evaluation.fusion`) and Youden thresholds: suspected = fused P >= threshold_fused (the grader's P
+   :mod:`vfscreen.evaluation.fusion`, applied with vfscreen.core.fusion_model) and Youden thresholds: suspected = fused P >= threshold_fused (the grader's P
    against threshold_grader where the ratio was not measured or lies outside the range the model was fitted on -
    then the vertebra's note says so);
 2. without it: suspected = argmax grade > 0.
@@ -16,21 +16,13 @@ Vertebrae that were not graded (cut by the field of view) are never flagged (``s
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
+
+from vfscreen.core.fusion_model import fused_probability, ratio_usable
 
 OUT_OF_RANGE_NOTE = ("Genant ratio outside the range the fusion model was fitted on (a measurement failure?): "
                      "screened by the grader alone")
 RULE_ARGMAX = "argmax grade > 0 (no fusion.json with validation thresholds next to the grader)"
-
-
-def load_screening_model(grader_folder: Path) -> dict | None:
-    """The grader folder's fusion model (validated; ConfigError if broken), or None when there is none."""
-    from vfscreen.evaluation.fusion import FUSION_FILE, load_fusion
-
-    path = Path(grader_folder) / FUSION_FILE
-    return load_fusion(path) if path.is_file() else None
 
 
 def describe_rule(fusion: dict | None) -> dict:
@@ -47,8 +39,6 @@ def describe_rule(fusion: dict | None) -> dict:
 def screen(vertebrae: list[dict], fusion: dict | None) -> None:
     """Add ``p_fracture_fused`` and ``suspected`` to every vertebra dict (in place; needs grade, p_fracture and
     genant_ratio). Graded vertebrae only; the others get None for both."""
-    from vfscreen.evaluation.fusion import fused_probability, ratio_usable
-
     graded = [v for v in vertebrae if v["grade"] is not None]
     for vertebra in vertebrae:
         vertebra["p_fracture_fused"] = None

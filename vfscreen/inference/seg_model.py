@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import SimpleITK as sitk
 
+from vfscreen.core.model_folders import NNUNET_CHECKPOINTS
 from vfscreen.inference.label_conventions import dataset_json_table, table_convention
+from vfscreen.inference.segmentation import NnunetSegmenter
 from vfscreen.inference.spine_labels import SpineLabels, check_given_labels, spine_labels_from_label_map
-from vfscreen.segmentation_source import NNUNET_CHECKPOINT_FILES, check_model_folder
+from vfscreen.segmentation_source import check_model_folder
 
 
 class NamedModelSegmenter:
@@ -22,15 +24,13 @@ class NamedModelSegmenter:
 
     def __init__(self, folder, folds=None, device="cpu", checkpoint: str = "final", use_mirroring: bool | None = None,
                  how: str = "--seg-model"):
-        from vfscreen.inference.segmentation import NnunetSegmenter
-
         self.folder, self.folds = check_model_folder(folder, folds, checkpoint)
         self.convention = table_convention(f"dataset.json:{self.folder / 'dataset.json'}",
                                            dataset_json_table(self.folder / "dataset.json"))
         self.segmenter = NnunetSegmenter(self.folder, self.folds, device, checkpoint,
                                          use_mirroring=True if use_mirroring is None else use_mirroring)
         self.info = {"source": "seg_model", "how": how, "folder": str(self.folder), "folds": self.folds,
-                     "trainer": self.segmenter.trainer_name, "checkpoint": NNUNET_CHECKPOINT_FILES[checkpoint]}
+                     "trainer": self.segmenter.trainer_name, "checkpoint": NNUNET_CHECKPOINTS[checkpoint]}
 
     def __call__(self, image: sitk.Image) -> SpineLabels:
         class_map, _ = self.segmenter(image)

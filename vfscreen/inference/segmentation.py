@@ -1,53 +1,50 @@
 """Segmentation + labelling with nnunetv2's ``nnUNetPredictor`` (fold ensemble), and loading all trained models.
 
-nnunetv2 looks trainer classes up by name inside its own package and loads checkpoints with ``weights_only=False``;
-vfscreen therefore builds the network itself (the trainer class's ``build_network_architecture``, class found by
-vfscreen.training.segmentation.trainer_class: vfscreen's ``vfscreenSegTrainer`` or any nnU-Net trainer) from checkpoints read with ``torch.load(weights_only=True)`` and hands
-everything to ``nnUNetPredictor.manual_initialization``. Prediction itself (preprocessing, sliding window, Gaussian
-weighting, mirroring, fold averaging, resampling back to the input grid) is nnU-Net's.
+The network is rebuilt from the model folder (vfscreen.core.nnunet_models: checkpoints read with
+``torch.load(weights_only=True)``) and handed to ``nnUNetPredictor.manual_initialization``. Prediction itself
+(preprocessing, sliding window, Gaussian weighting, mirroring, fold averaging, resampling back to the input grid) is
+nnU-Net's.
 """
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
+import torch
 
+from vfscreen import paths
+from vfscreen.core.devices import resolve_device
+from vfscreen.core.fusion_model import load_screening_model
+from vfscreen.core.model_folders import (GRADER_TRAINER_NAMES, NNUNET_CHECKPOINTS, available_folds,
+                                         grader_model_folder, segmentation_model_folder)
+from vfscreen.core.nnunet_models import build_segmentation_network, load_nnunet_checkpoint
+from vfscreen.core.plans import grader_loss, load_plans
+from vfscreen.dataset import resolve_dataset_name
 from vfscreen.errors import ConfigError
-from vfscreen.inference.predict import Models
+from vfscreen.inference.grading import FoldEnsembleGrader, Grader
+from vfscreen.inference.saliency import grad_cam_image
+from vfscreen.inference.spine_labels import SpineLabels
+from vfscreen.utils.image_io import orientation_code
 
-NNUNET_CHECKPOINTS = {"final": "checkpoint_final.pth", "best": "checkpoint_best.pth", "latest": "checkpoint_latest.pth"}
+paths.export_for_nnunet()  # nnunetv2 (imported on use, below) reads its folders once, at import
 
-
-def nnunet_checkpoint_safe_globals() -> list:
-    """What nnU-Net checkpoints hold besides tensors and plain containers: numpy scalars/arrays in the training log."""
-    safe = [np.dtype, np.ndarray, type(np.dtype(np.float64)), type(np.dtype(np.float32)), type(np.dtype(np.int64))]
-    multiarray = getattr(getattr(np, "_core", np.core), "multiarray")
-    return safe + [multiarray.scalar, multiarray._reconstruct]
-
-
-def load_nnunet_checkpoint(path: Path) -> dict:
-    """nnU-Net checkpoint with ``weights_only=True`` (numpy scalars in its training log are allowed explicitly)."""
-    import torch
-
-    if not Path(path).is_file():
-        raise ConfigError(f"segmentation checkpoint {path} not found (train this fold or choose folds with -f)")
-    try:
-        with torch.serialization.safe_globals(nnunet_checkpoint_safe_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any unpickling failure means the file is unusable
-        raise ConfigError(f"segmentation checkpoint {path} cannot be loaded safely "
-                          f"({type(error).__name__}: {str(error).splitlines()[0][:200]})") from None
+# segmenter(image) -> (class map (Z, Y, X) nnU-Net class ids on the image's grid, softmax (C, Z, Y, X) or None)
+Segmenter = Callable[[sitk.Image], tuple[np.ndarray, np.ndarray | None]]
 
 
-def available_folds(model_folder: Path, checkpoint_file: str) -> list[int]:
-    folds = []
-    for folder in Path(model_folder).glob("fold_*"):
-        suffix = folder.name[len("fold_"):]
-        if suffix.isdigit() and (folder / checkpoint_file).is_file():
-            folds.append(int(suffix))
-    return sorted(folds)
+@dataclass
+class Models:
+    segmenter: Segmenter | None  # vfscreen's own network (class ids + chain model); None: masks / named_segmenter
+    grader: Grader | None  # None: no learned grade (--no-grader or none trained); morphometry still runs
+    info: dict = field(default_factory=dict)  # goes to the JSON's "model"
+    saliency: Callable | None = None  # (image, crops, grader) -> sitk.Image Grad-CAM in the image's geometry
+    fusion: dict | None = None  # fusion.json of the grader (vfscreen.inference.screening); None: argmax decides
+    # another nnU-Net model whose dataset.json names its labels (vfscreen.inference.seg_model): image -> SpineLabels
+    named_segmenter: Callable[[sitk.Image], SpineLabels] | None = None
 
 
 class NnunetSegmenter:
@@ -59,9 +56,7 @@ class NnunetSegmenter:
 
     def __init__(self, model_folder: Path, folds, device, checkpoint: str = "final", orientation: str | None = None,
                  tile_step_size: float = 0.5, use_mirroring: bool = True):
-        import torch
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-        from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
         self.model_folder = Path(model_folder)
@@ -75,12 +70,8 @@ class NnunetSegmenter:
                        for fold in folds]
         first = checkpoints[0]
         configuration_manager = plans_manager.get_configuration(first["init_args"]["configuration"])
-        from vfscreen.training.segmentation import trainer_class as find_trainer_class
-        trainer_class = find_trainer_class(first["trainer_name"])
-        network = trainer_class.build_network_architecture(
-            plans_manager, configuration_manager,
-            determine_num_input_channels(plans_manager, configuration_manager, dataset_json),
-            plans_manager.get_label_manager(dataset_json).num_segmentation_heads, enable_deep_supervision=False)
+        network = build_segmentation_network(first["trainer_name"], plans_manager, configuration_manager,
+                                             dataset_json)
         network.load_state_dict(first["network_weights"])
         device = torch.device(device) if isinstance(device, str) else device
         self.predictor = nnUNetPredictor(tile_step_size=tile_step_size, use_gaussian=True,
@@ -97,7 +88,6 @@ class NnunetSegmenter:
     def __call__(self, image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
         original_orientation = None
         if self.orientation:
-            from vfscreen.utils.image_io import orientation_code
             original_orientation = orientation_code(image)
             image = sitk.DICOMOrient(image, self.orientation)
         data = sitk.GetArrayFromImage(image).astype(np.float32)[None]  # (1, Z, Y, X)
@@ -117,21 +107,16 @@ class NnunetSegmenter:
 
 def _losses_by_preference(dataset_name: str, configuration: str) -> list[str]:
     """Grader losses to look for, the one the plans chose first (both exist after vfscreen_benchmark ablation)."""
-    from vfscreen.experiment_planning.plans import grader_loss, load_plans
-    from vfscreen.training.grader.trainer import TRAINER_NAMES
-
     try:
         chosen = grader_loss(load_plans(dataset_name), configuration)
     except (ConfigError, KeyError):  # no (valid) plans here: a model folder is self-contained, take what exists
         chosen = "supcon"
-    return sorted(TRAINER_NAMES, key=lambda loss: loss != chosen)
+    return sorted(GRADER_TRAINER_NAMES, key=lambda loss: loss != chosen)
 
 
 def find_grader_folder(dataset_name: str, configuration: str) -> Path | None:
     """The trained grader folder of a dataset (the plans' loss first), None when there is none."""
-    from vfscreen.training.grader.trainer import grader_model_folder
-
-    return next((folder for folder in (grader_model_folder(dataset_name, "vfscreenPlans", configuration, loss)
+    return next((folder for folder in (grader_model_folder(dataset_name, configuration, loss)
                                        for loss in _losses_by_preference(dataset_name, configuration))
                  if folder.is_dir()), None)
 
@@ -146,17 +131,11 @@ def load_models(dataset, configuration: str = "3d", folds=None, device: str = "c
     """
     if not grader:
         return _load_segmentation_only(dataset, configuration, folds, device, checkpoint, use_mirroring, segmentation)
-    from vfscreen.dataset import resolve_dataset_name
-    from vfscreen.inference.grading import FoldEnsembleGrader
-    from vfscreen.inference.screening import load_screening_model
-    from vfscreen.paths import nnUNet_results
-    from vfscreen.training.grader.trainer import resolve_device
-
     dataset_name = resolve_dataset_name(dataset)
     torch_device = resolve_device(device)
     grader_folder = find_grader_folder(dataset_name, configuration)
     if grader_folder is None:
-        raise ConfigError(f"no trained grader for {dataset_name} configuration {configuration} in {nnUNet_results}; "
+        raise ConfigError(f"no trained grader for {dataset_name} configuration {configuration} in {paths.nnUNet_results}; "
                           f"train it with vfscreen_train {dataset_name} {configuration} 0")
     existing = available_folds(grader_folder, f"checkpoint_{checkpoint}.pth")
     folds = existing if folds is None else [int(f) for f in folds]
@@ -171,10 +150,7 @@ def load_models(dataset, configuration: str = "3d", folds=None, device: str = "c
     segmentation_plan = grader.plans["configurations"][configuration]["segmentation"]
     segmenter, segmentation_info = (_own_segmenter(dataset_name, configuration, segmentation_plan, folds, torch_device,
                                                    checkpoint, use_mirroring) if segmentation else (None, None))
-    saliency_function = None
-    if saliency:
-        from vfscreen.inference.saliency import grad_cam_image
-        saliency_function = grad_cam_image
+    saliency_function = grad_cam_image if saliency else None
     fusion = load_screening_model(grader_folder)
     info = {"dataset": dataset_name, "configuration": configuration, "plans_name": grader.plans.get("plans_name"),
             "segmentation": segmentation_info,
@@ -185,8 +161,6 @@ def load_models(dataset, configuration: str = "3d", folds=None, device: str = "c
 def _own_segmenter(dataset_name: str, configuration: str, segmentation_plan: dict, folds, torch_device,
                    checkpoint: str, use_mirroring: bool | None) -> tuple[NnunetSegmenter, dict]:
     """The dataset's own trained nnU-Net segmentation (folds ``folds`` where trained, else all) + its JSON info."""
-    from vfscreen.training.segmentation import segmentation_model_folder
-
     segmentation_folder = segmentation_model_folder(dataset_name, segmentation_plan)
     segmentation_existing = available_folds(segmentation_folder, NNUNET_CHECKPOINTS[checkpoint])
     segmentation_folds = [f for f in (folds or []) if f in segmentation_existing] or segmentation_existing
@@ -205,10 +179,6 @@ def _own_segmenter(dataset_name: str, configuration: str, segmentation_plan: dic
 def _load_segmentation_only(dataset, configuration, folds, device, checkpoint, use_mirroring,
                             segmentation: bool) -> Models:
     """No grader: the dataset's own segmentation (plan from its plans) or nothing."""
-    from vfscreen.dataset import resolve_dataset_name
-    from vfscreen.experiment_planning.plans import load_plans
-    from vfscreen.training.grader.trainer import resolve_device
-
     dataset_name = resolve_dataset_name(dataset)
     segmenter, segmentation_info = None, None
     if segmentation:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vfscreen import paths
 from vfscreen.errors import ConfigError, cli_entry
 from vfscreen.phantom.acquisition import PRESETS
 from vfscreen.phantom.generator import DEFAULT_PATIENT_MIX, generate_dataset
@@ -53,8 +54,7 @@ def main(argv=None):
     if args.preset not in PRESETS:
         raise ConfigError(f"--preset {args.preset!r} is unknown (choose one of {', '.join(PRESETS)})")
     if args.output_root is None:
-        from vfscreen.paths import nnUNet_raw
-        args.output_root = nnUNet_raw
+        args.output_root = paths.nnUNet_raw
     folder = generate_dataset(args.output_root, seed=args.seed, num_cases=args.num_cases,
                               num_test_cases=args.num_test_cases, preset=args.preset, overwrite=args.overwrite,
                               num_processes=args.num_processes, patient_mix=_patient_mix(args.patient_mix),

@@ -10,9 +10,21 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import json
 from pathlib import Path
 
+import torch
+
+from vfscreen.core.devices import DEVICE_TYPES, resolve_device
+from vfscreen.core.model_folders import segmentation_model_folder
+from vfscreen.core.plans import load_plans, validate_plans
+from vfscreen.dataset import resolve_dataset_name
 from vfscreen.errors import ConfigError, cli_entry
+from vfscreen.experiment_planning.presets import deep_merge
+from vfscreen.segmentation_source import check_model_folder, record_pretrained_segmentation
+from vfscreen.training.grader.ddp import launched_by_torchrun
+from vfscreen.training.grader.trainer import prepare_grader_training, train_grader
+from vfscreen.training.segmentation import train_segmentation
 
 STAGES = ("seg", "grader", "both")
 
@@ -36,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "unless a usable model exists, then the grader")
     parser.add_argument("--loss", choices=("supcon", "ce"), default=None,
                         help="grader loss (default: the plans'; ce = the paper's baseline, saved separately)")
-    parser.add_argument("-device", "--device", choices=("cpu", "cuda", "mps"), default=None,
+    parser.add_argument("-device", "--device", choices=DEVICE_TYPES, default=None,
                         help="default: the device the plans were made for")
     parser.add_argument("--c", action="store_true", help="continue from the latest checkpoints")
     parser.add_argument("--pretrained-seg", metavar="MODEL_FOLDER", default=None,
@@ -63,10 +75,6 @@ def apply_grader_override(plans: dict, configuration: str, override: str | None,
         return plans
     if override is None or not tag or not re.fullmatch(r"[A-Za-z0-9]+", tag):
         raise ConfigError("--grader-override and --plans-tag go together; the tag is letters and digits only")
-    import json
-
-    from vfscreen.experiment_planning.plans import deep_merge, validate_plans
-
     try:
         values = json.loads(override)
     except json.JSONDecodeError as error:
@@ -81,28 +89,8 @@ def apply_grader_override(plans: dict, configuration: str, override: str | None,
     return plans
 
 
-def _load_plans(dataset_name: str) -> dict:
-    hint = f"run vfscreen_plan_and_preprocess -d {dataset_name[7:10]} first"
-    try:
-        from vfscreen.experiment_planning.plans import load_plans
-    except ImportError:
-        raise ConfigError(f"plans of {dataset_name} cannot be read (vfscreen.experiment_planning is not installed); "
-                          f"{hint}") from None
-    return load_plans(dataset_name)
-
-
-def _segmentation_model_folder(dataset_name: str, segmentation_plan: dict) -> Path:
-    from vfscreen.paths import nnUNet_results
-
-    return nnUNet_results / dataset_name / (f"{segmentation_plan['trainer']}__"
-                                            f"{segmentation_plan['nnunet_plans_identifier']}__"
-                                            f"{segmentation_plan['nnunet_configuration']}")
-
-
 def _record_pretrained_segmentation(dataset_name: str, model_folder: str, fold) -> None:
     """Check the model folder (this fold, or all its folds when it lacks this one) and record it for prediction."""
-    from vfscreen.segmentation_source import check_model_folder, record_pretrained_segmentation
-
     folder = Path(model_folder).expanduser().resolve()
     folds = [fold] if (folder / f"fold_{fold}" / "checkpoint_final.pth").is_file() else None
     folder, folds = check_model_folder(folder, folds)
@@ -112,62 +100,44 @@ def _record_pretrained_segmentation(dataset_name: str, model_folder: str, fold) 
 
 
 def run_segmentation_stage(dataset_name: str, configuration: str, fold, plans: dict, args, stage: str) -> None:
-    from vfscreen.training.grader.ddp import launched_by_torchrun
-
     segmentation_plan = plans["configurations"][configuration].get("segmentation")
     if segmentation_plan is None:
         raise ConfigError(f"the plans of {dataset_name} have no segmentation stage for {configuration!r}")
     fold_name = "fold_all" if fold == "all" else f"fold_{fold}"
-    existing = _segmentation_model_folder(dataset_name, segmentation_plan) / fold_name / "checkpoint_final.pth"
+    existing = segmentation_model_folder(dataset_name, segmentation_plan) / fold_name / "checkpoint_final.pth"
     if stage == "both" and existing.is_file():
         print(f"vfscreen: segmentation model {existing.parent} exists; skipping segmentation training")
         return
     if launched_by_torchrun():
         raise ConfigError("run the segmentation stage without torchrun (nnU-Net starts its own processes); "
                           "use torchrun only with --stage grader")
-    try:
-        from vfscreen.training.segmentation import train_segmentation
-    except ImportError:
-        raise ConfigError("the segmentation stage (vfscreen.training.segmentation) is not available in this "
-                          "installation; use --stage grader or --pretrained-seg") from None
     train_segmentation(dataset_name, plans, configuration, fold, device=args.device, continue_training=args.c,
                        export_validation_probabilities=args.npz)
 
 
 def run(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from vfscreen.dataset import resolve_dataset_name
-    from vfscreen.training.grader.ddp import launched_by_torchrun
-
     dataset_name = str(resolve_dataset_name(args.dataset))  # nnunetv2 may return a numpy.str_
     fold = parse_fold(args.fold)
-    plans = _load_plans(dataset_name)
+    plans = load_plans(dataset_name)
     if args.configuration not in plans.get("configurations", {}):
         raise ConfigError(f"configuration {args.configuration!r} is not in the plans of {dataset_name} "
                           f"(available: {sorted(plans.get('configurations', {}))})")
     plans = apply_grader_override(plans, args.configuration, args.grader_override, args.plans_tag)
     args.device = args.device or plans.get("device", {}).get("type", "cpu")
-    if args.device not in ("cpu", "cuda", "mps"):
+    if args.device not in DEVICE_TYPES:
         raise ConfigError(f"unknown device {args.device!r} in the plans (use -device cpu|cuda|mps)")
     grader_setup = None
     if args.stage in ("grader", "both"):
-        from vfscreen.training.grader.trainer import prepare_grader_training
-
         grader_setup = prepare_grader_training(dataset_name, args.configuration, fold, plans, args.loss,
                                                args.device, int(os.environ.get("LOCAL_RANK", "0")))
     else:
-        from vfscreen.training.grader.trainer import resolve_device
-
         resolve_device(args.device)
     if args.pretrained_seg:
         _record_pretrained_segmentation(dataset_name, args.pretrained_seg, fold)
     elif args.stage in ("seg", "both"):
         run_segmentation_stage(dataset_name, args.configuration, fold, plans, args, args.stage)
     if grader_setup is not None:
-        import torch
-
-        from vfscreen.training.grader.trainer import train_grader
-
         if grader_setup.device.type == "cpu":
             threads = int(plans.get("device", {}).get("num_threads") or torch.get_num_threads())
             world_size = int(os.environ.get("WORLD_SIZE", "1")) if launched_by_torchrun() else 1

@@ -9,11 +9,8 @@ everything else are nnU-Net's, read from the same configuration. On a large GPU 
 
 nnunetv2 looks trainer classes up by name inside its own package; vfscreen does not install anything there. Training
 therefore instantiates the class itself and then runs nnunetv2's own steps (``maybe_load_checkpoint``,
-``run_training``, ``perform_actual_validation``). For prediction, build the network with
-``vfscreenSegTrainer.build_network_architecture`` (inherited, unchanged) and use
-``nnUNetPredictor.manual_initialization`` (see vfscreen.inference.segmentation), or call :func:`register_with_nnunet`
-first, which adds this module's folder to ``nnUNet_extTrainer`` so that nnunetv2's own look-up (e.g.
-``nnUNetPredictor.initialize_from_trained_model_folder``) finds the class.
+``run_training``, ``perform_actual_validation``). The architecture is nnU-Net's (``build_network_architecture`` is
+inherited unchanged), so prediction rebuilds the network without this module (vfscreen.core.nnunet_models).
 """
 from __future__ import annotations
 
@@ -26,10 +23,14 @@ from pathlib import Path
 import torch
 
 from vfscreen import paths
+from vfscreen.core.devices import resolve_device
+from vfscreen.core.nnunet_models import (SCHEDULE_KEY, VFSCREEN_SEG_TRAINER, dataset_json_for_grouping,
+                                         label_grouping, nnunet_checkpoint_safe_globals, nnunet_trainer_class)
 from vfscreen.errors import ConfigError
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer  # noqa: E402  (after vfscreen.paths)
 
-SCHEDULE_KEY = "vfscreen"  # the planner's entry inside an nnU-Net configuration
+paths.export_for_nnunet()  # nnunetv2 reads its folders once, at import
+from nnunetv2.run.run_training import maybe_load_checkpoint  # noqa: E402  (after export_for_nnunet)
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer  # noqa: E402
 
 
 class vfscreenSegTrainer(nnUNetTrainer):  # noqa: N801  (nnU-Net's trainer naming convention)
@@ -41,8 +42,7 @@ class vfscreenSegTrainer(nnUNetTrainer):  # noqa: N801  (nnU-Net's trainer namin
             # nnU-Net would start one augmentation worker per core; on a CPU the network needs those cores. One
             # worker keeps up with the small budget-fitted patches (measured 0.02-0.5 s per batch of the demo plan).
             os.environ["nnUNet_n_proc_DA"] = "1"
-        grouping = plans.get("configurations", {}).get(configuration, {}).get(SCHEDULE_KEY, {}).get(
-            "label_grouping", "vertebrae")
+        grouping = label_grouping(plans.get("configurations", {}).get(configuration, {}))
         super().__init__(plans, configuration, fold, dataset_json_for_grouping(dataset_json, grouping), device)
         schedule = self.configuration_manager.configuration.get(SCHEDULE_KEY, {})
         self.num_iterations_per_epoch = int(schedule.get("iterations_per_epoch", self.num_iterations_per_epoch))
@@ -54,48 +54,9 @@ class vfscreenSegTrainer(nnUNetTrainer):  # noqa: N801  (nnU-Net's trainer namin
                               "iterations_per_epoch, val_iterations_per_epoch and num_epochs >= 1")
 
 
-def dataset_json_for_grouping(dataset_json: dict, grouping: str) -> dict:
-    """The dataset.json nnU-Net trains with: one class per vertebra, or coarse regions (vfscreen.labels.SPINE_REGIONS).
-
-    nnU-Net converts the stored class ids into the regions on the fly and copies this dataset.json into the model
-    folder, so prediction knows the model's outputs are regions (sigmoid) rather than classes (softmax).
-    """
-    from vfscreen.labels import grouped_labels_dict
-
-    try:
-        labels, regions_class_order = grouped_labels_dict(grouping)
-    except ValueError as error:
-        raise ConfigError(f"nnUNetPlans.json: {error}") from None
-    if regions_class_order is None:
-        return dataset_json
-    return {**dataset_json, "labels": labels, "regions_class_order": regions_class_order,
-            "vfscreen_label_grouping": grouping}
-
-
-def register_with_nnunet() -> None:
-    """Let nnunetv2's trainer look-up find vfscreenSegTrainer (adds this folder to ``nnUNet_extTrainer``)."""
-    folder = str(Path(__file__).resolve().parent / "nnunet_trainers")
-    current = [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
-    if folder not in current and Path(folder).is_dir():
-        os.environ["nnUNet_extTrainer"] = os.pathsep.join(current + [folder])
-
-
 def trainer_class(trainer_name: str):
-    if trainer_name == vfscreenSegTrainer.__name__:
-        return vfscreenSegTrainer
-    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-
-    try:
-        return recursive_find_trainer_class_by_name(trainer_name)
-    except RuntimeError:
-        raise ConfigError(f"segmentation trainer {trainer_name!r} is neither vfscreen's nor nnU-Net's") from None
-
-
-def segmentation_model_folder(dataset_name: str, segmentation_plan: dict) -> Path:
-    """nnU-Net's model folder ``nnUNet_results/<Dataset>/<trainer>__<plans>__<configuration>``."""
-    return paths.nnUNet_results / dataset_name / (f"{segmentation_plan['trainer']}__"
-                                                  f"{segmentation_plan['nnunet_plans_identifier']}__"
-                                                  f"{segmentation_plan['nnunet_configuration']}")
+    """The trainer class the plans name: vfscreen's schedule trainer or any nnU-Net trainer."""
+    return vfscreenSegTrainer if trainer_name == VFSCREEN_SEG_TRAINER else nnunet_trainer_class(trainer_name)
 
 
 def build_trainer(dataset_name: str, segmentation_plan: dict, fold, device,
@@ -116,7 +77,7 @@ def build_trainer(dataset_name: str, segmentation_plan: dict, fold, device,
     dataset_json = json.loads((preprocessed / "dataset.json").read_text())
     fold = fold if fold == "all" else int(fold)
     return trainer_class(segmentation_plan["trainer"])(plans=nnunet_plans, configuration=configuration, fold=fold,
-                                                       dataset_json=dataset_json, device=_torch_device(device))
+                                                       dataset_json=dataset_json, device=resolve_device(device))
 
 
 def train_segmentation(dataset_name: str, vfscreen_plans: dict | None = None, configuration: str = "3d", fold=0,
@@ -128,8 +89,6 @@ def train_segmentation(dataset_name: str, vfscreen_plans: dict | None = None, co
     The fold's patients are those of ``splits_final.json`` written by the planner. nnU-Net writes its usual files
     (checkpoints, progress.png, training log, validation/) into the model folder.
     """
-    from nnunetv2.run.run_training import maybe_load_checkpoint
-
     vfscreen_plans = vfscreen_plans if vfscreen_plans is not None else plans
     if vfscreen_plans is None:
         raise ConfigError("train_segmentation needs the vfscreen plans")
@@ -158,8 +117,6 @@ def weights_only_loading():
     """nnunetv2 reads checkpoints (``--c``) and pretrained weights with ``torch.load(weights_only=False)``, which runs
     any code pickled into the file. Inside this block torch's safe loader is forced (TORCH_FORCE_WEIGHTS_ONLY_LOAD),
     allowing only the numpy types of nnU-Net's training log besides tensors."""
-    from vfscreen.inference.segmentation import nnunet_checkpoint_safe_globals
-
     saved = {name: os.environ.pop(name, None) for name in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD",
                                                             "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")}
     os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
@@ -169,12 +126,3 @@ def weights_only_loading():
     finally:
         os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
         os.environ.update({name: value for name, value in saved.items() if value is not None})
-
-
-def _torch_device(device) -> torch.device:
-    device = torch.device(device) if not isinstance(device, torch.device) else device
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device cuda requested but no CUDA GPU is available")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("device mps requested but MPS is not available")
-    return device

@@ -37,6 +37,7 @@ from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
 from batchgeneratorsv2.transforms.utils.random import RandomTransform
 
 from vfscreen.errors import ConfigError
+from vfscreen.preprocessing.crops import place_in_patch
 
 _REQUIRED_KEYS = ("probability", "mask_boxes", "mask_box_size", "zoom", "noise_sigma", "shift_voxels",
                   "rotation_degrees", "intensity_scale", "intensity_power")
@@ -168,8 +169,6 @@ class GraderAugmentation:
         self.transforms = build_transforms(augmentation_plan, self.patch_size, num_image_channels)
 
     def __call__(self, crop: np.ndarray, item_seed: int) -> torch.Tensor:
-        from vfscreen.preprocessing.crops import place_in_patch
-
         rng = np.random.default_rng(item_seed)
         offset = random_offset(crop.shape[1:], self.patch_size, rng)
         patch = torch.from_numpy(np.ascontiguousarray(place_in_patch(crop, self.patch_size, offset), dtype=np.float32))
@@ -187,7 +186,5 @@ class GraderAugmentation:
 def centred_patch(crop: np.ndarray, patch_size) -> torch.Tensor:
     """Validation/prediction input: the crop centred in the patch (array order), no augmentation.
     Returns (C, *patch_size) float32."""
-    from vfscreen.preprocessing.crops import place_in_patch
-
     patch = place_in_patch(crop, tuple(int(s) for s in patch_size))
     return torch.from_numpy(np.ascontiguousarray(patch, dtype=np.float32))

@@ -19,15 +19,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from vfscreen.errors import ConfigError
 from vfscreen.genant import GRADE_NAMES
-from vfscreen.preprocessing.grader_crops import CROPS_INDEX, crops_folder_name
+from vfscreen.preprocessing.grader_crops import CROPS_INDEX, load_crop
+from vfscreen.training.grader.augmentation import centred_patch
 
 CROPS_TABLE = CROPS_INDEX
 CROPS_COLUMNS = ("case_id", "label", "grade", "fold", "truncated", "file")
 PREPROCESS_HINT = "run vfscreen_plan_and_preprocess -d {dataset_id} first"
-
-
-def crops_folder(preprocessed_dataset_folder: Path, configuration: str) -> Path:
-    return Path(preprocessed_dataset_folder) / crops_folder_name(configuration)
 
 
 def read_crops_table(folder: Path, hint: str) -> pd.DataFrame:
@@ -89,11 +86,6 @@ def select_fold(table: pd.DataFrame, train_cases, val_cases, use_truncated: bool
     return train.reset_index(drop=True), val.reset_index(drop=True)
 
 
-def load_crop(path: str) -> np.ndarray:
-    """(3, D, H, W) float32 from a float16 .npy crop."""
-    return np.load(path).astype(np.float32, copy=False)
-
-
 class TrainingViews(Dataset):
     """Item (index, item_seed) -> (views (V, 3, *patch_size) float32, grade int)."""
 
@@ -118,8 +110,6 @@ class ValidationPatches(Dataset):
     """Item i -> (centred patch (3, *patch_size) float32, i)."""
 
     def __init__(self, crop_paths, patch_size):
-        from vfscreen.training.grader.augmentation import centred_patch
-
         self.crop_paths = list(crop_paths)
         self.patch_size = tuple(patch_size)
         self._centred_patch = centred_patch
@@ -136,8 +126,6 @@ class ProbePatches(Dataset):
     ``k * (1 + copies)`` are the centred crops, the ``copies`` after each are seeded augmented views of it."""
 
     def __init__(self, crop_paths, patch_size, augmentation, copies: int, seed: int):
-        from vfscreen.training.grader.augmentation import centred_patch
-
         self.crop_paths = list(crop_paths)
         self.patch_size = tuple(patch_size)
         self.augmentation = augmentation

@@ -21,18 +21,21 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from vfscreen import __version__
+from vfscreen import __version__, paths
+from vfscreen.core.devices import resolve_device
+from vfscreen.core.grader_checkpoint import CHECKPOINT_NAMES, PLANS_COPY, checkpoint_path, load_checkpoint, \
+    restore_rng_state, save_checkpoint
+from vfscreen.core.grader_network import LOSS_NAMES, build_grader
+from vfscreen.core.model_folders import grader_model_folder
+from vfscreen.core.plans import grader_loss
+from vfscreen.dataset import dataset_id
 from vfscreen.errors import ConfigError
-from vfscreen.experiment_planning.plans import grader_loss
-from vfscreen.paths import nnUNet_preprocessed, nnUNet_results
 from vfscreen.preprocessing.crops import patch_shape
+from vfscreen.preprocessing.grader_crops import crops_folder
 from vfscreen.training.grader import ddp
 from vfscreen.training.grader.augmentation import GraderAugmentation, check_augmentation_plan
-from vfscreen.training.grader.checkpoint import CHECKPOINT_NAMES, PLANS_COPY, checkpoint_path, load_checkpoint, \
-    restore_rng_state, save_checkpoint
 from vfscreen.training.grader.data import (PREPROCESS_HINT, ProbePatches, TrainingViews, ValidationPatches,
-                                           crops_folder, fold_case_ids, make_loader, read_crops_table, select_fold)
-from vfscreen.training.grader.network import LOSS_NAMES, build_grader
+                                           fold_case_ids, make_loader, read_crops_table, select_fold)
 from vfscreen.training.grader.optimization import build_optimizer, learning_rate_factor, set_learning_rate
 from vfscreen.training.grader.progress import PROGRESS_PLOT, TrainingLog, plot_progress
 from vfscreen.training.grader.readout_stage import describe, final_readout, measure_milestone, readout_plan, summary
@@ -41,27 +44,7 @@ from vfscreen.training.grader.supcon import SupConLoss
 from vfscreen.training.grader.validation import grading_metrics, predictions_table
 from vfscreen.utils.atomic import atomic_write_csv, atomic_write_json, remove_stale_temporaries
 
-TRAINER_NAMES = {"supcon": "vfscreen_grader", "ce": "vfscreen_graderCE"}
 _GRADER_KEYS = ("crop", "network", "loss", "sampler", "optimizer", "num_epochs", "validate_every", "augmentation")
-
-
-def grader_model_folder(dataset_name: str, plans_name: str, configuration: str, loss_name: str = "supcon") -> Path:
-    return nnUNet_results / dataset_name / f"{TRAINER_NAMES[loss_name]}__{plans_name}__{configuration}"
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """'cpu' | 'cuda' | 'mps' -> torch.device; ConfigError if this machine does not have it."""
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("device 'cuda' requested but no CUDA GPU is available here (use -device cpu)")
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    if name == "mps":
-        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise ConfigError("device 'mps' requested but Apple MPS is not available here (use -device cpu)")
-        return torch.device("mps")
-    raise ConfigError(f"unknown device {name!r} (choose cpu, cuda or mps)")
 
 
 @dataclass
@@ -82,8 +65,8 @@ def prepare_grader_training(dataset_name: str, configuration: str, fold, plans: 
                             device: str = "cpu", local_rank: int = 0) -> GraderSetup:
     """Check plans, crops, fold and device; read the fold's crops. Writes nothing."""
     dataset_name, configuration = str(dataset_name), str(configuration)
-    dataset_id = dataset_name[len("Dataset"):len("Dataset") + 3] if dataset_name.startswith("Dataset") else dataset_name
-    hint = PREPROCESS_HINT.format(dataset_id=int(dataset_id) if dataset_id.isdigit() else dataset_name)
+    hint = PREPROCESS_HINT.format(dataset_id=dataset_id(dataset_name) if dataset_name.startswith("Dataset")
+                                  else dataset_name)
     configurations = plans.get("configurations", {})
     if configuration not in configurations or "grader" not in configurations[configuration]:
         raise ConfigError(f"configuration {configuration!r} has no grader in the plans of {dataset_name} "
@@ -97,15 +80,15 @@ def prepare_grader_training(dataset_name: str, configuration: str, fold, plans: 
     if loss_name not in LOSS_NAMES:
         raise ConfigError(f"unknown grader loss {loss_name!r} (choose from {', '.join(LOSS_NAMES)})")
     torch_device = resolve_device(device, local_rank)
-    preprocessed = nnUNet_preprocessed / dataset_name
-    table = read_crops_table(crops_folder(preprocessed, configuration), hint)
+    preprocessed = paths.nnUNet_preprocessed / dataset_name
+    table = read_crops_table(crops_folder(dataset_name, configuration), hint)
     train_cases, val_cases = fold_case_ids(table, preprocessed / "splits_final.json", fold,
                                            int(plans.get("num_folds", 5)))
     train_rows, val_rows = select_fold(table, train_cases, val_cases, bool(grader_plan["crop"].get("use_truncated")),
                                        fold, int(grader_plan["network"].get("num_classes", 4)))
     fold_name = "fold_all" if fold == "all" else f"fold_{fold}"
-    fold_folder = grader_model_folder(dataset_name, plans.get("plans_name", "vfscreenPlans"), configuration,
-                                      loss_name) / fold_name
+    fold_folder = grader_model_folder(dataset_name, configuration, loss_name,
+                                      plans.get("plans_name", "vfscreenPlans")) / fold_name
     return GraderSetup(dataset_name, configuration, fold, loss_name, torch_device, plans, grader_plan, train_rows,
                        val_rows, fold_folder)
 

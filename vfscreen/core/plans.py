@@ -1,34 +1,26 @@
-"""vfscreen's plans file: schema, validation, loading, saving, presets.
+"""vfscreen's plans file: schema, validation, loading, saving, and the typed accessors every stage reads it with.
 
 ``nnUNet_preprocessed/<Dataset>/vfscreenPlans.json`` holds every setting of the vfscreen-specific stages (the
 segmentation section only *points* at nnU-Net's own plans file ``nnUNetPlans.json``, which holds the network).
 It is human-readable and may be edited by hand; every reader goes through :func:`load_plans`, which validates it and
-names the offending field on any problem.
-
-Presets (top-level ``plans/*.json``) are *partial* plans plus planning knobs::
-
-    {"name": "cpu_demo", "description": "...",
-     "device": {"type": "cpu", "memory_gb": 8, "num_threads": 2},          # optional, CLI flags win
-     "budget": {"seg_minutes": 20, "grader_minutes": 8, ...},              # optional, see budget.PlanningTargets
-     "configurations": {"3d": {"grader": {...}, "segmentation": {...}}}}   # optional: fixed plan values
-
-The planner computes a full plan from the fingerprint and the budget, then deep-merges the preset's
-``configurations`` over it: what the preset states is kept, what it leaves open comes from the fingerprint.
+names the offending field on any problem. Presets (partial plans for the planner) live in
+vfscreen.experiment_planning.presets.
 """
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
+from vfscreen import paths
 from vfscreen.errors import ConfigError
+from vfscreen.dataset import resolve_dataset_name
+from vfscreen.utils.atomic import atomic_write_json
 
 SCHEMA_VERSION = 1
 PLANS_NAME = "vfscreenPlans"
 PLANS_FILE_NAME = PLANS_NAME + ".json"
 FINGERPRINT_FILE_NAME = "vfscreen_fingerprint.json"
 CONFIGURATION = "3d"
-PRESETS_FOLDER = Path(__file__).resolve().parents[2] / "plans"
 
 _NUMBER = (int, float)
 _INT_LIST = ("list", int)
@@ -73,9 +65,7 @@ _ALLOWED_VALUES = {
 
 
 def preprocessed_folder(dataset_name: str) -> Path:
-    from vfscreen.paths import nnUNet_preprocessed
-
-    return nnUNet_preprocessed / dataset_name
+    return paths.nnUNet_preprocessed / dataset_name
 
 
 def plans_file(dataset_name: str) -> Path:
@@ -91,8 +81,6 @@ def _resolve(dataset_name) -> str:
     text = str(dataset_name)
     if text.startswith("Dataset"):
         return text
-    from vfscreen.dataset import resolve_dataset_name
-
     return resolve_dataset_name(text)
 
 
@@ -114,8 +102,6 @@ def grader_loss(plans: dict, configuration: str = CONFIGURATION) -> str:
 
 def save_plans(plans: dict, path: str | Path | None = None) -> Path:
     """Validate, then write atomically. Returns the path written."""
-    from vfscreen.utils.atomic import atomic_write_json
-
     validate_plans(plans, plans.get("dataset_name"), source="plans to save")
     path = Path(path) if path is not None else plans_file(plans["dataset_name"])
     atomic_write_json(path, plans)
@@ -222,40 +208,3 @@ def _get(data: dict, dotted: str):
     for key in dotted.split("."):
         data = data[key]
     return data
-
-
-def deep_merge(base: dict, overlay: dict) -> dict:
-    """A copy of ``base`` with ``overlay``'s values put in, recursively for nested objects (lists are replaced)."""
-    merged = copy.deepcopy(base)
-    for key, value in overlay.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
-def available_presets() -> list[str]:
-    return sorted(p.stem for p in PRESETS_FOLDER.glob("*.json"))
-
-
-def load_preset(name_or_path: str | Path) -> dict:
-    """A preset by name (``plans/<name>.json``) or by path. Raises ConfigError for unknown names/bad files."""
-    candidate = Path(name_or_path)
-    if candidate.suffix == ".json" or candidate.is_file() or "/" in str(name_or_path):
-        path = candidate
-    else:
-        path = PRESETS_FOLDER / f"{name_or_path}.json"
-    if not path.is_file():
-        raise ConfigError(f"preset {name_or_path!r} not found (looked for {path}); available presets: "
-                          f"{', '.join(available_presets()) or 'none'}")
-    preset = read_json(path, "preset")
-    allowed = {"name", "description", "device", "budget", "configurations"}
-    unknown = sorted(set(preset) - allowed)
-    if unknown:
-        raise ConfigError(f"{path}: unknown preset field(s) {unknown}; allowed: {sorted(allowed)}")
-    configurations = preset.get("configurations", {})
-    if not isinstance(configurations, dict) or set(configurations) - {CONFIGURATION}:
-        raise ConfigError(f"{path}: field 'configurations' may only hold {CONFIGURATION!r}")
-    preset.setdefault("name", path.stem)
-    return preset

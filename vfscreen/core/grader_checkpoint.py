@@ -18,6 +18,7 @@ import torch
 
 from vfscreen.errors import ConfigError
 from vfscreen.utils.atomic import atomic_path
+from vfscreen.core.grader_network import build_grader
 
 CHECKPOINT_FORMAT = "vfscreen_grader_checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
@@ -103,8 +104,6 @@ def load_checkpoint(path: Path, expected: dict | None = None) -> dict:
 
 def load_grader(fold_folder, device="cpu", which: str = "final"):
     """(GraderNet in eval mode on ``device``, plans dict) from a grader model folder ``.../fold_<k>``."""
-    from vfscreen.training.grader.network import build_grader
-
     fold_folder = Path(fold_folder)
     plans_path = fold_folder / PLANS_COPY
     if not plans_path.is_file():
