@@ -109,3 +109,37 @@ def test_missing_fold_and_foreign_plans_are_refused(trained_results, tmp_path):
         plans_path.write_text(json.dumps(plans))
     with pytest.raises(ConfigError, match="Dataset991_Other"):
         load_models(DATASET)
+
+
+def test_a_hand_edit_of_the_plans_of_record_reaches_prediction(trained_results):
+    """vfscreenPlans.json (nnUNet_preprocessed/<Dataset>/) is the file of record for the segmentation settings: an edit
+    there - not in the grader folds' copies - changes what prediction does."""
+    from planning_dataset import nnunet_plans, synthetic_fingerprint
+    from vfscreen import paths
+    from vfscreen.core.plans import plans_file, save_plans
+    from vfscreen.experiment_planning import budget as B
+    from vfscreen.experiment_planning import planner as P
+    from vfscreen.inference.segmentation import load_models
+
+    plans = P.assemble_plans(DATASET, synthetic_fingerprint(), nnunet_plans(), "3d_fullres", B.DeviceBudget("cuda", 80, 8),
+                             B.PlanningTargets(), preset=None)
+    plans["configurations"]["3d"]["segmentation"].update(trainer="nnUNetTrainer", nnunet_plans_identifier="nnUNetPlans",
+                                                         nnunet_configuration="3d_fullres")
+    record = save_plans(plans, plans_file(DATASET))
+    try:
+        plans["configurations"]["3d"]["segmentation"].update(test_time_mirroring=True, orientation=None)
+        save_plans(plans, record)
+        models = load_models(DATASET)
+        assert models.segmenter.predictor.use_mirroring is True and models.segmenter.orientation is None
+        edited = json.loads(record.read_text())  # the hand edit the README invites
+        edited["configurations"]["3d"]["segmentation"].update(test_time_mirroring=False, orientation="LPS")
+        record.write_text(json.dumps(edited, indent=2))
+        models = load_models(DATASET)
+        assert models.segmenter.predictor.use_mirroring is False and models.segmenter.orientation == "LPS"
+        assert models.info["segmentation"]["test_time_mirroring"] is False
+        copies = [json.loads(p.read_text()) for p in (trained_results / "vfscreen_grader__vfscreenPlans__3d").glob(
+            "fold_*/plans.json")]
+        assert copies and all("test_time_mirroring" not in c["configurations"]["3d"]["segmentation"] for c in copies)
+    finally:
+        record.unlink()
+        assert not (paths.nnUNet_preprocessed / DATASET / "vfscreenPlans.json").exists()

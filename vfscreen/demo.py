@@ -31,7 +31,7 @@ from pathlib import Path
 from vfscreen import paths
 from vfscreen.core.fusion_model import load_fusion
 from vfscreen.core.model_folders import FUSION_FILE, grader_model_folder, segmentation_model_folder
-from vfscreen.core.plans import grader_loss, load_plans, plans_file
+from vfscreen.core.plans import grader_loss, load_plans, plans_file, segmentation_settings
 from vfscreen.errors import ConfigError, cli_entry
 from vfscreen.evaluation.cross_validation import fit_fusion_for_model
 from vfscreen.evaluation.evaluate import evaluate_predictions
@@ -124,8 +124,7 @@ def load_demo_plans() -> dict:
 
 
 def segmentation_fold_folder(plans: dict) -> Path:
-    return segmentation_model_folder(DATASET_NAME, plans["configurations"][CONFIGURATION]["segmentation"]) \
-        / f"fold_{FOLD}"
+    return segmentation_model_folder(DATASET_NAME, segmentation_settings(plans, CONFIGURATION).section) / f"fold_{FOLD}"
 
 
 def stage_segmentation(run: DemoRun) -> str:
@@ -135,7 +134,7 @@ def stage_segmentation(run: DemoRun) -> str:
         print(f"segmentation model {folder} is trained; reusing it")
         return "skipped"
     continuing = (folder / "checkpoint_latest.pth").is_file()
-    segmentation = plans["configurations"][CONFIGURATION]["segmentation"]
+    segmentation = segmentation_settings(plans, CONFIGURATION).section
     print(f"nnU-Net {segmentation['nnunet_configuration']}, fold {FOLD}: {segmentation['num_epochs']} epochs x "
           f"{segmentation['iterations_per_epoch']} iterations" + (" (continuing)" if continuing else ""))
 

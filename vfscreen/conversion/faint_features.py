@@ -38,7 +38,7 @@ from vfscreen.preprocessing.crops import extract_vertebra_crops, validate_crop_p
 from vfscreen.preprocessing.grader_crops import CROPS_INDEX, CROP_PLAN_FILE, INDEX_COLUMNS, crop_plan_hash
 from vfscreen.utils.atomic import atomic_directory, atomic_save_npy, atomic_write_csv, atomic_write_json
 from vfscreen.utils.image_io import check_same_geometry, read_image
-from vfscreen.core.plans import PLANS_FILE_NAME, load_plans, save_plans
+from vfscreen.core.plans import CONFIGURATION, PLANS_FILE_NAME, crop_section, load_plans, save_plans
 
 DATASET_NAME = "FaintFeatures"
 PATCH_DATASET_NAME = "FaintFeaturesPatches"
@@ -248,7 +248,7 @@ def load_crop_plan(path: Path | None, patch_size: int, plans_from: str | None = 
         else:
             plans = load_plans(plans_from)
         try:
-            return validate_crop_plan(plans["configurations"]["3d"]["grader"]["crop"]), plans
+            return validate_crop_plan(crop_section(plans, CONFIGURATION)), plans
         except (KeyError, TypeError):
             raise ConfigError(f"--plans-from {plans_from}: plans without configurations.3d.grader.crop") from None
     if path is None:

@@ -9,6 +9,7 @@ vfscreen.experiment_planning.presets.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from vfscreen import paths
@@ -95,9 +96,78 @@ def load_plans(dataset_name: str, path: str | Path | None = None) -> dict:
     return plans
 
 
+# ------------------------------------------------------------------------------------------- typed accessors
+# Every stage reads the plans through these; the defaults for fields older plans may lack live here and nowhere else.
+DEFAULT_GRADER_LOSS = "supcon"
+DEFAULT_USE_TRUNCATED = False  # the planner's value: vertebrae cut by the field of view are neither trained nor graded
+DEFAULT_TEST_TIME_MIRRORING = True  # nnU-Net's default
+DEFAULT_ORIENTATION = None  # None: the network sees the image in its stored orientation
+
+
+@dataclass(frozen=True)
+class SegmentationSettings:
+    """What prediction and training need from a configuration's ``segmentation`` section."""
+    trainer: str
+    nnunet_plans_identifier: str
+    nnunet_configuration: str
+    orientation: str | None
+    test_time_mirroring: bool
+    section: dict  # the whole section (for the model-folder name and the schedule)
+
+
+def configuration_section(plans: dict, configuration: str = CONFIGURATION, wanted: str = "") -> dict:
+    """``plans["configurations"][configuration]``; ConfigError naming the field (``wanted``: the sub-field the
+    caller reads) and the configurations that exist."""
+    configurations = plans.get("configurations") if isinstance(plans, dict) else None
+    if not isinstance(configurations, dict) or not isinstance(configurations.get(configuration), dict):
+        dataset = plans.get("dataset_name") if isinstance(plans, dict) else None
+        raise ConfigError(f"field 'configurations.{configuration}{wanted}' is missing: configuration "
+                          f"{configuration!r} is not in the plans of {dataset!r} "
+                          f"(available: {sorted(configurations or {})})")
+    return configurations[configuration]
+
+
+def _stage_section(plans: dict, configuration: str, stage: str, wanted: str = "") -> dict:
+    section = configuration_section(plans, configuration, f".{stage}{wanted}").get(stage)
+    if not isinstance(section, dict):
+        raise ConfigError(f"field 'configurations.{configuration}.{stage}{wanted}' is missing: the plans of "
+                          f"{plans.get('dataset_name')!r} have no {stage} stage for {configuration!r}")
+    return section
+
+
+def segmentation_settings(plans: dict, configuration: str = CONFIGURATION) -> SegmentationSettings:
+    section = _stage_section(plans, configuration, "segmentation")
+    try:
+        return SegmentationSettings(trainer=section["trainer"],
+                                    nnunet_plans_identifier=section["nnunet_plans_identifier"],
+                                    nnunet_configuration=section["nnunet_configuration"],
+                                    orientation=section.get("orientation", DEFAULT_ORIENTATION),
+                                    test_time_mirroring=bool(section.get("test_time_mirroring",
+                                                                         DEFAULT_TEST_TIME_MIRRORING)),
+                                    section=section)
+    except KeyError as error:
+        raise ConfigError(f"field 'configurations.{configuration}.segmentation.{error.args[0]}' is missing") from None
+
+
+def grader_section(plans: dict, configuration: str = CONFIGURATION) -> dict:
+    return _stage_section(plans, configuration, "grader")
+
+
+def crop_section(plans: dict, configuration: str = CONFIGURATION) -> dict:
+    crop = _stage_section(plans, configuration, "grader", ".crop").get("crop")
+    if not isinstance(crop, dict):
+        raise ConfigError(f"field 'configurations.{configuration}.grader.crop' is missing")
+    return crop
+
+
+def includes_truncated(crop: dict) -> bool:
+    """Whether vertebrae cut by the field of view are trained on and graded (the crop plan's ``use_truncated``)."""
+    return bool(crop.get("use_truncated", DEFAULT_USE_TRUNCATED))
+
+
 def grader_loss(plans: dict, configuration: str = CONFIGURATION) -> str:
-    """The grader loss the plans name for ``configuration`` ('supcon' when they name none)."""
-    return plans["configurations"][configuration]["grader"].get("loss", {}).get("name", "supcon")
+    """The grader loss the plans name for ``configuration``."""
+    return grader_section(plans, configuration).get("loss", {}).get("name", DEFAULT_GRADER_LOSS)
 
 
 def save_plans(plans: dict, path: str | Path | None = None) -> Path:

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from vfscreen.core.devices import DEVICE_TYPES
-from vfscreen.core.plans import PLANS_NAME
+from vfscreen.core.plans import CONFIGURATION, PLANS_NAME
 from vfscreen.dataset import resolve_dataset_name
 from vfscreen.errors import ConfigError, cli_entry
 from vfscreen.evaluation.ablation import VARIANTS, format_ablation, run_ablation, trained_folds, variant_folder
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     ablation = commands.add_parser("ablation", help="SupCon (SGD) vs CE (SGD) vs CE (Adam), head and probe readouts")
     ablation.add_argument("-d", "--dataset", required=True)
-    ablation.add_argument("-c", "--configuration", default="3d")
+    ablation.add_argument("-c", "--configuration", default=CONFIGURATION, choices=(CONFIGURATION,))
     ablation.add_argument("-p", "--plans", default=PLANS_NAME)
     ablation.add_argument("-f", "--folds", nargs="+", type=int, default=None,
                           help="folds (default: 0-4; with --no-train: those every grader has)")
@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     ablation.add_argument("--verbose", action="store_true")
     curves = commands.add_parser("curves", help="SupCon vs cross-entropy as the step budget grows (one fold)")
     curves.add_argument("-d", "--dataset", required=True)
-    curves.add_argument("-c", "--configuration", default="3d")
+    curves.add_argument("-c", "--configuration", default=CONFIGURATION, choices=(CONFIGURATION,))
     curves.add_argument("-f", "--fold", type=int, default=0)
     curves.add_argument("--steps", nargs="+", type=int, default=None,
                         help="budgets in SGD steps (default 100 200 400 800 1600)")
@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("-i", "--input", help="input cases (as for vfscreen_predict); with --untrained-preset: "
                        "optional (default: a generated phantom), needs --labels")
     speed.add_argument("-d", "--dataset", default="501")
-    speed.add_argument("-c", "--configuration", default="3d")
+    speed.add_argument("-c", "--configuration", default=CONFIGURATION, choices=(CONFIGURATION,))
     speed.add_argument("-f", "--folds", nargs="+", type=int, help="folds (default: those trained)")
     speed.add_argument("-device", "--device", choices=DEVICE_TYPES, default="cpu")
     speed.add_argument("-n", "--num-cases", type=int, help="time only the first N cases")

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from vfscreen.core.model_folders import grader_fold_plans, grader_model_folder, loss_of_grader_folder
-from vfscreen.core.plans import PLANS_NAME
+from vfscreen.core.plans import CONFIGURATION, PLANS_NAME
 from vfscreen.dataset import resolve_dataset_name
 from vfscreen.errors import ConfigError, cli_entry
 from vfscreen.evaluation import evaluate
@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-ref", "--reference", help="reference folder (raw dataset or label masks + grades.csv)")
     parser.add_argument("-pred", "--prediction", help="output folder of vfscreen_predict")
     parser.add_argument("-d", "--dataset", help="dataset id or name (for --cv, or to find the fusion model)")
-    parser.add_argument("-c", "--configuration", default="3d", help="configuration (default: 3d)")
+    parser.add_argument("-c", "--configuration", default=CONFIGURATION, choices=(CONFIGURATION,),
+                        help=f"configuration (default: {CONFIGURATION})")
     parser.add_argument("-p", "--plans", default=PLANS_NAME, help=f"plans name (default: {PLANS_NAME})")
     parser.add_argument("--cv", action="store_true", help="pool the grader folds' validation predictions")
     parser.add_argument("--loss", choices=("supcon", "ce"), default="supcon",

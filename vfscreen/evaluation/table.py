@@ -4,6 +4,8 @@ patient-level and segmentation/identification lines. ``n/a`` marks an undefined 
 """
 from __future__ import annotations
 
+from vfscreen.core.plans import grader_section
+from vfscreen.errors import ConfigError
 from vfscreen.evaluation.metrics import OWN_OPERATING_POINT
 
 HEADER = ["FE", "Loss", "Optimizer", "Dataset", "Score", "Operating point", "AUCROC", "SPE", "SEN", "Macro-F1",
@@ -33,8 +35,8 @@ def describe_method(plans: dict | None, configuration: str = "3d", loss: str | N
     """FE / Loss / Optimizer columns from a grader plan (contract 2); '-' for what is not there. ``loss`` (the
     trained grader's loss) overrides the plan's: a cross-entropy model keeps a copy of the SupCon plan."""
     try:
-        grader = plans["configurations"][configuration]["grader"]
-    except (KeyError, TypeError):
+        grader = grader_section(plans, configuration)
+    except (ConfigError, AttributeError):
         return {"FE": "-", "Loss": LOSS_NAMES.get(loss, "-"), "Optimizer": "-"}
     network = grader.get("network", {})
     backbone = "SE-ResNet" if network.get("squeeze_excitation") else "ResNet"

@@ -36,7 +36,8 @@ from vfscreen.core.grader_checkpoint import PLANS_COPY, checkpoint_path, save_ch
 from vfscreen.core.grader_network import build_grader
 from vfscreen.core.model_folders import GRADER_TRAINER_NAMES
 from vfscreen.core.nnunet_models import build_segmentation_network, dataset_json_for_grouping, label_grouping
-from vfscreen.core.plans import CONFIGURATION, PLANS_FILE_NAME, PLANS_NAME
+from vfscreen.core.plans import (CONFIGURATION, PLANS_FILE_NAME, PLANS_NAME, configuration_section, grader_section,
+                                 segmentation_settings)
 from vfscreen.errors import ConfigError
 from vfscreen.evaluation.speed import run_speed
 from vfscreen.experiment_planning.planner import grader_cost
@@ -111,7 +112,7 @@ def plan_untrained(work_folder: Path, plans_preset: str | None, phantom_preset: 
         raise ConfigError(f"planning {phantom_preset} phantoms with preset {plans_preset!r} failed: {message}")
     preprocessed = folders["nnUNet_preprocessed"] / raw.name
     plans = json.loads((preprocessed / PLANS_FILE_NAME).read_text())
-    segmentation = plans["configurations"][CONFIGURATION]["segmentation"]
+    segmentation = segmentation_settings(plans, CONFIGURATION).section
     nnunet_plans = json.loads((preprocessed / f"{segmentation['nnunet_plans_identifier']}.json").read_text())
     return {"plans": plans, "nnunet_plans": nnunet_plans,
             "dataset_json": json.loads((raw / "dataset.json").read_text()),
@@ -125,7 +126,7 @@ def write_untrained_models(results_folder: Path, planned: dict, folds=DEFAULT_FO
 
 
     plans, nnunet_plans = planned["plans"], planned["nnunet_plans"]
-    segmentation = plans["configurations"][CONFIGURATION]["segmentation"]
+    segmentation = segmentation_settings(plans, CONFIGURATION).section
     configuration = segmentation["nnunet_configuration"]
     plans_manager = PlansManager(nnunet_plans)
     configuration_manager = plans_manager.get_configuration(configuration)
@@ -145,7 +146,7 @@ def write_untrained_models(results_folder: Path, planned: dict, folds=DEFAULT_FO
         with atomic_path(segmentation_folder / f"fold_{fold}" / "checkpoint_final.pth") as temporary:
             torch.save(checkpoint, temporary)
 
-    grader = plans["configurations"][CONFIGURATION]["grader"]
+    grader = grader_section(plans, CONFIGURATION)
     input_channels = len(grader["crop"]["windows"]) + (grader["crop"].get("mask_channel") != "none")
     grader_folder = Path(results_folder) / f"{GRADER_TRAINER_NAMES['supcon']}__{PLANS_NAME}__{CONFIGURATION}"
     for fold in folds:
@@ -233,13 +234,13 @@ def run_untrained_speed(plans_preset: str | None, input_path=None, labels=None, 
         cases = list_cases(input_path)[: num_cases or None]
         label_paths = label_paths_for(cases, labels)
         segmentation_folder, grader_folder = write_untrained_models(work / "results", planned, folds, seed)
-        segmentation_plan = planned["plans"]["configurations"][CONFIGURATION]["segmentation"]
+        segmentation = segmentation_settings(planned["plans"], CONFIGURATION)
         loaded = {}
 
         def load():
             torch_device = resolve_device(device)
             segmenter = NnunetSegmenter(segmentation_folder, folds, torch_device, "final",
-                                        orientation=segmentation_plan.get("orientation"),
+                                        orientation=segmentation.orientation,
                                         tile_step_size=tile_step_size, use_mirroring=use_mirroring)
             grader = FoldEnsembleGrader(grader_folder, folds, torch_device, "final", CONFIGURATION)
             loaded["segmenter"] = GroundTruthDownstream(segmenter, label_paths)
@@ -258,7 +259,7 @@ def run_untrained_speed(plans_preset: str | None, input_path=None, labels=None, 
 def describe_untrained(planned: dict, plans_preset, phantom, folds, seed, tile_step_size, use_mirroring,
                        num_planning_cases, phantom_preset) -> dict:
     """What was timed, for the JSON: the plan's two networks, the case and how the models were made."""
-    configuration = planned["plans"]["configurations"][CONFIGURATION]
+    configuration = configuration_section(planned["plans"], CONFIGURATION)
     segmentation, grader = configuration["segmentation"], configuration["grader"]
     return {
         "plans_preset": plans_preset or "none (planner defaults for this machine's device)",

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from vfscreen.core.plans import CONFIGURATION
 from vfscreen.errors import EXIT_CASES_FAILED, EXIT_OK, cli_entry
 from vfscreen.inference.predict import predict
 
@@ -24,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "naming) or DICOM series (one folder per series)")
     parser.add_argument("-o", dest="output", required=True, help="output folder (must differ from the input folder)")
     parser.add_argument("-d", dest="dataset", default="501", help="dataset id or name of the trained model [501]")
-    parser.add_argument("-c", dest="configuration", default="3d", help="configuration [3d]")
+    parser.add_argument("-c", dest="configuration", default=CONFIGURATION, choices=(CONFIGURATION,),
+                        help=f"configuration [{CONFIGURATION}]")
     parser.add_argument("-f", dest="folds", nargs="+", type=int, default=None,
                         help="folds of the ensemble [all trained folds]")
     parser.add_argument("-chk", dest="checkpoint", choices=("final", "best", "latest"), default="final",

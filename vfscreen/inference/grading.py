@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from vfscreen.core.grader_checkpoint import load_grader
+from vfscreen.core.plans import crop_section, grader_section
 from vfscreen.errors import ConfigError
 from vfscreen.genant import NUM_GRADES
 from vfscreen.preprocessing.crops import patch_shape, place_in_patch, validate_crop_plan
@@ -82,18 +83,16 @@ class FoldEnsembleGrader:
         plans = None
         for fold in self.folds:
             network, fold_plans = load_grader(self.model_folder / f"fold_{fold}", self.device, which)
-            if plans is not None and fold_plans.get("configurations", {}).get(configuration, {}).get("grader") != \
-                    plans["configurations"][configuration]["grader"]:
+            if plans is not None and grader_section(fold_plans, configuration) != grader_section(plans, configuration):
                 raise ConfigError(f"{self.model_folder}: fold_{fold} was trained with another grader plan than "
                                   f"fold_{self.folds[0]}; retrain or choose folds with -f")
             plans = plans or fold_plans
             self.networks.append(network)
+        self.plans = plans
         try:
-            self.plans = plans
-            self.crop_plan = validate_crop_plan(plans["configurations"][configuration]["grader"]["crop"])
-        except (KeyError, TypeError):
-            raise ConfigError(f"{self.model_folder}/fold_{self.folds[0]}/plans.json has no "
-                              f"configurations.{configuration}.grader.crop section") from None
+            self.crop_plan = validate_crop_plan(crop_section(plans, configuration))
+        except ConfigError as error:
+            raise ConfigError(f"{self.model_folder}/fold_{self.folds[0]}/plans.json: {error}") from None
         self.patch_size = patch_shape(self.crop_plan)
 
     def fold_probabilities(self, patches: np.ndarray) -> np.ndarray:

@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from vfscreen import __version__
+from vfscreen.core.plans import includes_truncated
 from vfscreen.errors import ConfigError, InputError, VfscreenError
 from vfscreen.genant import morphology_from_heights
 from vfscreen.inference import outputs
@@ -169,7 +170,7 @@ def predict_case(image: sitk.Image, case_id: str, models: Models, saliency: bool
     plausible = {label for label in morphometry if plausibility.reason(label) is None}
     crops = extract_vertebra_crops(image, seg_image, models.grader.crop_plan) \
         if plausible and models.grader is not None else []
-    use_truncated = models.grader is not None and bool(models.grader.crop_plan.get("use_truncated", True))
+    use_truncated = models.grader is not None and includes_truncated(models.grader.crop_plan)
     gradable = [crop for crop in crops if (use_truncated or not crop.truncated) and crop.label in plausible]
     predictions = dict(zip([crop.label for crop in gradable], grade_crops(gradable, models.grader))) \
         if gradable else {}

@@ -22,7 +22,7 @@ from vfscreen.core.fusion_model import load_screening_model
 from vfscreen.core.model_folders import (GRADER_TRAINER_NAMES, NNUNET_CHECKPOINTS, available_folds,
                                          grader_model_folder, segmentation_model_folder)
 from vfscreen.core.nnunet_models import build_segmentation_network, load_nnunet_checkpoint
-from vfscreen.core.plans import grader_loss, load_plans
+from vfscreen.core.plans import grader_loss, load_plans, plans_file, segmentation_settings
 from vfscreen.dataset import resolve_dataset_name
 from vfscreen.errors import ConfigError
 from vfscreen.inference.grading import FoldEnsembleGrader, Grader
@@ -109,7 +109,7 @@ def _losses_by_preference(dataset_name: str, configuration: str) -> list[str]:
     """Grader losses to look for, the one the plans chose first (both exist after vfscreen_benchmark ablation)."""
     try:
         chosen = grader_loss(load_plans(dataset_name), configuration)
-    except (ConfigError, KeyError):  # no (valid) plans here: a model folder is self-contained, take what exists
+    except ConfigError:  # no (valid) plans here: a model folder is self-contained, take what exists
         chosen = "supcon"
     return sorted(GRADER_TRAINER_NAMES, key=lambda loss: loss != chosen)
 
@@ -135,7 +135,8 @@ def load_models(dataset, configuration: str = "3d", folds=None, device: str = "c
     torch_device = resolve_device(device)
     grader_folder = find_grader_folder(dataset_name, configuration)
     if grader_folder is None:
-        raise ConfigError(f"no trained grader for {dataset_name} configuration {configuration} in {paths.nnUNet_results}; "
+        raise ConfigError(f"no trained grader for {dataset_name} configuration {configuration} "
+                          f"in {paths.nnUNet_results}; "
                           f"train it with vfscreen_train {dataset_name} {configuration} 0")
     existing = available_folds(grader_folder, f"checkpoint_{checkpoint}.pth")
     folds = existing if folds is None else [int(f) for f in folds]
@@ -147,9 +148,10 @@ def load_models(dataset, configuration: str = "3d", folds=None, device: str = "c
     if grader.plans.get("dataset_name") != dataset_name:
         raise ConfigError(f"{grader_folder}: its plans belong to {grader.plans.get('dataset_name')!r}, not "
                           f"{dataset_name!r}")
-    segmentation_plan = grader.plans["configurations"][configuration]["segmentation"]
-    segmenter, segmentation_info = (_own_segmenter(dataset_name, configuration, segmentation_plan, folds, torch_device,
-                                                   checkpoint, use_mirroring) if segmentation else (None, None))
+    segmenter, segmentation_info = (_own_segmenter(dataset_name, configuration,
+                                                   segmentation_plans_of_record(dataset_name, grader.plans),
+                                                   folds, torch_device, checkpoint, use_mirroring)
+                                    if segmentation else (None, None))
     saliency_function = grad_cam_image if saliency else None
     fusion = load_screening_model(grader_folder)
     info = {"dataset": dataset_name, "configuration": configuration, "plans_name": grader.plans.get("plans_name"),
@@ -158,19 +160,26 @@ def load_models(dataset, configuration: str = "3d", folds=None, device: str = "c
     return Models(segmenter=segmenter, grader=grader, info=info, saliency=saliency_function, fusion=fusion)
 
 
-def _own_segmenter(dataset_name: str, configuration: str, segmentation_plan: dict, folds, torch_device,
+def segmentation_plans_of_record(dataset_name: str, grader_plans: dict) -> dict:
+    """The plans the segmentation settings come from: the dataset's vfscreenPlans.json (the file of record, which a
+    user may edit by hand), else - for a model folder copied without its preprocessed folder - the grader's copy."""
+    return load_plans(dataset_name) if plans_file(dataset_name).is_file() else grader_plans
+
+
+def _own_segmenter(dataset_name: str, configuration: str, plans: dict, folds, torch_device,
                    checkpoint: str, use_mirroring: bool | None) -> tuple[NnunetSegmenter, dict]:
     """The dataset's own trained nnU-Net segmentation (folds ``folds`` where trained, else all) + its JSON info."""
-    segmentation_folder = segmentation_model_folder(dataset_name, segmentation_plan)
+    settings = segmentation_settings(plans, configuration)
+    segmentation_folder = segmentation_model_folder(dataset_name, settings.section)
     segmentation_existing = available_folds(segmentation_folder, NNUNET_CHECKPOINTS[checkpoint])
     segmentation_folds = [f for f in (folds or []) if f in segmentation_existing] or segmentation_existing
     if not segmentation_folds:
         raise ConfigError(f"{segmentation_folder}: no trained segmentation fold ({NNUNET_CHECKPOINTS[checkpoint]}); "
                           f"train it with vfscreen_train {dataset_name} {configuration} 0")
     if use_mirroring is None:
-        use_mirroring = bool(segmentation_plan.get("test_time_mirroring", True))
+        use_mirroring = settings.test_time_mirroring
     segmenter = NnunetSegmenter(segmentation_folder, segmentation_folds, torch_device, checkpoint,
-                                orientation=segmentation_plan.get("orientation"), use_mirroring=use_mirroring)
+                                orientation=settings.orientation, use_mirroring=use_mirroring)
     return segmenter, {"folder": str(segmentation_folder), "trainer": segmenter.trainer_name,
                        "test_time_mirroring": use_mirroring, "folds": segmentation_folds,
                        "checkpoint": NNUNET_CHECKPOINTS[checkpoint]}
@@ -182,11 +191,7 @@ def _load_segmentation_only(dataset, configuration, folds, device, checkpoint, u
     dataset_name = resolve_dataset_name(dataset)
     segmenter, segmentation_info = None, None
     if segmentation:
-        plans = load_plans(dataset_name)
-        segmentation_plan = plans.get("configurations", {}).get(configuration, {}).get("segmentation")
-        if segmentation_plan is None:
-            raise ConfigError(f"the plans of {dataset_name} have no segmentation stage for {configuration!r}")
-        segmenter, segmentation_info = _own_segmenter(dataset_name, configuration, segmentation_plan, folds,
+        segmenter, segmentation_info = _own_segmenter(dataset_name, configuration, load_plans(dataset_name), folds,
                                                       resolve_device(device), checkpoint, use_mirroring)
     return Models(segmenter=segmenter, grader=None, info={"dataset": dataset_name, "configuration": configuration,
                                                            "segmentation": segmentation_info, "grader": None})

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from vfscreen import labels as vertebra_labels
 from vfscreen import paths
+from vfscreen.core.plans import crop_section
 from vfscreen.dataset import GRADES_FILE, image_path, label_path, list_cases, read_grades, resolve_dataset_name
 from vfscreen.errors import ConfigError, InputError
 from vfscreen.preprocessing.crops import CROP_ALGORITHM_VERSION, extract_vertebra_crops, validate_crop_plan
@@ -140,15 +141,12 @@ def _crop_plan(vfscreen_plans: dict, dataset_name: str, configuration: str) -> d
     planned_for = vfscreen_plans.get("dataset_name") if isinstance(vfscreen_plans, dict) else None
     if planned_for is not None and planned_for != dataset_name:
         raise ConfigError(f"plans: made for {planned_for}, not for {dataset_name}")
-    try:
-        crop_plan = vfscreen_plans["configurations"][configuration]["grader"]["crop"]
-    except (KeyError, TypeError):
-        raise ConfigError(f"plans: missing field 'configurations.{configuration}.grader.crop'") from None
-    validate_crop_plan(crop_plan)
-    if crop_plan.get("storage_dtype", "float16") not in STORAGE_DTYPES:
-        raise ConfigError(f"crop plan: grader.crop.storage_dtype {crop_plan['storage_dtype']!r} must be one of "
+    crop = crop_section(vfscreen_plans, configuration)
+    validate_crop_plan(crop)
+    if crop.get("storage_dtype", "float16") not in STORAGE_DTYPES:
+        raise ConfigError(f"crop plan: grader.crop.storage_dtype {crop['storage_dtype']!r} must be one of "
                           f"{STORAGE_DTYPES}")
-    return crop_plan
+    return crop
 
 
 def _read_folds(splits_file: Path, cases: list[str]) -> dict[str, int]:

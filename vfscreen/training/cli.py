@@ -17,7 +17,8 @@ import torch
 
 from vfscreen.core.devices import DEVICE_TYPES, resolve_device
 from vfscreen.core.model_folders import segmentation_model_folder
-from vfscreen.core.plans import load_plans, validate_plans
+from vfscreen.core.plans import (CONFIGURATION, configuration_section, grader_section, load_plans,
+                                 segmentation_settings, validate_plans)
 from vfscreen.dataset import resolve_dataset_name
 from vfscreen.errors import ConfigError, cli_entry
 from vfscreen.experiment_planning.presets import deep_merge
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vfscreen_train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", help="dataset id or name, e.g. 501 or Dataset501_SyntheticSpine")
-    parser.add_argument("configuration", help="vfscreen configuration in the plans, e.g. 3d")
+    parser.add_argument("configuration", choices=(CONFIGURATION,), help="vfscreen configuration in the plans")
     parser.add_argument("fold", help="fold0, 0, ... or all")
     parser.add_argument("--stage", choices=STAGES, default="both",
                         help="seg: nnU-Net segmentation only; grader: grader only; both (default): segmentation "
@@ -81,7 +82,7 @@ def apply_grader_override(plans: dict, configuration: str, override: str | None,
         raise ConfigError(f"--grader-override is not valid JSON ({error})") from None
     if not isinstance(values, dict):
         raise ConfigError("--grader-override must be a JSON object")
-    grader = deep_merge(plans["configurations"][configuration]["grader"], values)
+    grader = deep_merge(grader_section(plans, configuration), values)
     plans = deep_merge(plans, {"plans_name": f"{plans.get('plans_name', 'vfscreenPlans')}_{tag}",
                                "grader_override": values})
     plans["configurations"][configuration]["grader"] = grader
@@ -100,9 +101,7 @@ def _record_pretrained_segmentation(dataset_name: str, model_folder: str, fold) 
 
 
 def run_segmentation_stage(dataset_name: str, configuration: str, fold, plans: dict, args, stage: str) -> None:
-    segmentation_plan = plans["configurations"][configuration].get("segmentation")
-    if segmentation_plan is None:
-        raise ConfigError(f"the plans of {dataset_name} have no segmentation stage for {configuration!r}")
+    segmentation_plan = segmentation_settings(plans, configuration).section
     fold_name = "fold_all" if fold == "all" else f"fold_{fold}"
     existing = segmentation_model_folder(dataset_name, segmentation_plan) / fold_name / "checkpoint_final.pth"
     if stage == "both" and existing.is_file():
@@ -120,9 +119,7 @@ def run(argv=None) -> int:
     dataset_name = str(resolve_dataset_name(args.dataset))  # nnunetv2 may return a numpy.str_
     fold = parse_fold(args.fold)
     plans = load_plans(dataset_name)
-    if args.configuration not in plans.get("configurations", {}):
-        raise ConfigError(f"configuration {args.configuration!r} is not in the plans of {dataset_name} "
-                          f"(available: {sorted(plans.get('configurations', {}))})")
+    configuration_section(plans, args.configuration)
     plans = apply_grader_override(plans, args.configuration, args.grader_override, args.plans_tag)
     args.device = args.device or plans.get("device", {}).get("type", "cpu")
     if args.device not in DEVICE_TYPES:

@@ -26,6 +26,7 @@ from vfscreen import paths
 from vfscreen.core.devices import resolve_device
 from vfscreen.core.nnunet_models import (SCHEDULE_KEY, VFSCREEN_SEG_TRAINER, dataset_json_for_grouping,
                                          label_grouping, nnunet_checkpoint_safe_globals, nnunet_trainer_class)
+from vfscreen.core.plans import segmentation_settings
 from vfscreen.errors import ConfigError
 
 paths.export_for_nnunet()  # nnunetv2 reads its folders once, at import
@@ -92,10 +93,7 @@ def train_segmentation(dataset_name: str, vfscreen_plans: dict | None = None, co
     vfscreen_plans = vfscreen_plans if vfscreen_plans is not None else plans
     if vfscreen_plans is None:
         raise ConfigError("train_segmentation needs the vfscreen plans")
-    try:
-        segmentation_plan = vfscreen_plans["configurations"][configuration]["segmentation"]
-    except (KeyError, TypeError):
-        raise ConfigError(f"plans: field 'configurations.{configuration}.segmentation' is missing") from None
+    segmentation_plan = segmentation_settings(vfscreen_plans, configuration).section
     if continue_training and pretrained_weights:
         raise ConfigError("choose either --c (continue) or pretrained weights, not both")
     if pretrained_weights and not Path(pretrained_weights).is_file():

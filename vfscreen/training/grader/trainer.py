@@ -27,7 +27,7 @@ from vfscreen.core.grader_checkpoint import CHECKPOINT_NAMES, PLANS_COPY, checkp
     restore_rng_state, save_checkpoint
 from vfscreen.core.grader_network import LOSS_NAMES, build_grader
 from vfscreen.core.model_folders import grader_model_folder
-from vfscreen.core.plans import grader_loss
+from vfscreen.core.plans import grader_loss, grader_section, includes_truncated
 from vfscreen.dataset import dataset_id
 from vfscreen.errors import ConfigError
 from vfscreen.preprocessing.crops import patch_shape
@@ -67,11 +67,10 @@ def prepare_grader_training(dataset_name: str, configuration: str, fold, plans: 
     dataset_name, configuration = str(dataset_name), str(configuration)
     hint = PREPROCESS_HINT.format(dataset_id=dataset_id(dataset_name) if dataset_name.startswith("Dataset")
                                   else dataset_name)
-    configurations = plans.get("configurations", {})
-    if configuration not in configurations or "grader" not in configurations[configuration]:
-        raise ConfigError(f"configuration {configuration!r} has no grader in the plans of {dataset_name} "
-                          f"(available: {sorted(configurations)}); {hint}")
-    grader_plan = configurations[configuration]["grader"]
+    try:
+        grader_plan = grader_section(plans, configuration)
+    except ConfigError as error:
+        raise ConfigError(f"{error}; {hint}") from None
     missing = [key for key in _GRADER_KEYS if key not in grader_plan]
     if missing:
         raise ConfigError(f"grader plan of {dataset_name}/{configuration} lacks {missing}; {hint}")
@@ -84,7 +83,7 @@ def prepare_grader_training(dataset_name: str, configuration: str, fold, plans: 
     table = read_crops_table(crops_folder(dataset_name, configuration), hint)
     train_cases, val_cases = fold_case_ids(table, preprocessed / "splits_final.json", fold,
                                            int(plans.get("num_folds", 5)))
-    train_rows, val_rows = select_fold(table, train_cases, val_cases, bool(grader_plan["crop"].get("use_truncated")),
+    train_rows, val_rows = select_fold(table, train_cases, val_cases, includes_truncated(grader_plan["crop"]),
                                        fold, int(grader_plan["network"].get("num_classes", 4)))
     fold_name = "fold_all" if fold == "all" else f"fold_{fold}"
     fold_folder = grader_model_folder(dataset_name, configuration, loss_name,
