@@ -12,6 +12,7 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["vfscreen", "vfscreen.*"]),
+    package_data={"vfscreen": ["presets/*.json"]},
     install_requires=[
         "torch>=2.1",
         "nnunetv2>=2.5",
@@ -26,6 +27,7 @@ setup(
         "matplotlib",
         "tqdm",
         "pyyaml",
+        "nibabel",
     ],
     extras_require={"test": ["pytest>=7"]},
     entry_points={

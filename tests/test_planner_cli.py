@@ -191,3 +191,15 @@ def test_train_segmentation_runs_nnunet_with_the_planned_schedule(planned_datase
     # nnU-Net starts a new log file whenever a trainer is created (also before a training), so read them all
     log = "".join(path.read_text() for path in sorted(output.glob("training_log_*.txt")))
     assert "Epoch 0" in log and "Epoch 1" not in log
+
+
+def test_cpu_count_without_affinity_call(monkeypatch):
+    """macOS and Windows have no os.sched_getaffinity: the planner's device detection falls back to os.cpu_count."""
+    import os
+
+    from vfscreen.core.devices import usable_cpu_count
+
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    assert usable_cpu_count() == 3
+    assert cli.detect_device("cpu", None, None).num_threads == 3

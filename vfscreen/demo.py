@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vfscreen import paths
+from vfscreen.core.devices import usable_cpu_count
 from vfscreen.core.fusion_model import load_fusion
 from vfscreen.core.model_folders import FUSION_FILE, grader_model_folder, segmentation_model_folder
 from vfscreen.core.plans import grader_loss, load_plans, plans_file, segmentation_settings
@@ -54,13 +55,6 @@ DEFAULT_BOOTSTRAP = 200
 
 def default_output_folder() -> Path:
     return Path(os.environ.get("VFSCREEN_HOME", "vfscreen_data")).expanduser().resolve() / "demo_predictions"
-
-
-def default_num_threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS, Windows
-        return max(1, os.cpu_count() or 1)
 
 
 @dataclass
@@ -284,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    num_threads = default_num_threads() if args.num_threads is None else args.num_threads
+    num_threads = usable_cpu_count() if args.num_threads is None else args.num_threads
     if num_threads < 1:
         raise ConfigError(f"-np must be >= 1, got {num_threads}")
     if args.bootstrap < 0:

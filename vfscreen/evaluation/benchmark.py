@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         "plans preset, the networks get random (seeded) weights, segmentation runs on the image and every later "
         "stage on the ground-truth mask (see vfscreen.evaluation.untrained)")
     untrained.add_argument("--untrained-preset", metavar="NAME|PATH|none",
-                           help="plans preset (plans/<name>.json or a path; 'none': the planner's defaults)")
+                           help="plans preset (a name of vfscreen/presets/ or a path; 'none': the planner's defaults)")
     untrained.add_argument("--phantom-preset", default="full", help="phantom preset planned and timed (default full)")
     untrained.add_argument("--slice-thickness-mm", type=float, default=1.5,
                            help="slice thickness of the timed phantom (default 1.5)")

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from vfscreen import paths
+from vfscreen.core.devices import usable_cpu_count
 from vfscreen.core.plans import (CONFIGURATION, fingerprint_file, load_plans, plans_file, preprocessed_folder,
                                  save_plans, validate_plans)
 from vfscreen.errors import ConfigError, InputError, cli_entry
@@ -55,7 +56,7 @@ def detect_device(requested: str | None, gpu_memory_gb: float | None, preset: di
             memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / B.GB
     if memory_gb <= 0:
         raise ConfigError(f"--gpu-memory-gb must be > 0, got {memory_gb}")
-    num_threads = int(preset_device.get("num_threads") or len(os.sched_getaffinity(0)))
+    num_threads = int(preset_device.get("num_threads") or usable_cpu_count())
     return B.DeviceBudget(device_type, float(round(memory_gb, 2)), num_threads)
 
 
@@ -209,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="device training will run on (default: the one present)")
     parser.add_argument("--gpu-memory-gb", type=float, default=None,
                         help="memory of that device in GB (default: detected)")
-    parser.add_argument("--preset", default=None, help="preset name (plans/<name>.json) or path to a preset JSON")
+    parser.add_argument("--preset", default=None, help="preset name (vfscreen/presets/<name>.json) or path to a preset JSON")
     parser.add_argument("-np", "--num-processes", type=int, default=min(4, os.cpu_count() or 1),
                         help="worker processes for fingerprinting and preprocessing")
     parser.add_argument("--verify_dataset_integrity", action="store_true",

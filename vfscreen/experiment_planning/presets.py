@@ -15,7 +15,7 @@ from pathlib import Path
 from vfscreen.core.plans import CONFIGURATION, read_json
 from vfscreen.errors import ConfigError
 
-PRESETS_FOLDER = Path(__file__).resolve().parents[2] / "plans"
+PRESETS_FOLDER = Path(__file__).resolve().parents[1] / "presets"  # package data (setup.py)
 
 
 def deep_merge(base: dict, overlay: dict) -> dict:
@@ -34,7 +34,7 @@ def available_presets() -> list[str]:
 
 
 def load_preset(name_or_path: str | Path) -> dict:
-    """A preset by name (``plans/<name>.json``) or by path. Raises ConfigError for unknown names/bad files."""
+    """A preset by name (``vfscreen/presets/<name>.json``) or by path. Raises ConfigError for unknown names/bad files."""
     candidate = Path(name_or_path)
     if candidate.suffix == ".json" or candidate.is_file() or "/" in str(name_or_path):
         path = candidate
