@@ -67,3 +67,26 @@ def test_embedded_table_of_the_real_mask(example_ct_vertebrae, example_ct):
     ("rib_right_13", ("landmark", "rib_right_13")), ("liver", None), ("L7", None), ("background", None)])
 def test_structure_names(name, expected):
     assert parse_structure_name(name) == expected
+
+
+def test_given_labels_are_checked_never_renamed(example_ct, example_ct_vertebrae):
+    import numpy as np
+    import SimpleITK as sitk
+
+    from vfscreen.inference.masks import MaskSource, read_case_mask
+    from vfscreen.inference.spine_labels import check_given_labels
+    from vfscreen.labels import NAME_TO_VERSE
+
+    ct = sitk.ReadImage(str(example_ct))
+    verse_map = read_case_mask(MaskSource(example_ct_vertebrae, "file"), ct).verse_map
+    assert check_given_labels(verse_map, ct) == []
+    l2, l3, l4 = (NAME_TO_VERSE[n] for n in ("L2", "L3", "L4"))
+    swapped = verse_map.copy()
+    swapped[verse_map == l2], swapped[verse_map == l3] = l3, l2
+    warnings = check_given_labels(swapped, ct)
+    assert any("out of anatomical order" in w and "L2/L3" in w for w in warnings)
+    assert np.array_equal(np.unique(swapped), np.unique(verse_map))  # nothing renamed
+    gap = np.where(verse_map == l3, 0, verse_map)
+    assert any("skip L3" in w for w in check_given_labels(gap, ct))
+    doubled = np.where(verse_map == l4, l2, verse_map)  # L4's voxels also called L2: two pieces of one label
+    assert any("L2 is in 2 separate pieces" in w for w in check_given_labels(doubled, ct))

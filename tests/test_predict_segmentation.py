@@ -8,38 +8,12 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from nnunet_fakes import tiny_nnunet_plans
 from vfscreen.labels import NUM_CLASSES, nnunet_labels_dict
 
 
 def tiny_plans() -> dict:
-    resampling_kwargs = {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None}
-    return {
-        "dataset_name": "Dataset990_Tiny", "plans_name": "nnUNetPlans",
-        "original_median_spacing_after_transp": [3.0, 3.0, 3.0], "original_median_shape_after_transp": [16, 16, 16],
-        "image_reader_writer": "SimpleITKIO", "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
-        "experiment_planner_used": "handmade", "label_manager": "LabelManager",
-        "foreground_intensity_properties_per_channel": {"0": {
-            "max": 1500.0, "mean": 300.0, "median": 280.0, "min": -200.0, "percentile_00_5": -100.0,
-            "percentile_99_5": 1200.0, "std": 250.0}},
-        "configurations": {"3d_fullres": {
-            "data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor",
-            "batch_size": 2, "patch_size": [16, 16, 16], "median_image_size_in_voxels": [16, 16, 16],
-            "spacing": [3.0, 3.0, 3.0], "normalization_schemes": ["CTNormalization"], "use_mask_for_norm": [False],
-            "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_data_kwargs": resampling_kwargs,
-            "resampling_fn_seg": "resample_data_or_seg_to_shape",
-            "resampling_fn_seg_kwargs": {**resampling_kwargs, "is_seg": True},
-            "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
-            "resampling_fn_probabilities_kwargs": resampling_kwargs, "batch_dice": True,
-            "architecture": {
-                "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-                "arch_kwargs": {"n_stages": 2, "features_per_stage": [4, 8], "conv_op": "torch.nn.modules.conv.Conv3d",
-                                "kernel_sizes": [[3, 3, 3], [3, 3, 3]], "strides": [[1, 1, 1], [2, 2, 2]],
-                                "n_conv_per_stage": [1, 1], "n_conv_per_stage_decoder": [1], "conv_bias": True,
-                                "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-                                "norm_op_kwargs": {"eps": 1e-5, "affine": True}, "dropout_op": None,
-                                "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
-                                "nonlin_kwargs": {"inplace": True}},
-                "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}}}}
+    return tiny_nnunet_plans("Dataset990_Tiny")
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """Another trained nnU-Net v2 model as the segmentation stage: a model folder laid out exactly like TotalSegmentator's
 vertebra model (``Dataset292_..._vertebrae/nnUNetTrainerNoMirroring__nnUNetPlans__3d_fullres`` with its dataset.json
 label names: 1 sacrum, 2 vertebrae_S1, 3 vertebrae_L5 ... 26 vertebrae_C1), built here with a tiny PlainConvUNet
-(dynamic_network_architectures) whose output layer is set so that it labels every voxel vertebrae_L2 - a known
+(nnunetv2's own network builder, dynamic_network_architectures) whose output layer is set so that it labels every voxel vertebrae_L2 - a known
 output, so the test can see the model's labels arrive through its dataset.json as VerSe L2 (21) - through
 ``vfscreen_predict --seg-model`` and through ``vfscreen_train --pretrained-seg`` + a plain ``vfscreen_predict -d``.
 That output (one label over the whole scan) is also what the plausibility guard must refuse to grade."""
@@ -13,64 +13,42 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from nnunet_fakes import tiny_nnunet_plans
 from vfscreen.inference.cli import main as predict_main
 from vfscreen.training.cli import run as train_run
 
 TS_VERTEBRAE = ["sacrum", "vertebrae_S1"] + [f"vertebrae_L{n}" for n in range(5, 0, -1)] + \
     [f"vertebrae_T{n}" for n in range(12, 0, -1)] + [f"vertebrae_C{n}" for n in range(7, 0, -1)]
 OUTPUT_CLASS = TS_VERTEBRAE.index("vertebrae_L2") + 1  # 6
-CONFIGURATION = {
-    "data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor", "batch_size": 2,
-    "patch_size": [32, 32, 32], "median_image_size_in_voxels": [60, 50, 56], "spacing": [6.0, 6.0, 6.0],
-    "normalization_schemes": ["CTNormalization"], "use_mask_for_norm": [False],
-    "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_seg": "resample_data_or_seg_to_shape",
-    "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
-    "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
-    "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
-    "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None},
-    "architecture": {
-        "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-        "arch_kwargs": {"n_stages": 2, "features_per_stage": [4, 8], "conv_op": "torch.nn.modules.conv.Conv3d",
-                        "kernel_sizes": [[3, 3, 3], [3, 3, 3]], "strides": [[1, 1, 1], [2, 2, 2]],
-                        "n_conv_per_stage": [1, 1], "n_conv_per_stage_decoder": [1], "conv_bias": True,
-                        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-                        "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None,
-                        "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}},
-        "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]},
-    "batch_dice": False}
 TRAINER = "nnUNetTrainerNoMirroring"
 
 
 def build_totalsegmentator_like_model(root, checkpoint_extra=None):
-    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     folder = root / "Dataset292_TotalSegmentator_part2_vertebrae_1559subj" / f"{TRAINER}__nnUNetPlans__3d_fullres"
     (folder / "fold_0").mkdir(parents=True)
     labels = {"background": 0, **{name: index for index, name in enumerate(TS_VERTEBRAE, start=1)}}
-    (folder / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": labels,
-                                                     "numTraining": 1, "file_ending": ".nii.gz"}))
-    plans = {"dataset_name": folder.parent.name, "plans_name": "nnUNetPlans",
-             "original_median_spacing_after_transp": [6.0, 6.0, 6.0],
-             "original_median_shape_after_transp": [60, 50, 56], "image_reader_writer": "SimpleITKIO",
-             "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
-             "configurations": {"3d_fullres": CONFIGURATION}, "experiment_planner_used": "ExperimentPlanner",
-             "label_manager": "LabelManager",
-             "foreground_intensity_properties_per_channel": {"0": {
-                 "max": 1500.0, "mean": 300.0, "median": 280.0, "min": -200.0, "percentile_00_5": -100.0,
-                 "percentile_99_5": 1200.0, "std": 200.0}}}
+    dataset_json = {"channel_names": {"0": "CT"}, "labels": labels, "numTraining": 1, "file_ending": ".nii.gz"}
+    (folder / "dataset.json").write_text(json.dumps(dataset_json))
+    plans = tiny_nnunet_plans(folder.parent.name, patch_size=(32, 32, 32), spacing_mm=6.0)
     (folder / "plans.json").write_text(json.dumps(plans))
+    manager = PlansManager(plans)
     torch.manual_seed(0)
-    kwargs = dict(CONFIGURATION["architecture"]["arch_kwargs"])
-    kwargs.update(conv_op=torch.nn.Conv3d, norm_op=torch.nn.InstanceNorm3d, nonlin=torch.nn.LeakyReLU,
-                  dropout_op=None)
-    network = PlainConvUNet(input_channels=1, num_classes=len(labels), deep_supervision=False, **kwargs)
+    network = nnUNetTrainer.build_network_architecture(manager, manager.get_configuration("3d_fullres"), 1,
+                                                       len(labels), enable_deep_supervision=False)
     with torch.no_grad():  # random weights everywhere, but the output layer says "vertebrae_L2" for every voxel
         for layer in network.decoder.seg_layers:
             layer.weight.zero_()
             layer.bias.fill_(-5.0)
             layer.bias[OUTPUT_CLASS] = 5.0
-    checkpoint = {"network_weights": network.state_dict(), "init_args": {"configuration": "3d_fullres", "fold": 0},
-                  "trainer_name": TRAINER, "inference_allowed_mirroring_axes": None, "current_epoch": 1,
+    # what nnU-Net's trainer saves (numpy scalars in the log, a torch.device in init_args)
+    checkpoint = {"network_weights": network.state_dict(), "trainer_name": TRAINER,
+                  "init_args": {"plans": plans, "configuration": "3d_fullres", "fold": 0,
+                                "dataset_json": dataset_json, "device": torch.device("cpu")},
+                  "inference_allowed_mirroring_axes": None, "current_epoch": 1, "_best_ema": np.float64(0.5),
+                  "logging": {"mean_fg_dice": [np.float64(0.4)], "train_losses": [np.float32(1.0)]},
                   **(checkpoint_extra or {})}
     torch.save(checkpoint, folder / "fold_0" / "checkpoint_final.pth")
     return folder

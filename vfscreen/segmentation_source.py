@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from vfscreen import paths
-from vfscreen.core.model_folders import NNUNET_CHECKPOINTS
+from vfscreen.core.model_folders import NNUNET_CHECKPOINTS, available_folds
 from vfscreen.errors import ConfigError
 from vfscreen.labels import parse_structure_name
 from vfscreen.utils.atomic import atomic_write_json
@@ -19,10 +19,10 @@ from vfscreen.utils.atomic import atomic_write_json
 RECORD_FILE = "pretrained_segmentation.json"
 
 
-def _trained_folds(folder: Path, checkpoint_file: str) -> list:
-    folds = [int(path.parent.name[len("fold_"):]) for path in folder.glob(f"fold_*/{checkpoint_file}")
-             if path.parent.name[len("fold_"):].isdigit()]
-    return sorted(folds) + (["all"] if (folder / "fold_all" / checkpoint_file).is_file() else [])
+def trained_folds(folder: Path, checkpoint_file: str) -> list:
+    """Folds of a model folder holding ``checkpoint_file``: the numbered ones, then 'all' (nnU-Net's fold_all)."""
+    return available_folds(folder, checkpoint_file) + (["all"] if (Path(folder) / "fold_all" / checkpoint_file)
+                                                        .is_file() else [])
 
 
 def check_model_folder(folder, folds=None, checkpoint: str = "final") -> tuple[Path, list]:
@@ -37,7 +37,7 @@ def check_model_folder(folder, folds=None, checkpoint: str = "final") -> tuple[P
         if not (folder / name).is_file():
             raise ConfigError(f"{folder} is not a trained nnU-Net model folder: {folder / name} is missing")
     checkpoint_file = NNUNET_CHECKPOINTS[checkpoint]
-    existing = _trained_folds(folder, checkpoint_file)
+    existing = trained_folds(folder, checkpoint_file)
     folds = existing if folds is None else [fold if str(fold) == "all" else int(fold) for fold in folds]
     missing = [fold for fold in folds if fold not in existing]
     if not folds or missing:
