@@ -181,4 +181,6 @@ def test_masks_usage_errors(tmp_path, example_ct, example_ct_vertebrae, capsys):
     empty.mkdir()
     assert run_predict("-i", cases, "-o", tmp_path / "out", "--masks", empty) == 2
     assert "no mask for any case" in capsys.readouterr().err
+    assert run_predict("-i", cases, "-o", tmp_path / "out", "--mask-labels", "verse") == 2
+    assert "--mask-labels needs --masks" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
