@@ -62,6 +62,28 @@ def test_masks_file_with_embedded_label_table(tmp_path, example_ct, example_ct_v
     data = check_real_example(output, example_ct, "embedded_label_table")
     assert data["segmentation"]["labels"] == {str(k): v.split("_")[1] for k, v in TS_NAMES.items() if k != 26}
     assert not (output / "errors.csv").exists()
+    assert data["model"]["no_learned_grade"].startswith("no trained grader")
+
+
+def test_no_grader_flag_with_a_trained_grader(tmp_path, example_ct, example_ct_vertebrae):
+    """--no-grader: the grader of -d is not even loaded (here a grader folder exists but is empty)."""
+    from vfscreen import paths
+
+    dataset = "Dataset994_NoGraderFlag"
+    (paths.nnUNet_raw / dataset).mkdir(parents=True, exist_ok=True)
+    (paths.nnUNet_results / dataset / "vfscreen_grader__vfscreenPlans__3d").mkdir(parents=True, exist_ok=True)
+    inputs = single_input(tmp_path, example_ct)
+    with pytest.raises(SystemExit) as stop:  # without the flag: the (untrained) grader is loaded and refused
+        predict_main(["-d", "994", "-i", str(inputs), "-o", str(tmp_path / "with"), "--masks",
+                      str(example_ct_vertebrae)])
+    assert stop.value.code == 2
+    output = tmp_path / "out"
+    with pytest.raises(SystemExit) as stop:
+        predict_main(["-d", "994", "-i", str(inputs), "-o", str(output), "--masks", str(example_ct_vertebrae),
+                      "--no-grader"])
+    assert stop.value.code == 0
+    data = check_real_example(output, example_ct, "embedded_label_table")
+    assert data["model"]["no_learned_grade"] == "--no-grader"
 
 
 def test_masks_as_totalsegmentator_structure_folder(tmp_path, example_ct, example_ct_vertebrae):
