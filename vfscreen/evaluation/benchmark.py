@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     curves.add_argument("--grader-override", metavar="JSON", default=None,
                         help="grader plan values changed for both losses (a change tried against the curves)")
     curves.add_argument("--tag", default="", help="letters/digits naming this curves run (default: none)")
+    curves.add_argument("--losses", nargs="+", choices=("supcon", "ce"), default=["supcon", "ce"],
+                        help="losses to train and show (default both)")
     curves.add_argument("--no-train", action="store_true", help="only read curves trained already")
     curves.add_argument("-device", "--device", choices=DEVICE_TYPES, default=None)
     curves.add_argument("-o", "--output", default=".", help="folder for curves.json and curves.png (default .)")
@@ -123,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         except json.JSONDecodeError as error:
             raise ConfigError(f"--grader-override is not valid JSON ({error})") from None
         result = run_curves(resolve_dataset_name(args.dataset), args.configuration, args.fold,
-                            args.steps or DEFAULT_STEPS, override, args.tag, args.device, train=not args.no_train)
+                            args.steps or DEFAULT_STEPS, override, args.tag, args.device, train=not args.no_train,
+                            losses=tuple(args.losses))
         print(format_curves(result))
         if args.markdown:
             print(format_curves(result, markdown=True))

@@ -36,13 +36,13 @@ def curves_plans_tag(tag: str) -> str:
 
 
 def run_curves(dataset_name: str, configuration: str, fold: int, steps, override: dict | None = None,
-               tag: str = "", device: str | None = None, train: bool = True) -> dict:
+               tag: str = "", device: str | None = None, train: bool = True, losses=LOSSES) -> dict:
     steps = sorted(int(s) for s in steps)
     plans_tag = curves_plans_tag(tag)
     values = {**(override or {}), "num_steps": steps[-1], "diagnostics_at_steps": steps,
               "validate_every": 10 ** 6}
     commands, curves = [], {}
-    for loss in LOSSES:
+    for loss in losses:
         folder = grader_model_folder(dataset_name, configuration, loss, f"{PLANS_NAME}_{plans_tag}")
         curves_file = folder / f"fold_{fold}" / "validation" / "curves.json"
         if train and not (folder / f"fold_{fold}" / "checkpoint_final.pth").is_file():

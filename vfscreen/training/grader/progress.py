@@ -10,6 +10,14 @@ LOG_FILE = "training_log.txt"
 PROGRESS_PLOT = "progress.png"
 
 
+def new_history() -> dict:
+    """Per-epoch lists (train_*, learning_rate, timing) and per-validation lists (val_*) of a grader run."""
+    keys = ("epoch", "train_loss", "train_supcon", "train_ce", "learning_rate", "epoch_seconds", "data_wait_seconds",
+            "views_per_second", "train_supcon_normalised", "skipped_anchors", "val_epoch", "val_loss",
+            "val_macro_f1", "val_auroc")
+    return {key: [] for key in keys}
+
+
 class TrainingLog:
     """Timestamped lines to the console (optional) and to ``fold_folder/training_log.txt``.
 

@@ -37,7 +37,7 @@ from vfscreen.training.grader.augmentation import GraderAugmentation, check_augm
 from vfscreen.training.grader.data import (PREPROCESS_HINT, ProbePatches, TrainingViews, ValidationPatches,
                                            fold_case_ids, make_loader, read_crops_table, select_fold)
 from vfscreen.training.grader.optimization import build_optimizer, learning_rate_factor, set_learning_rate
-from vfscreen.training.grader.progress import PROGRESS_PLOT, TrainingLog, plot_progress
+from vfscreen.training.grader.progress import PROGRESS_PLOT, TrainingLog, new_history, plot_progress
 from vfscreen.training.grader.readout_stage import describe, final_readout, measure_milestone, readout_plan, summary
 from vfscreen.training.grader.sampler import PerClassBatchSampler
 from vfscreen.training.grader.supcon import SupConLoss
@@ -90,13 +90,6 @@ def prepare_grader_training(dataset_name: str, configuration: str, fold, plans: 
                                       plans.get("plans_name", "vfscreenPlans")) / fold_name
     return GraderSetup(dataset_name, configuration, fold, loss_name, torch_device, plans, grader_plan, train_rows,
                        val_rows, fold_folder)
-
-
-def _new_history() -> dict:
-    keys = ("epoch", "train_loss", "train_supcon", "train_ce", "learning_rate", "epoch_seconds", "data_wait_seconds",
-            "views_per_second", "train_supcon_normalised", "skipped_anchors", "val_epoch", "val_loss",
-            "val_macro_f1", "val_auroc")
-    return {key: [] for key in keys}
 
 
 class GraderTrainer:
@@ -160,7 +153,7 @@ class GraderTrainer:
         self.diagnostics_at_steps = sorted(int(s) for s in self.plan.get("diagnostics_at_steps", []))
         self.start_epoch = 0
         self.best_macro_f1 = None
-        self.history = _new_history()
+        self.history = new_history()
         self.curves = []
 
     def _make_sampler(self) -> PerClassBatchSampler:
@@ -210,7 +203,7 @@ class GraderTrainer:
         self.start_epoch = int(metadata["epoch"])
         self.best_macro_f1 = metadata["best_macro_f1"]
         self.curves = list(metadata.get("curves", []))
-        self.history = _new_history()  # keys a checkpoint of an older vfscreen lacks are filled with None
+        self.history = new_history()  # keys a checkpoint of an older vfscreen lacks are filled with None
         for key in self.history:
             length = len(metadata["history"]["val_epoch" if key.startswith("val_") else "epoch"])
             self.history[key] = list(metadata["history"].get(key, [None] * length))
