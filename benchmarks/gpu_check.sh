@@ -36,7 +36,7 @@ echo "settings: DEVICE=$DEVICE PRESET=$PRESET PHANTOM=$PHANTOM NUM_CASES=$NUM_CA
      "WORK=$WORK"
 
 phase "generate the $PHANTOM phantom ($NUM_CASES training cases)"
-timeout "$PHASE_TIMEOUT" "$PY" -m vfscreen.phantom.cli --preset "$PHANTOM" --num-cases "$NUM_CASES" \
+timeout "$PHASE_TIMEOUT" "$PY" -c 'import sys; from vfscreen.phantom.cli import main; main(sys.argv[1:])' --preset "$PHANTOM" --num-cases "$NUM_CASES" \
     --num-test-cases 1 -np "$NPROC"
 
 phase "plan for $DEVICE with preset $PRESET, grader crops"

@@ -52,12 +52,15 @@ def trained_folds(dataset_name: str, configuration: str, plans_name: str, varian
     return sorted(int(n) for n in names if n.isdigit())
 
 
-def train_missing_folds(dataset_name: str, configuration: str, folds, plans_name: str, device: str | None) -> list:
+def train_missing_folds(dataset_name: str, configuration: str, folds, plans_name: str, device: str | None,
+                        common_override: dict | None = None) -> list:
     """Train every (fold, variant) without validation predictions, fold by fold (an interrupted run leaves complete
-    sets of graders for --no-train); returns the commands run."""
+    sets of graders for --no-train); ``common_override``: plan values for every variant that do not change the
+    training (e.g. ``diagnostics_at_steps``, so the SGD graders give the curves too). Returns the commands run."""
     commands = []
     for fold in folds:
-        for variant, (loss, tag, override, _) in VARIANTS.items():
+        for variant, (loss, tag, own_override, _) in VARIANTS.items():
+            override = {**(common_override or {}), **own_override}
             if fold in trained_folds(dataset_name, configuration, plans_name, variant):
                 continue
             command = [sys.executable, "-m", "vfscreen.training.cli", dataset_name, configuration, str(fold),
@@ -112,8 +115,10 @@ def ablation_metrics(tables: dict) -> dict:
 
 
 def run_ablation(dataset_name: str, configuration: str, folds, plans_name: str = PLANS_NAME, train: bool = True,
-                 device: str | None = None, n_resamples: int = 1000, seed: int = 0) -> dict:
-    commands = train_missing_folds(dataset_name, configuration, folds, plans_name, device) if train else []
+                 device: str | None = None, n_resamples: int = 1000, seed: int = 0,
+                 common_override: dict | None = None) -> dict:
+    commands = train_missing_folds(dataset_name, configuration, folds, plans_name, device, common_override) \
+        if train else []
     tables = {f"{variant}/{readout}": evaluation_table(variant_folder(dataset_name, configuration, plans_name,
                                                                       variant), folds, readout)
               for variant in VARIANTS for readout in READOUTS}

@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="folds (default: 0-4; with --no-train: those every grader has)")
     ablation.add_argument("--quick", action="store_true", help="smoke test: fold 0, 100 bootstrap resamples")
     ablation.add_argument("--no-train", action="store_true", help="only evaluate folds trained already")
+    ablation.add_argument("--diagnostics-at-steps", nargs="+", type=int, default=None,
+                          help="also record the curves of every grader at these steps (training unchanged; read "
+                               "them with: curves --no-train --plans-tag ablation)")
     ablation.add_argument("-device", "--device", choices=DEVICE_TYPES, default=None)
     ablation.add_argument("--bootstrap", type=int, default=None)
     ablation.add_argument("--seed", type=int, default=DEFAULT_SEED)
@@ -53,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     curves.add_argument("--grader-override", metavar="JSON", default=None,
                         help="grader plan values changed for both losses (a change tried against the curves)")
     curves.add_argument("--tag", default="", help="letters/digits naming this curves run (default: none)")
+    curves.add_argument("--plans-tag", default=None,
+                        help="the models' plans tag (default curves<TAG>; 'ablation': the ablation's SGD graders)")
     curves.add_argument("--losses", nargs="+", choices=("supcon", "ce"), default=["supcon", "ce"],
                         help="losses to train and show (default both)")
     curves.add_argument("--no-train", action="store_true", help="only read curves trained already")
@@ -126,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--grader-override is not valid JSON ({error})") from None
         result = run_curves(resolve_dataset_name(args.dataset), args.configuration, args.fold,
                             args.steps or DEFAULT_STEPS, override, args.tag, args.device, train=not args.no_train,
-                            losses=tuple(args.losses))
+                            losses=tuple(args.losses), plans_tag=args.plans_tag)
         print(format_curves(result))
         if args.markdown:
             print(format_curves(result, markdown=True))
@@ -144,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     n_resamples = args.bootstrap if args.bootstrap is not None else QUICK_RESAMPLES if args.quick else \
         DEFAULT_ABLATION_RESAMPLES
     ablation = run_ablation(dataset_name, args.configuration, folds, args.plans, train=not args.no_train,
-                            device=args.device, n_resamples=n_resamples, seed=args.seed)
+                            device=args.device, n_resamples=n_resamples, seed=args.seed,
+                            common_override={"diagnostics_at_steps": args.diagnostics_at_steps}
+                            if args.diagnostics_at_steps else None)
     ablation["machine"] = machine_description()
     print(format_ablation(ablation))
     if args.markdown:

@@ -36,9 +36,10 @@ def curves_plans_tag(tag: str) -> str:
 
 
 def run_curves(dataset_name: str, configuration: str, fold: int, steps, override: dict | None = None,
-               tag: str = "", device: str | None = None, train: bool = True, losses=LOSSES) -> dict:
+               tag: str = "", device: str | None = None, train: bool = True, losses=LOSSES,
+               plans_tag: str | None = None) -> dict:
     steps = sorted(int(s) for s in steps)
-    plans_tag = curves_plans_tag(tag)
+    plans_tag = plans_tag or curves_plans_tag(tag)
     values = {**(override or {}), "num_steps": steps[-1], "diagnostics_at_steps": steps,
               "validate_every": 10 ** 6}
     commands, curves = [], {}
@@ -61,6 +62,7 @@ def run_curves(dataset_name: str, configuration: str, fold: int, steps, override
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "command": " ".join(["vfscreen_benchmark"] + sys.argv[1:]), "dataset": dataset_name,
             "configuration": configuration, "fold": fold, "steps": steps, "grader_override": override or {},
+            "plans_tag": plans_tag,
             "training_commands": commands, "curves": curves}
 
 
