@@ -40,12 +40,6 @@ class InputError(VfscreenError):
     exit_code = EXIT_BAD_INPUT
 
 
-class CasesFailedError(VfscreenError):
-    """Raised at the end of a batch in which some (not all) cases failed."""
-
-    exit_code = EXIT_CASES_FAILED
-
-
 def verbose_requested(argv: list[str] | None = None) -> bool:
     argv = sys.argv if argv is None else argv
     return "--verbose" in argv or os.environ.get("VFSCREEN_VERBOSE", "") not in ("", "0")

@@ -81,18 +81,15 @@ def build_trainer(dataset_name: str, segmentation_plan: dict, fold, device,
                                                        dataset_json=dataset_json, device=resolve_device(device))
 
 
-def train_segmentation(dataset_name: str, vfscreen_plans: dict | None = None, configuration: str = "3d", fold=0,
+def train_segmentation(dataset_name: str, vfscreen_plans: dict, configuration: str = "3d", fold=0,
                        device="cpu", continue_training: bool = False, pretrained_weights: str | None = None,
-                       export_validation_probabilities: bool = False, plans: dict | None = None) -> Path:
+                       export_validation_probabilities: bool = False) -> Path:
     """Train (or continue) the segmentation network of one fold with nnunetv2; returns the fold's output folder.
 
-    ``vfscreen_plans``: the validated vfscreenPlans.json (``plans`` is accepted as an alias). ``fold``: int or 'all'.
+    ``vfscreen_plans``: the validated vfscreenPlans.json. ``fold``: int or 'all'.
     The fold's patients are those of ``splits_final.json`` written by the planner. nnU-Net writes its usual files
     (checkpoints, progress.png, training log, validation/) into the model folder.
     """
-    vfscreen_plans = vfscreen_plans if vfscreen_plans is not None else plans
-    if vfscreen_plans is None:
-        raise ConfigError("train_segmentation needs the vfscreen plans")
     segmentation_plan = segmentation_settings(vfscreen_plans, configuration).section
     if continue_training and pretrained_weights:
         raise ConfigError("choose either --c (continue) or pretrained weights, not both")

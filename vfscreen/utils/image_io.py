@@ -111,12 +111,6 @@ def check_same_geometry(image: sitk.Image, label: sitk.Image, source="label") ->
             "direction); image and label must share one voxel grid")
 
 
-def copy_geometry(target: sitk.Image, reference: sitk.Image) -> sitk.Image:
-    """Give ``target`` the exact spacing, origin and direction of ``reference`` (sizes must match)."""
-    target.CopyInformation(reference)
-    return target
-
-
 def orientation_code(image: sitk.Image) -> str:
     """Three-letter orientation ('RAS', 'LPS', ...) of an image's direction cosines."""
     return sitk.DICOMOrientImageFilter_GetOrientationFromDirectionCosines(image.GetDirection())

@@ -87,16 +87,3 @@ def gather_to_all(obj, context: DistributedContext) -> list:
     gathered = [None] * context.world_size
     dist.all_gather_object(gathered, obj)
     return gathered
-
-
-def broadcast_from_main(obj, context: DistributedContext):
-    if not context.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def barrier(context: DistributedContext) -> None:
-    if context.enabled:
-        dist.barrier()
