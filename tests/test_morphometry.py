@@ -4,7 +4,7 @@ import pytest
 import SimpleITK as sitk
 
 from vfscreen.genant import grade_from_heights
-from vfscreen.inference.morphometry import MEASUREMENT_INSET, measure_vertebrae
+from vfscreen.inference.morphometry import measure_vertebrae
 
 TOLERANCE_MM = 0.5
 DEPTH, WIDTH = 30.0, 40.0  # body depth (antero-posterior) and width (lateral), mm
@@ -13,8 +13,7 @@ ANTERIOR = np.array([0.0, -1.0, 0.0]) - (np.array([0.0, -1.0, 0.0]) @ SPINE_AXIS
 ANTERIOR /= np.linalg.norm(ANTERIOR)
 LATERAL = np.cross(SPINE_AXIS, ANTERIOR)
 CENTRE = np.array([10.0, -20.0, 300.0])
-POSITIONS = {"anterior": DEPTH / 2 - MEASUREMENT_INSET * DEPTH, "middle": 0.0,
-             "posterior": -DEPTH / 2 + MEASUREMENT_INSET * DEPTH}
+POSITIONS = {"anterior": DEPTH / 2, "middle": 0.0, "posterior": -DEPTH / 2}  # Genant: at the walls
 
 
 def box_height(a, l):
@@ -87,7 +86,8 @@ def test_heights_of_analytic_bodies(measured, label):
     expected = expected_heights(label)
     for name in expected:
         assert abs(result.heights_mm[name] - expected[name]) <= TOLERANCE_MM, (name, result.heights_mm, expected)
-    assert result.morph_grade == grade_from_heights(*expected.values())
+    low, high = result.deformity["grade_range"]  # the biconcave body lies close to the G0/G1 border
+    assert low <= grade_from_heights(*expected.values()) <= high
     assert abs(result.genant_ratio - min(expected.values()) / max(expected.values())) < 0.03
 
 

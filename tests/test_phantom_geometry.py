@@ -55,20 +55,35 @@ def run_length(sampler, start: np.ndarray, direction: np.ndarray, reach_mm: floa
 
 
 def measure_heights(sampler, centre, superior, anterior) -> tuple[float, float, float]:
-    """Genant heights from the mask: mid-height AP depth of the body in its mid-sagittal plane, then the body height
-    10 % inside the anterior wall, at the middle and 10 % inside the posterior wall (mean of 3 x 3 nearby lines)."""
+    """Genant heights from the mask, by ray casting: the mid-height AP depth of the body in its mid-sagittal plane;
+    both endplates sampled on lines across 15-85 % of the depth (mean of 3 x 3 nearby lines each), each fitted by a
+    quadratic and evaluated at the anterior and posterior walls; the middle height measured on its own lines."""
     lateral = np.cross(superior, anterior)
     back, front = run_length(sampler, centre, anterior)
-    heights = []
-    for fraction in (0.9, 0.5, 0.1):
-        position = back + fraction * (front - back)
-        samples = []
+
+    def endplates(position):
+        ends = []
         for du in (-0.4, 0.0, 0.4):
             for dv in (-0.3, 0.0, 0.3):
-                low, high = run_length(sampler, centre + (position + dv) * anterior + du * lateral, superior)
-                samples.append(high - low)
-        heights.append(float(np.mean(samples)))
-    return tuple(heights)
+                ends.append(run_length(sampler, centre + (position + dv) * anterior + du * lateral, superior))
+        return np.mean(ends, axis=0)  # (low, high) along superior
+
+    positions = back + np.linspace(0.15, 0.85, 8) * (front - back)
+    sampled = np.array([endplates(position) for position in positions])  # (8, 2)
+    fits = [np.polyfit(positions, sampled[:, side], 2) for side in (0, 1)]
+
+    def wall_height(position):
+        return float(np.polyval(fits[1], position) - np.polyval(fits[0], position))
+
+    low, high = endplates((front + back) / 2)
+    return wall_height(front), float(high - low), wall_height(back)
+
+
+def genant_grade(heights) -> int:
+    """Genant's rule written out here, independent of vfscreen.genant: height reduction 1 - min/max; < 20 % normal,
+    20-25 % mild, 25-40 % moderate, >= 40 % severe (Genant et al. 1993)."""
+    reduction = 1.0 - min(heights) / max(heights)
+    return 0 if reduction < 0.20 else 1 if reduction < 0.25 else 2 if reduction < 0.40 else 3
 
 
 @pytest.fixture(scope="module")
@@ -90,12 +105,12 @@ def test_grades_agree_with_heights_remeasured_from_written_masks(fine_dataset):
             superior = np.array([row.superior_x, row.superior_y, row.superior_z])
             anterior = np.array([row.anterior_x, row.anterior_y, row.anterior_z])
             measured = measure_heights(sampler, centre, superior, anterior)
-            agree += genant.grade_from_heights(*measured) == row.grade
-            close += np.allclose(measured, (row.anterior_mm, row.middle_mm, row.posterior_mm), atol=0.6)
+            agree += genant_grade(measured) == row.grade
+            close += np.allclose(measured, (row.anterior_mm, row.middle_mm, row.posterior_mm), atol=1.0)  # walls: extrapolated fits
             fractured += row.grade > 0
     assert fractured >= 3
     assert agree >= 0.95 * len(whole), f"grade agrees for {agree} of {len(whole)} whole vertebrae"
-    assert close >= 0.95 * len(whole), f"heights within 0.6 mm for {close} of {len(whole)} whole vertebrae"
+    assert close >= 0.95 * len(whole), f"heights within 1.0 mm for {close} of {len(whole)} whole vertebrae"
 
 
 ORIENTATIONS = ("LPS", "RAS", "LAS", "PIR", "ASL", "IRP", "SPR", "RIA")

@@ -11,6 +11,12 @@ from __future__ import annotations
 import math
 
 GRADE_NAMES = ("G0", "G1", "G2", "G3")
+# Where the heights are taken (Genant et al. 1993; the six points of quantitative morphometry sit at the corners of
+# the body): anterior and posterior at the walls, middle at mid-depth, in the mid-sagittal plane. Corners are rounded,
+# so each endplate is fitted by a quadratic along the depth across this central part of the body (fractions of the
+# AP depth from the posterior wall) and the fit is evaluated at the walls. Phantom ground truth and morphometry
+# share this definition.
+ENDPLATE_FIT_DEPTH_FRACTIONS = (0.15, 0.85)
 NUM_GRADES = 4
 # Lower bounds of height reduction for G1, G2, G3.
 REDUCTION_THRESHOLDS = (0.20, 0.25, 0.40)

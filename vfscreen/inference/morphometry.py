@@ -8,10 +8,14 @@ Per vertebra:
    ``min_canal_gap_mm`` is the spinal canal; everything anterior to it is the body (pedicles, lamina, processes and
    the canal excluded). Without a gap (a body-only mask) the whole mask is the body;
 3. mid-sagittal plane: the (u, a) plane through the body's lateral centre;
-4. heights: anterior / middle / posterior columns in that plane, centred ``MEASUREMENT_INSET`` of the body depth inside
-   the anterior and posterior walls and at mid-depth. A column's height along ``u`` is estimated by a lattice ratio:
+4. heights where Genant defines them (Genant et al. 1993; the six points of quantitative morphometry sit at the
+   corners of the body): anterior and posterior at the anterior and posterior walls, middle at mid-depth. Corners are
+   rounded and partial-volumed, so the cranial and caudal endplates are sampled by columns across the central part of
+   the body (``vfscreen.genant.ENDPLATE_FIT_DEPTH_FRACTIONS``), each fitted by a quadratic along the depth and evaluated at the walls; the
+   middle height is its column's own. A column's extent along ``u`` is estimated by a lattice ratio:
    (mask voxels in the column prism) / (all grid voxels in the prism) x (length of the prism), which averages the
-   voxel staircase of any grid orientation instead of quantising to one voxel;
+   voxel staircase of any grid orientation instead of quantising to one voxel. Each height carries a standard
+   deviation (voxel quantisation along ``u`` of both end points + the endplate fit's scatter);
 5. G = min / max and the Genant grade via :mod:`vfscreen.genant`. Vertebrae whose mask touches the border of the
    image are ``truncated`` and not measured.
 """
@@ -23,13 +27,17 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from vfscreen.genant import genant_ratio, grade_from_heights
+from vfscreen.genant import ENDPLATE_FIT_DEPTH_FRACTIONS, genant_ratio, grade_from_heights
+from vfscreen.inference import deformity
 from vfscreen.inference.geometry import (WORLD_ANTERIOR, WORLD_SUPERIOR, array_indices_to_local_affine,
                                          array_indices_to_world, touches_border, voxel_shadow_mm)
 from vfscreen.labels import MAX_VERSE_ID, is_vertebra, spine_position
 
-MEASUREMENT_INSET = 0.15  # anterior / posterior columns lie 15 % of the body depth inside the walls
+ENDPLATE_FIT_STEP = 0.05  # columns 5 % of the depth apart across vfscreen.genant.ENDPLATE_FIT_DEPTH_FRACTIONS
+MIN_FIT_COLUMNS = 5
 MIN_BODY_VOXELS = 20
+CORE_EROSION_MM = 3.0  # trabecular core: body voxels at least this far (and 1.5 voxels) inside the body surface
+MIN_CORE_VOXELS = 8
 HEIGHT_NAMES = ("anterior", "middle", "posterior")
 
 
@@ -46,7 +54,13 @@ class VertebraMorphometry:
     morph_grade: int | None = None
     # (3, 2, 3): per height, the (cranial, caudal) end points in world mm - lines a ruler can check
     height_endpoints_mm: np.ndarray | None = None
+    height_sd_mm: dict | None = None  # {"anterior", "middle", "posterior"}: standard deviation of each height, mm
     note: str = ""  # why a vertebra was not measured
+    ratio_interval: tuple[float, float] | None = None  # 95 % interval of genant_ratio
+    borderline: bool = False  # the grade's interval reaches into a neighbouring Genant band
+    deformity: dict | None = None  # vfscreen.inference.deformity.assess: within / vs_neighbours / rule / type
+    trabecular_hu: float | None = None  # median HU of the eroded body core (None: not measured, see density_note)
+    density_note: str = ""
     extra: dict = field(default_factory=dict)
 
 
@@ -133,10 +147,44 @@ def _column_height(local_mask: np.ndarray, local_grid: np.ndarray, anterior_mm: 
     return float(height), float(mask_in[:, 0].mean())
 
 
+def _trabecular_density(ct_array: np.ndarray, body_indices: np.ndarray, box: tuple[slice, ...],
+                        spacing_zyx) -> tuple[float | None, str]:
+    """Median HU of the body's core (eroded ``CORE_EROSION_MM`` from its surface), or (None, why not)."""
+    body_mask = np.zeros([b.stop - b.start for b in box], bool)
+    body_mask[tuple((body_indices - np.array([b.start for b in box])).T)] = True
+    depth_mm = ndimage.distance_transform_edt(np.pad(body_mask, 1), sampling=spacing_zyx)[1:-1, 1:-1, 1:-1]
+    core = depth_mm >= max(CORE_EROSION_MM, 1.5 * max(spacing_zyx))
+    if np.count_nonzero(core) < MIN_CORE_VOXELS:
+        return None, "body too small at this voxel size for a trabecular core: density not measured"
+    values = ct_array[box][core]
+    median = float(np.median(values))
+    if median > deformity.MAX_TRABECULAR_HU:
+        return None, f"trabecular median {median:.0f} HU (metal or contrast-like): density not reported"
+    return round(median, 1), ""
+
+
+def _fit_and_evaluate(positions: np.ndarray, values: np.ndarray, at: float, quantisation_sd: float
+                      ) -> tuple[float, float]:
+    """Quadratic least-squares fit of an endplate (u over the anterior coordinate), evaluated at ``at``.
+
+    Returns (value, standard deviation): the fit's prediction uncertainty (residual scatter propagated through the
+    design matrix) combined with the voxel quantisation of the end point, which all columns share on a grid aligned
+    with the body and which therefore does not average out."""
+    design = np.vander(positions, 3)
+    coefficients, *_ = np.linalg.lstsq(design, values, rcond=None)
+    residual = values - design @ coefficients
+    dof = max(len(values) - 3, 1)
+    scatter = float(residual @ residual) / dof
+    point = np.vander(np.array([at]), 3)[0]
+    leverage = float(point @ np.linalg.pinv(design.T @ design) @ point)
+    return float(point @ coefficients), float(np.sqrt(scatter * leverage + quantisation_sd ** 2))
+
+
 def measure_vertebra(verse_map: np.ndarray, reference: sitk.Image, label: int, bbox: tuple[slice, ...],
-                     centroid_mm: np.ndarray, spine_axis: np.ndarray, min_canal_gap_mm: float = 4.0
-                     ) -> VertebraMorphometry:
-    """Measure one vertebra (see the module docstring). ``bbox``: numpy slices of the label in ``verse_map``."""
+                     centroid_mm: np.ndarray, spine_axis: np.ndarray, min_canal_gap_mm: float = 4.0,
+                     ct_array: np.ndarray | None = None) -> VertebraMorphometry:
+    """Measure one vertebra (see the module docstring). ``bbox``: numpy slices of the label in ``verse_map``;
+    ``ct_array``: the CT in HU on the same grid (trabecular density), None = no density."""
     truncated = touches_border(verse_map.shape, bbox)
     try:
         anterior_axis = _anterior_direction(spine_axis)
@@ -162,8 +210,12 @@ def measure_vertebra(verse_map: np.ndarray, reference: sitk.Image, label: int, b
 
     posterior_limit = _body_posterior_limit(local_mask[:, 1], local_mask[:, 2], bin_mm=max(shadows[1], 0.5),
                                             strip_half_mm=max(3.0, shadows[2]), min_gap_mm=min_canal_gap_mm)
-    body = local_mask if posterior_limit is None else local_mask[local_mask[:, 1] >= posterior_limit]
+    in_body = np.ones(len(local_mask), bool) if posterior_limit is None else local_mask[:, 1] >= posterior_limit
+    body = local_mask[in_body]
     result.extra["canal_found"] = posterior_limit is not None
+    if ct_array is not None and len(body) >= MIN_BODY_VOXELS:
+        result.trabecular_hu, result.density_note = _trabecular_density(
+            ct_array, grid_indices[is_mask][in_body], grown, reference.GetSpacing()[::-1])
     if len(body) < MIN_BODY_VOXELS:
         result.note = "vertebral body too small to measure"
         return result
@@ -180,26 +232,54 @@ def measure_vertebra(verse_map: np.ndarray, reference: sitk.Image, label: int, b
     # depth at mid-height: a slightly tilted axis must not lengthen the body by the endplates' corners
     mid_height = np.abs(slab[:, 0] - np.median(slab[:, 0])) <= max(shadows[0], 0.15 * np.ptp(slab[:, 0]))
     slab = slab[mid_height] if np.count_nonzero(mid_height) >= MIN_BODY_VOXELS // 2 else slab
-    front = slab[:, 1].max() + shadows[1] / 2
-    back = slab[:, 1].min() - shadows[1] / 2
+    # the walls at the outermost voxel centres: the endplate fits are evaluated there, where the mask is
+    front, back = slab[:, 1].max(), slab[:, 1].min()
     depth = front - back
-    half_width = min(max(1.5, shadows[1]), MEASUREMENT_INSET * depth)
-    positions = (front - MEASUREMENT_INSET * depth, (front + back) / 2, back + MEASUREMENT_INSET * depth)
+    # every column prism spans at least one lattice line along a (neighbouring prisms may overlap)
+    half_width = max(0.5 * ENDPLATE_FIT_STEP * depth, 0.5 * shadows[1] + 0.01)
     local_grid_body = local_grid if posterior_limit is None else local_grid[local_grid[:, 1] >= posterior_limit]
-    heights, endpoints = {}, []
-    for name, position in zip(HEIGHT_NAMES, positions):
+
+    def column(position):
         # margin 1.5 voxel shadows: the prism's ends fall between lattice planes, so an axis-aligned grid is
         # counted exactly (N mask voxels of spacing s -> N * s)
-        column = _column_height(body, local_grid_body, position, lateral_centre, half_width, half_thickness,
-                                margin_mm=1.5 * shadows[0])
-        if column is None:
-            result.note = f"no body voxels at the {name} measurement column"
-            return result
-        height, centre_u = column
-        heights[name] = round(height, 2)
-        endpoints.append([centroid_mm + frame @ np.array([centre_u + sign * height / 2, position, lateral_centre])
-                          for sign in (-1, 1)])
+        return _column_height(body, local_grid_body, position, lateral_centre, half_width, half_thickness,
+                              margin_mm=1.5 * shadows[0])
+
+    # Genant: anterior / posterior heights at the walls, the middle at mid-depth. Corners are rounded and
+    # partial-volumed, so each endplate is fitted across the central part of the body and evaluated at the walls.
+    fractions = np.arange(ENDPLATE_FIT_DEPTH_FRACTIONS[0], ENDPLATE_FIT_DEPTH_FRACTIONS[1] + 1e-9, ENDPLATE_FIT_STEP)
+    samples = [(back + fraction * depth, column(back + fraction * depth)) for fraction in fractions]
+    samples = [(position, found) for position, found in samples if found is not None]
+    middle = column((front + back) / 2)
+    if middle is None or len(samples) < MIN_FIT_COLUMNS:
+        result.note = "too few body columns to fit the endplates"
+        return result
+    positions = np.array([position for position, _ in samples])
+    cranial = np.array([centre - height / 2 for _, (height, centre) in samples])  # u grows head -> feet
+    caudal = np.array([centre + height / 2 for _, (height, centre) in samples])
+    quantisation_sd = shadows[0] / np.sqrt(12.0)  # one end point: uniform within a voxel shadow along u
+    walls = {"anterior": front, "posterior": back}
+    heights, sds, endpoints = {}, {}, []
+    for name in HEIGHT_NAMES:
+        if name == "middle":
+            height, centre_u = middle
+            ends = (centre_u - height / 2, centre_u + height / 2)
+            end_sds = (quantisation_sd, quantisation_sd)
+            position = (front + back) / 2
+        else:
+            position = walls[name]
+            fitted = [_fit_and_evaluate(positions, values, position, quantisation_sd)
+                      for values in (cranial, caudal)]
+            ends = (fitted[0][0], fitted[1][0])
+            end_sds = (fitted[0][1], fitted[1][1])
+        heights[name] = round(float(ends[1] - ends[0]), 2)
+        sds[name] = float(np.hypot(*end_sds))
+        endpoints.append([centroid_mm + frame @ np.array([end, position, lateral_centre]) for end in ends])
+    if min(heights.values()) <= 0:
+        result.note = "endplate fit crosses itself (body shape not measurable)"
+        return result
     result.heights_mm = heights
+    result.height_sd_mm = sds
     result.height_endpoints_mm = np.asarray(endpoints)
     result.genant_ratio = round(genant_ratio(heights["anterior"], heights["middle"], heights["posterior"]), 4)
     result.morph_grade = grade_from_heights(heights["anterior"], heights["middle"], heights["posterior"])
@@ -207,9 +287,11 @@ def measure_vertebra(verse_map: np.ndarray, reference: sitk.Image, label: int, b
     return result
 
 
-def measure_vertebrae(verse_map: np.ndarray, reference: sitk.Image, min_canal_gap_mm: float = 4.0
-                      ) -> dict[int, VertebraMorphometry]:
-    """Morphometry of every vertebra in a VerSe-id label array (Z, Y, X) on ``reference``'s grid."""
+def measure_vertebrae(verse_map: np.ndarray, reference: sitk.Image, min_canal_gap_mm: float = 4.0,
+                      ct: sitk.Image | None = None) -> dict[int, VertebraMorphometry]:
+    """Morphometry of every vertebra in a VerSe-id label array (Z, Y, X) on ``reference``'s grid, graded by
+    :func:`vfscreen.inference.deformity.assess`. ``ct``: the CT in HU on that grid, for the trabecular density
+    (None, or intensities that are not CT-like: no density)."""
     boxes = ndimage.find_objects(verse_map.astype(np.int32), max_label=MAX_VERSE_ID)
     centroids, points = {}, {}
     for label, bbox in enumerate(boxes, start=1):
@@ -220,6 +302,21 @@ def measure_vertebrae(verse_map: np.ndarray, reference: sitk.Image, min_canal_ga
         centroids[label] = points[label].mean(axis=0)
     truncated = {label for label in centroids if touches_border(verse_map.shape, boxes[label - 1])}
     axes = spine_axes(centroids, points, truncated)
-    return {label: measure_vertebra(verse_map, reference, label, boxes[label - 1], centroids[label], axes[label],
-                                    min_canal_gap_mm)
-            for label in sorted(centroids, key=spine_position)}
+    ct_array, density_note = _ct_for_density(ct)
+    measured = {label: measure_vertebra(verse_map, reference, label, boxes[label - 1], centroids[label], axes[label],
+                                        min_canal_gap_mm, ct_array)
+                for label in sorted(centroids, key=spine_position)}
+    for vertebra in measured.values():
+        vertebra.density_note = vertebra.density_note or density_note
+    deformity.assess(measured)
+    return measured
+
+
+def _ct_for_density(ct: sitk.Image | None) -> tuple[np.ndarray | None, str]:
+    """The CT array when its intensities look like Hounsfield units (air around -1000 present), else a note."""
+    if ct is None:
+        return None, ""
+    array = sitk.GetArrayViewFromImage(ct)
+    if float(np.percentile(array[::4, ::4, ::4], 1)) > -500.0:
+        return None, "intensities are not CT-like (no air near -1000 HU): density not reported"
+    return array, ""

@@ -5,9 +5,11 @@ The body is a superellipse cross-section (semi-axes ``half_width`` x ``half_dept
 posteriorly, slightly waisted) between a top and a bottom endplate surface. The body height along w at the
 mid-sagittal plane (u = 0) is a smooth function of the normalised AP position nu = v / half_depth.
 
-Genant heights are measured, by definition, in the mid-sagittal plane at nu = +0.8 (anterior), 0 (middle) and
--0.8 (posterior), i.e. 10 % of the mid-height AP depth inside the anterior and posterior walls, along the superior
-axis. The generator reports these heights from the final surfaces (endplate irregularity included), and the ground
+Genant heights are measured, by definition (Genant et al. 1993; the six points of quantitative morphometry sit at the
+corners of the body), in the mid-sagittal plane at the anterior wall (nu = +1), the middle (nu = 0) and the
+posterior wall (nu = -1) of the mid-height AP depth, along the superior axis, between the endplate surfaces; corners
+being rounded, each endplate is fitted across the central part of the depth and the fit is evaluated at the walls
+(vfscreen.genant.ENDPLATE_FIT_DEPTH_FRACTIONS, the definition morphometry uses). The generator reports these heights from the final surfaces (endplate irregularity included), and the ground
 truth grade is :func:`vfscreen.genant.grade_from_heights` of them - never the intended grade.
 """
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 
 from vfscreen import genant
 
-MEASURE_NU = (0.8, 0.0, -0.8)  # anterior, middle, posterior measurement positions (fraction of half depth)
+MEASURE_NU = (1.0, 0.0, -1.0)  # anterior wall, middle, posterior wall (fraction of the half depth)
 MORPHOLOGIES = ("wedge", "biconcave", "crush")
 MORPHOLOGY_PROBABILITIES = (0.5, 0.3, 0.2)
 # Height-reduction bands (1 - min/max) sampled for intended fracture grades 1-3.
@@ -104,10 +106,16 @@ class Vertebra:
         return result
 
     def measure_heights(self) -> tuple[float, float, float]:
-        """Heights (mm) of the final surfaces at the Genant measurement positions (mid-sagittal plane)."""
-        nu = np.asarray(MEASURE_NU)
+        """Genant heights (mm) of the final surfaces in the mid-sagittal plane: each endplate fitted by a quadratic
+        across the central part of the depth (vfscreen.genant.ENDPLATE_FIT_DEPTH_FRACTIONS) and evaluated at the
+        walls; the middle height between the surfaces themselves."""
+        low, high = genant.ENDPLATE_FIT_DEPTH_FRACTIONS
+        nu = np.linspace(2 * low - 1, 2 * high - 1, 57)
         top, bottom = self.surfaces(np.zeros_like(nu), nu)
-        return tuple(float(h) for h in (top - bottom))
+        walls = np.array([MEASURE_NU[0], MEASURE_NU[2]])
+        fitted = np.polyval(np.polyfit(nu, top, 2), walls) - np.polyval(np.polyfit(nu, bottom, 2), walls)
+        middle_top, middle_bottom = self.surfaces(np.zeros(1), np.zeros(1))
+        return float(fitted[0]), float(middle_top[0] - middle_bottom[0]), float(fitted[1])
 
     @property
     def grade(self) -> int:
