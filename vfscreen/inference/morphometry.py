@@ -236,7 +236,7 @@ def measure_vertebra(verse_map: np.ndarray, reference: sitk.Image, label: int, b
     front, back = slab[:, 1].max(), slab[:, 1].min()
     depth = front - back
     # every column prism spans at least one lattice line along a (neighbouring prisms may overlap)
-    half_width = max(0.5 * ENDPLATE_FIT_STEP * depth, 0.5 * shadows[1] + 0.01)
+    half_width = max(0.5 * ENDPLATE_FIT_STEP * depth, shadows[1])
     local_grid_body = local_grid if posterior_limit is None else local_grid[local_grid[:, 1] >= posterior_limit]
 
     def column(position):
