@@ -108,3 +108,26 @@ def density_screen(measured: dict) -> dict | None:
                     "source": "Pickhardt et al., Ann Intern Med 2013 (L1 threshold; contrast-enhanced scans may read "
                               "higher)" + ("" if name == "L1" else f"; measured at {name}, L1 not available")}
     return None
+
+
+def vertebra_fields(vertebra) -> dict:
+    """The JSON fields of one vertebra's morphometry beyond heights / ratio / grade (None where not measured;
+    ``vertebra`` None: nothing reported, e.g. an implausible component)."""
+    if vertebra is None:
+        return {"heights_95_mm": None, "genant_ratio_interval": None, "morph_borderline": None, "deformity": None,
+                "trabecular_hu": None, "density_note": ""}
+    measured = vertebra.heights_mm is not None and vertebra.deformity is not None
+    return {
+        "heights_95_mm": {name: round(Z_95 * sd, 2) for name, sd in vertebra.height_sd_mm.items()}
+        if measured else None,
+        "genant_ratio_interval": list(vertebra.ratio_interval) if measured else None,
+        "morph_borderline": bool(vertebra.borderline) if measured else None,
+        "deformity": dict(vertebra.deformity) if measured else None,
+        "trabecular_hu": vertebra.trabecular_hu,
+        "density_note": vertebra.density_note,
+    }
+
+
+def case_fields(measured: dict) -> dict:
+    """The patient-level morphometry block: the density screen and the case's one resolution note."""
+    return {"density": density_screen(measured), "note": undecidable_g1_note(measured)}

@@ -22,22 +22,29 @@ from vfscreen.utils.atomic import (atomic_path, atomic_write_csv, atomic_write_i
 # 2: vertebra p_fracture_fused + suspected, patient suspected + p_fracture_fused; any_fracture = the screening decision
 # 3: vertebra + patient implausible (vfscreen.inference.plausibility); case segmentation (source, convention) and
 #    landmarks (sacrum, S1, ribs: not graded)
-JSON_SCHEMA_VERSION = 3
+# 4: vertebra heights_95_mm, genant_ratio_interval, morph_borderline, deformity (within / vs_neighbours / rule /
+#    type / grade_range), trabecular_hu, density_note; patient morphometry (density screen, resolution note);
+#    heights at Genant's points (the walls)
+JSON_SCHEMA_VERSION = 4
 VERTEBRA_FIELDS = {  # field -> allowed Python types of its JSON value
     "label": (int,), "name": (str,), "grade": (int, type(None)), "probabilities": (list, type(None)),
     "p_fracture": (float, type(None)), "uncertainty": (float, type(None)), "fold_disagreement": (float, type(None)),
     "label_confidence": (float, type(None)), "heights_mm": (dict, type(None)), "genant_ratio": (float, type(None)),
     "morph_grade": (int, type(None)), "morphology": (str, type(None)), "centroid_mm": (list,), "truncated": (bool,),
     "note": (str,), "p_fracture_fused": (float, type(None)), "suspected": (bool, type(None)),
-    "implausible": (str, type(None)),
+    "implausible": (str, type(None)), "heights_95_mm": (dict, type(None)),
+    "genant_ratio_interval": (list, type(None)), "morph_borderline": (bool, type(None)),
+    "deformity": (dict, type(None)), "trabecular_hu": (float, type(None)), "density_note": (str,),
 }
 PATIENT_FIELDS = {"worst_grade": (int, type(None)), "any_fracture": (bool,), "suspected": (list,),
                   "num_vertebrae": (int,), "p_fracture": (float, type(None)),
                   "p_fracture_fused": (float, type(None)), "morph_worst_grade": (int, type(None)),
-                  "implausible": (str, type(None)), "message": (str,)}
+                  "implausible": (str, type(None)), "morphometry": (dict,), "message": (str,)}
 SUMMARY_COLUMNS = ["case_id", "label", "name", "suspected", "grade", "p_fracture", "p_fracture_fused", "uncertainty",
                    "fold_disagreement", "label_confidence", "p_g0", "p_g1", "p_g2", "p_g3", "anterior_mm",
-                   "middle_mm", "posterior_mm", "genant_ratio", "morph_grade", "morphology", "truncated",
+                   "middle_mm", "posterior_mm", "heights_95_mm", "genant_ratio", "genant_ratio_low",
+                   "genant_ratio_high", "morph_grade", "morph_borderline", "deformity_rule", "morphology",
+                   "trabecular_hu", "truncated",
                    "centroid_x_mm", "centroid_y_mm", "centroid_z_mm", "implausible", "note"]
 ERROR_COLUMNS = ["case_id", "input", "error"]
 
@@ -134,8 +141,14 @@ def summary_rows(case_json: dict) -> list[dict]:
             "fold_disagreement": vertebra["fold_disagreement"], "label_confidence": vertebra["label_confidence"],
             **{f"p_g{grade}": probabilities[grade] for grade in range(4)},
             "anterior_mm": heights.get("anterior"), "middle_mm": heights.get("middle"),
-            "posterior_mm": heights.get("posterior"), "genant_ratio": vertebra["genant_ratio"],
-            "morph_grade": vertebra["morph_grade"], "morphology": vertebra["morphology"],
+            "posterior_mm": heights.get("posterior"),
+            "heights_95_mm": max(vertebra["heights_95_mm"].values()) if vertebra["heights_95_mm"] else None,
+            "genant_ratio": vertebra["genant_ratio"],
+            "genant_ratio_low": (vertebra["genant_ratio_interval"] or [None, None])[0],
+            "genant_ratio_high": (vertebra["genant_ratio_interval"] or [None, None])[1],
+            "morph_grade": vertebra["morph_grade"], "morph_borderline": vertebra["morph_borderline"],
+            "deformity_rule": (vertebra["deformity"] or {}).get("rule"), "morphology": vertebra["morphology"],
+            "trabecular_hu": vertebra["trabecular_hu"],
             "truncated": vertebra["truncated"],
             **{f"centroid_{axis}_mm": value for axis, value in zip("xyz", vertebra["centroid_mm"])},
             "implausible": vertebra["implausible"], "note": vertebra["note"]})

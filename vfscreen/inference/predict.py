@@ -21,8 +21,7 @@ from tqdm import tqdm
 from vfscreen import __version__
 from vfscreen.core.plans import includes_truncated
 from vfscreen.errors import ConfigError, InputError, VfscreenError
-from vfscreen.genant import morphology_from_heights
-from vfscreen.inference import outputs
+from vfscreen.inference import deformity, outputs
 from vfscreen.inference.grading import grade_crops
 from vfscreen.inference.label_consistency import make_labels_consistent
 from vfscreen.inference.morphometry import measure_vertebrae
@@ -163,7 +162,7 @@ def predict_case(image: sitk.Image, case_id: str, models: Models, saliency: bool
     timings["label_consistency"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    morphometry = measure_vertebrae(verse_map, image)
+    morphometry = measure_vertebrae(verse_map, image, ct=image)
     timings["morphometry"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -207,8 +206,8 @@ def predict_case(image: sitk.Image, case_id: str, models: Models, saliency: bool
             "label_confidence": _json_float(confidence.get(label)),
             "heights_mm": heights, "genant_ratio": None if implausible else _json_float(measured.genant_ratio),
             "morph_grade": None if implausible else measured.morph_grade, "implausible": implausible,
-            "morphology": morphology_from_heights(heights["anterior"], heights["middle"], heights["posterior"])
-            if heights else None,
+            "morphology": measured.deformity["type"] if heights and measured.deformity else None,
+            **deformity.vertebra_fields(None if implausible else measured),
             "centroid_mm": [round(float(v), 2) for v in measured.centroid_mm],
             "truncated": truncated, "note": "; ".join(notes)})
     screen(vertebrae, models.fusion)
@@ -240,6 +239,7 @@ def predict_case(image: sitk.Image, case_id: str, models: Models, saliency: bool
                     "p_fracture_fused": max((v["p_fracture_fused"] for v in graded
                                              if v["p_fracture_fused"] is not None), default=None),
                     "morph_worst_grade": max(morph_graded, default=None),
+                    "morphometry": deformity.case_fields(morphometry),
                     "implausible": plausibility.case_reason, "message": message},
         "segmentation": segmentation_info,
         "landmarks": landmarks.summary(image) if landmarks is not None else [],

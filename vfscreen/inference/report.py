@@ -87,6 +87,15 @@ def _verdict(case_json: dict) -> tuple[str, str]:
         GRADE_COLOURS[0] if patient["num_vertebrae"] else "#555555"
 
 
+def _density_text(case_json: dict) -> str:
+    density = (case_json["patient"].get("morphometry") or {}).get("density")
+    if not density:
+        return ""
+    verdict = "low (<= {:.0f} HU, osteoporosis possible)".format(density["threshold_hu"]) \
+        if density["low_density"] else "not low"
+    return f"; {density['level']} {density['trabecular_hu']:.0f} HU: {verdict}"
+
+
 def _rule_text(model: dict) -> str:
     screening = model.get("screening", {})
     if screening.get("threshold_fused") is not None:
@@ -139,7 +148,14 @@ def render_report(path, image: sitk.Image, verse_map: np.ndarray, case_json: dic
         grade_text = f"G{vertebra['grade']}" if vertebra["grade"] is not None else "--"
         p_text = f"P {vertebra['p_fracture']:.2f}" if vertebra["p_fracture"] is not None else \
             "implausible" if vertebra.get("implausible") else "truncated" if vertebra["truncated"] else "no grader"
-        morph_text = f"  h {vertebra['genant_ratio']:.2f}" if vertebra["genant_ratio"] is not None else ""
+        morph_text = ""
+        if vertebra["genant_ratio"] is not None:
+            interval = vertebra.get("genant_ratio_interval")
+            borderline = "~" if vertebra.get("morph_borderline") else ""  # interval reaches a neighbouring band
+            morph_text = f"  h {vertebra['genant_ratio']:.2f}{borderline}" + (
+                f" [{interval[0]:.2f}-{interval[1]:.2f}]" if interval else "")
+        if vertebra.get("trabecular_hu") is not None:
+            morph_text += f"  {vertebra['trabecular_hu']:.0f} HU"
         unsure = vertebra["label_confidence"] is not None and vertebra["label_confidence"] < LABEL_CONFIDENCE_WARNING
         name = f"{vertebra['name']}?" if unsure else vertebra["name"]
         flag = "!" if flagged else " "
@@ -171,7 +187,8 @@ def render_report(path, image: sitk.Image, verse_map: np.ndarray, case_json: dic
     figure.text(0.02, 0.1 / total_height_in,
                 f"vfscreen {case_json.get('vfscreen_version', '')} | {model.get('dataset', '')} folds "
                 f"{(model.get('grader') or {}).get('folds', 'no grader')} | research use, not a diagnosis\n"
-                f"P = P(fracture) = 1 - P(G0); h = min/max body height (morphometry); "
+                f"P = P(fracture) = 1 - P(G0); h = min/max body height (morphometry) [95 % interval], '~' = "
+                f"borderline Genant grade; HU = trabecular median{_density_text(case_json)}\n"
                 f"'?' = label confidence < {LABEL_CONFIDENCE_WARNING}; '!' = flagged for review ("
                 f"{_rule_text(model)})", fontsize=7, color="#444444")
     handles = [Patch(facecolor=GRADE_COLOURS[g], label=GRADE_LABELS[g]) for g in (0, 1, 2, 3, None)]
