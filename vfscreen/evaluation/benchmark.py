@@ -1,6 +1,7 @@
 """``vfscreen_benchmark ablation -d 501 -f 0 1 2 3 4``: SupCon vs cross-entropy, fairly (see
 vfscreen.evaluation.ablation); ``... curves -d 501 -f 0``: both losses as the step budget grows (see
-vfscreen.evaluation.curves); ``... speed -i INPUT``: prediction speed, see vfscreen.evaluation.speed;
+vfscreen.evaluation.curves); ``... morphometry -d 501``: morphometry vs the phantom's exact heights
+(see vfscreen.evaluation.morphometry_benchmark); ``... speed -i INPUT``: prediction speed, see vfscreen.evaluation.speed;
 ``... speed --untrained-preset NAME``: the speed of a plan without a trained model, see vfscreen.evaluation.untrained.
 
 Each writes its JSON atomically and prints its table (``--markdown``: the same rows as a README table).
@@ -18,6 +19,7 @@ from vfscreen.errors import ConfigError, cli_entry
 from vfscreen.evaluation.ablation import VARIANTS, format_ablation, run_ablation, trained_folds, variant_folder
 from vfscreen.evaluation.bootstrap import DEFAULT_SEED
 from vfscreen.evaluation.curves import DEFAULT_STEPS, format_curves, run_curves, write_curves
+from vfscreen.evaluation.morphometry_benchmark import format_morphometry, run_morphometry_benchmark
 from vfscreen.evaluation.speed import format_speed, format_speed_markdown, machine_description, run_speed
 from vfscreen.evaluation.untrained import DEFAULT_FOLDS, run_untrained_speed
 from vfscreen.utils.atomic import atomic_write_json
@@ -65,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     curves.add_argument("-o", "--output", default=".", help="folder for curves.json and curves.png (default .)")
     curves.add_argument("--markdown", action="store_true", help="also print the table for the README")
     curves.add_argument("--verbose", action="store_true")
+    morphometry = commands.add_parser("morphometry", help="morphometry vs the phantom's exact heights, on ground-truth "
+                                      "masks and on the same masks degraded to a coarse grid")
+    morphometry.add_argument("-d", "--dataset", default="501")
+    morphometry.add_argument("-n", "--num-cases", type=int, default=20, help="first N training cases (default 20)")
+    morphometry.add_argument("--coarse-mm", type=float, default=3.0, help="degraded grid spacing (default 3)")
+    morphometry.add_argument("-o", "--output", default="morphometry.json", help="JSON to write")
+    morphometry.add_argument("--markdown", action="store_true", help="also print the table for the README")
     speed = commands.add_parser("speed", help="seconds per case for each stage of prediction, crops/s, peak memory")
     speed.add_argument("-i", "--input", help="input cases (as for vfscreen_predict); with --untrained-preset: "
                        "optional (default: a generated phantom), needs --labels")
@@ -121,6 +130,14 @@ def main(argv: list[str] | None = None) -> int:
             print(format_speed_markdown(speed))
         atomic_write_json(args.output, speed)
         print(f"speed written: {args.output}")
+        return 0
+    if args.command == "morphometry":
+        result = run_morphometry_benchmark(resolve_dataset_name(args.dataset), args.num_cases, args.coarse_mm)
+        print(format_morphometry(result))
+        if args.markdown:
+            print(format_morphometry(result, markdown=True))
+        atomic_write_json(args.output, result)
+        print(f"morphometry benchmark written: {args.output}")
         return 0
     if args.command == "curves":
         if args.tag and not args.tag.isalnum():
