@@ -36,6 +36,7 @@ from vfscreen.dataset import GRADES_FILE, image_path, label_path, write_dataset_
 from vfscreen.errors import ConfigError, InputError
 from vfscreen.utils.atomic import atomic_directory, atomic_write_csv, atomic_write_image, atomic_write_json
 from vfscreen.utils.image_io import check_case_id, check_ct_intensities, check_same_geometry, read_image
+from vfscreen.utils.progress import progress_bar
 
 paths.export_for_nnunet()  # nnunetv2 (imported on use, below) reads its folders once, at import
 
@@ -236,13 +237,12 @@ def build_raw_dataset(final_folder: Path, sources: list[SourceCase], problems: P
 
     Raises InputError (nothing written) when no training case is usable.
     """
-    from tqdm import tqdm
-
+    
     sources = _drop_duplicate_cases(sources, problems)
     try:
         with atomic_directory(final_folder, overwrite=overwrite) as tmp_folder:
             written = []
-            for source in tqdm(sources, desc=f"converting {final_folder.name}", unit="case", disable=not progress):
+            for source in progress_bar(sources, desc=f"converting {final_folder.name}", unit="case", disable=not progress):
                 result = write_case(source, tmp_folder, problems)
                 if result is not None:
                     written.append(result)

@@ -39,6 +39,7 @@ from vfscreen.preprocessing.grader_crops import CROPS_INDEX, CROP_PLAN_FILE, IND
 from vfscreen.utils.atomic import atomic_directory, atomic_save_npy, atomic_write_csv, atomic_write_json
 from vfscreen.utils.image_io import check_same_geometry, read_image
 from vfscreen.core.plans import CONFIGURATION, PLANS_FILE_NAME, crop_section, load_plans, save_plans
+from vfscreen.utils.progress import progress_bar
 
 DATASET_NAME = "FaintFeatures"
 PATCH_DATASET_NAME = "FaintFeaturesPatches"
@@ -295,8 +296,7 @@ def convert_patches(source: Path, dataset_id: int = DEFAULT_PATCH_DATASET_ID, cr
     import numpy as np
     import pandas as pd
     import SimpleITK as sitk
-    from tqdm import tqdm
-
+    
 
     if preprocessed_root is None:
         preprocessed_root = paths.nnUNet_preprocessed
@@ -316,7 +316,7 @@ def convert_patches(source: Path, dataset_id: int = DEFAULT_PATCH_DATASET_ID, cr
     try:
         with atomic_directory(final_folder, overwrite=overwrite) as tmp_folder:
             crops_folder = tmp_folder / "vfscreen_crops_3d"
-            for name, (case_id, verse_id, grade) in tqdm(sorted(patches.items()), desc="patches -> crops",
+            for name, (case_id, verse_id, grade) in progress_bar(sorted(patches.items()), desc="patches -> crops",
                                                          unit="patch", disable=not progress):
                 members = (f"{prefix}img/{name}", f"{prefix}seg/{name}")
                 missing = [tree.describe(m) for m in members if m not in available]

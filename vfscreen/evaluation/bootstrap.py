@@ -14,9 +14,9 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import sklearn
-from tqdm import tqdm
 
 from vfscreen.evaluation.metrics import flatten_metrics, is_metric, metric_value
+from vfscreen.utils.progress import progress_bar
 
 DEFAULT_RESAMPLES = 1000
 DEFAULT_SEED = 0
@@ -48,7 +48,7 @@ def resample_patients(tables: dict[str, pd.DataFrame], patients: list[str], rng:
 def _run_replicates(tables, compute, patients, rng, row_index, n_resamples, progress, samples) -> None:
     if not patients:
         return
-    for _ in tqdm(range(n_resamples), desc="bootstrap (patients)", disable=not progress, leave=False):
+    for _ in progress_bar(range(n_resamples), desc="bootstrap (patients)", disable=not progress, leave=False):
         replicate = resample_patients(tables, patients, rng, row_index)
         for name, leaf in flatten_metrics(compute(replicate)).items():
             value = metric_value(leaf)

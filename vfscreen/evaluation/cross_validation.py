@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from vfscreen import labels, paths
 from vfscreen.dataset import GRADES_FILE, label_path, raw_dataset_folder, read_grades, resolve_dataset_name
@@ -24,6 +23,7 @@ from vfscreen.evaluation.inputs import (masks_use_class_ids, read_reference_mask
                                         truncated_flags)
 from vfscreen.evaluation.results import finish_result, grading_row
 from vfscreen.inference.morphometry import measure_vertebrae
+from vfscreen.utils.progress import progress_bar
 
 
 def _grader_folds(model_folder: Path, folds) -> dict[int, Path]:
@@ -74,7 +74,7 @@ def measure_reference_morphometry(dataset_name: str, case_ids, progress: bool = 
     raw = raw_dataset_folder(dataset_name)
     class_ids = masks_use_class_ids(raw)
     measured = {}
-    for case_id in tqdm(sorted(case_ids), desc="morphometry of reference masks", disable=not progress, leave=False):
+    for case_id in progress_bar(sorted(case_ids), desc="morphometry of reference masks", disable=not progress, leave=False):
         path = label_path(raw, case_id, "Tr")
         if not path.is_file():
             continue

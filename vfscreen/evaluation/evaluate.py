@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from vfscreen import labels
 from vfscreen.errors import ConfigError
@@ -29,6 +28,7 @@ from vfscreen.evaluation.inputs import (load_prediction_folder, load_reference, 
                                         read_reference_mask)
 from vfscreen.evaluation.matching import MAX_CENTROID_DISTANCE_MM, match_case
 from vfscreen.evaluation.results import apply_fusion_model, finish_result, grading_row
+from vfscreen.utils.progress import progress_bar
 
 __all__ = ["evaluate_predictions", "evaluate_cross_validation", "fit_fusion_for_model", "cross_validation_table"]
 
@@ -73,7 +73,7 @@ def evaluate_predictions(reference: str | Path, prediction_folder: str | Path, *
     fusion_model, fusion_source = _resolve_fusion(fusion, predictions)
     grades_by_case = {case: group for case, group in ref.grades.groupby("case_id")}
     grading_rows, vertebra_rows, extra_rows, per_case, grades_without_mask, excluded_truncated = [], [], [], [], [], []
-    for case_id in tqdm(sorted(ref.masks), desc="evaluating cases", disable=not progress, leave=False):
+    for case_id in progress_bar(sorted(ref.masks), desc="evaluating cases", disable=not progress, leave=False):
         reference_image = read_reference_mask(ref.masks[case_id], ref.class_ids)
         prediction = predictions.get(case_id)
         if prediction is None:

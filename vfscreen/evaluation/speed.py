@@ -22,13 +22,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from vfscreen.errors import ConfigError
 from vfscreen.inference.predict import list_cases, predict_case, read_case_image
 from vfscreen.inference.report import render_report
 from vfscreen.inference.segmentation import load_models
 from vfscreen.preprocessing.crops import extract_vertebra_crops
+from vfscreen.utils.progress import progress_bar
 
 
 def reset_peak_memory() -> bool:
@@ -113,7 +113,7 @@ def run_speed(input_path, dataset=501, configuration: str = "3d", folds=None, de
     loading_s = time.perf_counter() - start
     per_case = []
     with tempfile.TemporaryDirectory(prefix="vfscreen_speed_") as scratch:
-        for case in tqdm(cases, desc="speed", unit="case", disable=not progress):
+        for case in progress_bar(cases, desc="speed", unit="case", disable=not progress):
             timings = {}
             cpu_start = time.process_time()  # CPU seconds of all this process's threads
             start = time.perf_counter()

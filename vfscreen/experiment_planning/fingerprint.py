@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from tqdm import tqdm
 
 from vfscreen import labels, paths
 from vfscreen.dataset import (GRADES_FILE, image_path, label_path, list_cases, raw_dataset_folder, read_grades,
@@ -33,6 +32,7 @@ from vfscreen.dataset import (GRADES_FILE, image_path, label_path, list_cases, r
 from vfscreen.errors import ConfigError, InputError
 from vfscreen.utils.image_io import (check_case_id, check_ct_intensities, check_same_geometry, orientation_code,
                                      read_image)
+from vfscreen.utils.progress import progress_bar
 
 paths.export_for_nnunet()  # nnunetv2 (imported on use, below) reads its folders once, at import
 
@@ -191,10 +191,10 @@ def _patient_ids(folder, cases: list[str]) -> dict[str, str]:
 
 def _map(function, tasks: list, num_processes: int, description: str) -> list:
     if num_processes <= 1 or len(tasks) <= 1:
-        return [function(task) for task in tqdm(tasks, desc=description, unit="case")]
+        return [function(task) for task in progress_bar(tasks, desc=description, unit="case")]
     context = multiprocessing.get_context("spawn")
     with context.Pool(min(num_processes, len(tasks))) as pool:
-        return list(tqdm(pool.imap(function, tasks), total=len(tasks), desc=description, unit="case"))
+        return list(progress_bar(pool.imap(function, tasks), total=len(tasks), desc=description, unit="case"))
 
 
 def run_nnunet_extractor(dataset_name: str, num_processes: int) -> str:

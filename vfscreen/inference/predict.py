@@ -35,6 +35,7 @@ from vfscreen.inference.spine_labels import SpineLabels
 from vfscreen.labels import CLASS_TO_VERSE, name_of
 from vfscreen.preprocessing.crops import extract_vertebra_crops
 from vfscreen.utils.image_io import check_case_id, check_ct_intensities, ensure_3d, orientation_code, read_image
+from vfscreen.utils.progress import progress_bar
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 NNUNET_CHANNEL_SUFFIX = "_0000"
@@ -307,7 +308,7 @@ def predict(input, output, dataset=501, configuration: str = "3d", folds=None, d
     output_folder.mkdir(parents=True, exist_ok=True)
 
     failures, finished = [], []
-    for case in tqdm(todo, desc="vfscreen_predict", unit="case", disable=not todo):
+    for case in progress_bar(todo, desc="vfscreen_predict", unit="case", disable=not todo):
         try:
             check_case_id(case.case_id)
             image = read_case_image(case)

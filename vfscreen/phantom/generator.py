@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
-from tqdm import tqdm
 
 from vfscreen import dataset, labels
 from vfscreen.errors import ConfigError
@@ -22,6 +21,7 @@ from vfscreen.phantom.acquisition import PRESETS, Preset, apply_scanner, sample_
 from vfscreen.phantom.anatomy import SpineCase, build_case
 from vfscreen.phantom.rendering import add_trabecular_texture, render
 from vfscreen.utils.atomic import atomic_directory, atomic_write_csv, atomic_write_image
+from vfscreen.utils.progress import progress_bar
 
 DATASET_SUFFIX = "SyntheticSpine"
 DEFAULT_PATIENT_MIX = (1.0, 3.0, 3.0, 3.0)  # patients by worst grade G0:G1:G2:G3 (the paper's dataset)
@@ -188,7 +188,7 @@ def generate_dataset(output_root: Path, seed: int = 0, num_cases: int | None = N
         with atomic_directory(final_folder, overwrite=overwrite) as folder:
             jobs = [(spec, folder) for spec in specs]
             rows = []
-            bar = tqdm(total=len(jobs), desc=f"generating {name}", unit="case", disable=not progress)
+            bar = progress_bar(total=len(jobs), desc=f"generating {name}", unit="case", disable=not progress)
             if num_processes == 1:
                 for job in jobs:
                     rows.extend(_write_case_job(job))

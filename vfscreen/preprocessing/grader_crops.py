@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
-from tqdm import tqdm
 
 from vfscreen import labels as vertebra_labels
 from vfscreen import paths
@@ -36,6 +35,7 @@ from vfscreen.errors import ConfigError, InputError
 from vfscreen.preprocessing.crops import CROP_ALGORITHM_VERSION, extract_vertebra_crops, validate_crop_plan
 from vfscreen.utils.atomic import atomic_save_npy, atomic_write_csv, atomic_write_json
 from vfscreen.utils.image_io import check_same_geometry, read_image
+from vfscreen.utils.progress import progress_bar
 
 CROPS_INDEX = "crops.csv"
 CROP_PLAN_FILE = "crop_plan.json"
@@ -224,7 +224,7 @@ def _remove_temporary_files(folder: Path) -> None:
 
 def _run(tasks: list[dict], num_processes: int):
     """Yield each task's record, in a pool of ``num_processes`` (inline when 1 or when there is one task)."""
-    progress = tqdm(total=len(tasks), desc="grader crops", unit="case", disable=not tasks)
+    progress = progress_bar(total=len(tasks), desc="grader crops", unit="case", disable=not tasks)
     with progress:
         if num_processes <= 1 or len(tasks) <= 1:
             for task in tasks:

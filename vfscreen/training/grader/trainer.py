@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from vfscreen import __version__, paths
 from vfscreen.core.devices import resolve_device
@@ -43,6 +42,7 @@ from vfscreen.training.grader.sampler import PerClassBatchSampler
 from vfscreen.training.grader.supcon import SupConLoss
 from vfscreen.training.grader.validation import grading_metrics, predictions_table
 from vfscreen.utils.atomic import atomic_write_csv, atomic_write_json, remove_stale_temporaries
+from vfscreen.utils.progress import progress_bar
 
 _GRADER_KEYS = ("crop", "network", "loss", "sampler", "optimizer", "num_epochs", "validate_every", "augmentation")
 
@@ -219,7 +219,7 @@ class GraderTrainer:
         num_batches, num_views, data_wait = 0, 0, 0.0
         started = time.perf_counter()
         batches = iter(self.train_loader)
-        progress = tqdm(total=len(self.sampler), desc=f"epoch {epoch + 1}/{self.num_epochs}",
+        progress = progress_bar(total=len(self.sampler), desc=f"epoch {epoch + 1}/{self.num_epochs}",
                         disable=not self.show_progress, leave=False)
         while True:
             waited = time.perf_counter()
