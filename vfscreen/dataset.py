@@ -73,18 +73,25 @@ def write_dataset_json(folder: Path, dataset_name: str, num_training_cases: int,
                           vfscreen={"verse_ids": labels.verse_ids_dict(), "grades_file": GRADES_FILE, **extra})
 
 
+def read_csv_table(path: Path, required_columns, error=InputError, what: str = "CSV", hint: str = "") -> pd.DataFrame:
+    """A CSV table (case ids as text) with ``required_columns``; ``error`` naming the file otherwise."""
+    suffix = f"; {hint}" if hint else ""
+    try:
+        table = pd.read_csv(path, dtype={"case_id": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as problem:
+        raise error(f"{path}: not a readable {what} ({problem}){suffix}") from None
+    missing = [column for column in required_columns if column not in table.columns]
+    if missing:
+        raise error(f"{path}: missing column(s) {missing}{suffix}")
+    return table
+
+
 def read_grades(path: str | Path) -> pd.DataFrame:
     """Read and validate a ``grades.csv``. Raises InputError naming the file and row on any problem."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: grades file missing (columns: {', '.join(GRADES_REQUIRED_COLUMNS)})")
-    try:
-        table = pd.read_csv(path, dtype={"case_id": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise InputError(f"{path}: not a readable CSV ({error})") from None
-    missing = [c for c in GRADES_REQUIRED_COLUMNS if c not in table.columns]
-    if missing:
-        raise InputError(f"{path}: missing column(s) {missing}")
+    table = read_csv_table(path, GRADES_REQUIRED_COLUMNS)
     for row_number, row in enumerate(table.itertuples(index=False), start=2):
         if not labels.is_vertebra(_as_int(row.label, path, row_number, "label")):
             raise InputError(f"{path}, line {row_number}: label {row.label} is not a VerSe vertebra id (1-25, 28)")

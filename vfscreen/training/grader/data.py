@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from vfscreen.dataset import read_csv_table
 from vfscreen.errors import ConfigError
 from vfscreen.genant import GRADE_NAMES
 from vfscreen.preprocessing.grader_crops import CROPS_INDEX, load_crop
@@ -32,13 +33,7 @@ def read_crops_table(folder: Path, hint: str) -> pd.DataFrame:
     table_path = Path(folder) / CROPS_TABLE
     if not table_path.is_file():
         raise ConfigError(f"grader crops missing: {table_path} not found; {hint}")
-    try:
-        table = pd.read_csv(table_path, dtype={"case_id": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{table_path}: not a readable crops table ({error}); {hint}") from None
-    missing = [column for column in CROPS_COLUMNS if column not in table.columns]
-    if missing:
-        raise ConfigError(f"{table_path}: missing column(s) {missing}; {hint}")
+    table = read_csv_table(table_path, CROPS_COLUMNS, ConfigError, "crops table", hint)
     table["grade"] = pd.to_numeric(table["grade"], errors="coerce").fillna(-1).astype(int)
     table["truncated"] = table["truncated"].astype(str).str.lower().isin(("true", "1", "1.0", "yes"))
     table["path"] = [str(Path(folder) / name) for name in table["file"]]
