@@ -34,8 +34,10 @@ def assert_case_round_trips(dataset: Path, case_id: str, split: str, ct_file: Pa
     assert np.issubdtype(ct_out_array.dtype, np.integer)
     np.testing.assert_array_equal(ct_out_array, np.rint(sitk.GetArrayFromImage(ct_in)))
     expected_verse = sitk.GetArrayFromImage(mask_in).astype(np.int64)
+    label_array = sitk.GetArrayFromImage(label_out)
+    np.testing.assert_array_equal(labels.landmark_mask(label_array, "sacrum"), expected_verse == 26)  # kept
     expected_verse[np.isin(expected_verse, [26, 27])] = 0
-    np.testing.assert_array_equal(labels.class_to_verse(sitk.GetArrayFromImage(label_out)), expected_verse)
+    np.testing.assert_array_equal(labels.class_to_verse(label_array), expected_verse)
     centroids = json.loads((dataset / "centroids" / f"{case_id}.json").read_text())
     assert centroids["coordinate_system"] == "LPS" and centroids["source"] == "verse_ctd_json"
     got = {entry["label"]: entry["centroid_mm"] for entry in centroids["centroids"]}
@@ -96,7 +98,7 @@ def test_verse20_split_folders_pir_anisotropic_t13_l6_sacrum(tmp_path, capsys):
                                 expected[case_id])
     summary = __import__("vfscreen.conversion.common", fromlist=["summary_text"]).summary_text(folder, written,
                                                                                                problems)
-    assert "G0 3, G1 1, G2 1, G3 1" in summary and "sacrum (26) in 1 case(s)" in summary
+    assert "G0 3, G1 1, G2 1, G3 1" in summary and "kept as landmark: sacrum (26) in 1 case(s)" in summary
     assert "1 implant (--exclude-implants)" in summary
 
 

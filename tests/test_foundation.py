@@ -15,12 +15,14 @@ from vfscreen.utils import atomic, image_io
 
 def test_label_mapping_is_consecutive_and_cranio_caudal():
     classes = [labels.VERSE_TO_CLASS[v] for v in labels.SPINE_ORDER]
-    assert classes == list(range(1, labels.NUM_CLASSES))
+    assert classes == list(range(1, labels.NUM_VERTEBRA_CLASSES + 1))
+    assert sorted(labels.LANDMARK_CLASSES.values()) == list(range(labels.NUM_VERTEBRA_CLASSES + 1, labels.NUM_CLASSES))
     assert labels.name_of(labels.CLASS_TO_VERSE[20]) == "T13"
     assert labels.CLASS_TO_VERSE[19] == 19 and labels.CLASS_TO_VERSE[21] == 20  # T12, L1
     assert labels.spine_position(28) == labels.spine_position(19) + 1
     nnunet = labels.nnunet_labels_dict()
-    assert nnunet["background"] == 0 and nnunet["L6"] == 26 and len(nnunet) == labels.NUM_CLASSES
+    assert nnunet["background"] == 0 and nnunet["L6"] == 26 and nnunet["rib"] == 27 and nnunet["sacrum"] == 28
+    assert len(nnunet) == labels.NUM_CLASSES
 
 
 def test_label_arrays_round_trip_and_reject_unknown():
@@ -29,9 +31,15 @@ def test_label_arrays_round_trip_and_reject_unknown():
     assert classes.tolist() == [[0, 1, 7], [8, 19, 20], [21, 26, 0]]
     assert np.array_equal(labels.class_to_verse(classes), verse)
     with pytest.raises(ValueError, match="26"):
-        labels.verse_to_class(np.array([26]))
+        labels.verse_to_class(np.array([26]))  # the sacrum is no vertebra ...
+    # ... but a landmark: kept where asked, and vertebra-only readers see background
+    landmarks = labels.verse_to_class(np.array([26, labels.RIB_SOURCE_ID, 20]), landmarks=True)
+    assert landmarks.tolist() == [labels.SACRUM_CLASS, labels.RIB_CLASS, 21]
+    assert labels.class_to_verse(landmarks).tolist() == [0, 0, 20]
+    with pytest.raises(ValueError, match="41"):
+        labels.verse_to_class(np.array([41]), landmarks=True)
     with pytest.raises(ValueError):
-        labels.class_to_verse(np.array([27]))
+        labels.class_to_verse(np.array([labels.NUM_CLASSES]))
 
 
 @pytest.mark.parametrize("text,expected", [("L1", 20), ("l1", 20), (" T13 ", 28), ("20", 20), (7, 7), ("C1", 1)])

@@ -3,9 +3,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from vfscreen.inference.label_consistency import ChainModel, assign_labels, make_labels_consistent
-from vfscreen.labels import NUM_CLASSES, VERSE_TO_CLASS, NAME_TO_VERSE
+from vfscreen.labels import NUM_CLASSES, NUM_VERTEBRA_CLASSES, VERSE_TO_CLASS, NAME_TO_VERSE
 
-K = NUM_CLASSES - 1
+K = NUM_VERTEBRA_CLASSES
 
 
 def cls(name: str) -> int:
@@ -95,7 +95,7 @@ def _volume_with_blocks(labels_top_down, direction_flip=False):
 
 def test_volume_duplicate_is_relabelled_and_fragment_dropped():
     array, image = _volume_with_blocks([cls("L1"), cls("L2"), cls("L2"), cls("L4")])
-    verse_map, components = make_labels_consistent(array, image, min_volume_mm3=10.0)
+    verse_map, components, _ = make_labels_consistent(array, image, min_volume_mm3=10.0)
     assert [c.class_id for c in components] == [cls("L1"), cls("L2"), cls("L2"), cls("L4")]
     # one-hot-ish evidence (0.9): the duplicate is relabelled L3 or dropped, never kept as a second L2
     values = [int(np.unique(verse_map[2 + 8 * p: 8 + 8 * p, 2:10, 2:10])[0]) for p in range(4)]
@@ -107,7 +107,7 @@ def test_volume_duplicate_is_relabelled_and_fragment_dropped():
 def test_volume_order_follows_world_not_array():
     # same array, but now array axis 0 points to the head: the last block is the most cranial
     array, image = _volume_with_blocks([cls("L3"), cls("L2"), cls("L1")], direction_flip=True)
-    verse_map, components = make_labels_consistent(array, image, min_volume_mm3=10.0)
+    verse_map, components, _ = make_labels_consistent(array, image, min_volume_mm3=10.0)
     assert [c.new_class_id for c in components] == [cls("L1"), cls("L2"), cls("L3")]
     assert verse_map[4, 5, 5] == NAME_TO_VERSE["L3"]
 
@@ -145,7 +145,7 @@ def test_region_grouped_network_is_named_by_the_thoracolumbar_transition():
     array, image = _volume_with_blocks(groups)
     array[0, 0, 0] = 0
     for probabilities in (_group_probabilities(groups, array.shape), None):
-        verse_map, components = make_labels_consistent(array, image, probabilities, grouping="spine_regions",
+        verse_map, components, _ = make_labels_consistent(array, image, probabilities, grouping="spine_regions",
                                                        min_volume_mm3=10.0)
         found = [names([c.new_class_id])[0] for c in components]
         assert found == ["T10", "T11", "T12", "L1", "L2", "L3", "L4"]
@@ -172,7 +172,7 @@ def _touching_blocks(core_probability_below):
 
 def test_vertebrae_touching_across_a_disc_are_split_at_the_disc():
     class_map, image, probabilities = _touching_blocks(0.97)
-    verse_map, components = make_labels_consistent(class_map, image, probabilities, grouping="spine_regions")
+    verse_map, components, _ = make_labels_consistent(class_map, image, probabilities, grouping="spine_regions")
     assert len(components) == 2 and [c.volume_mm3 for c in components] == [4400.0, 4400.0]  # the disc is shared
     upper, lower = np.unique(verse_map[2:12, 2:22, 2:22]), np.unique(verse_map[14:24, 2:22, 2:22])
     assert len(upper) == 1 and len(lower) == 1 and upper[0] != lower[0] and 0 not in (upper[0], lower[0])

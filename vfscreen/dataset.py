@@ -70,7 +70,8 @@ def write_dataset_json(folder: Path, dataset_name: str, num_training_cases: int,
                           num_training_cases=num_training_cases, file_ending=FILE_ENDING,
                           dataset_name=dataset_name, description=description,
                           overwrite_image_reader_writer=NNUNET_READER_WRITER,
-                          vfscreen={"verse_ids": labels.verse_ids_dict(), "grades_file": GRADES_FILE, **extra})
+                          vfscreen={"verse_ids": labels.verse_ids_dict(), "landmark_classes": labels.LANDMARK_CLASSES,
+                                    "grades_file": GRADES_FILE, **extra})
 
 
 def read_csv_table(path: Path, required_columns, error=InputError, what: str = "CSV", hint: str = "") -> pd.DataFrame:

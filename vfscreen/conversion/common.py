@@ -40,7 +40,9 @@ from vfscreen.utils.progress import progress_bar
 
 paths.export_for_nnunet()  # nnunetv2 (imported on use, below) reads its folders once, at import
 
-BACKGROUND_VERSE_IDS = {26: "sacrum", 27: "coccyx"}
+BACKGROUND_VERSE_IDS = {27: "coccyx"}
+# kept as landmark classes of the label map (vfscreen.labels.LANDMARK_CLASSES); they anchor the naming, not graded
+LANDMARK_VERSE_IDS = {labels.SACRUM_VERSE_ID: "sacrum"}
 CENTROIDS_FOLDER = "centroids"
 COORDINATE_SYSTEM = "LPS"  # SimpleITK physical points, millimetres
 CERVICAL_VERSE_IDS = frozenset(range(1, 8))
@@ -123,7 +125,8 @@ def mask_to_verse_array(mask: sitk.Image, source: str) -> np.ndarray:
             raise InputError(f"{source}: mask has non-integer values; expected VerSe ids (1-25, 28)")
         array = array.astype(np.int32)
     values = [int(v) for v in np.unique(array) if v != 0]
-    unknown = [v for v in values if not labels.is_vertebra(v) and v not in BACKGROUND_VERSE_IDS]
+    unknown = [v for v in values if not labels.is_vertebra(v) and v not in BACKGROUND_VERSE_IDS
+               and v not in LANDMARK_VERSE_IDS]
     if unknown:
         raise InputError(f"{source}: mask values {unknown[:10]} are not VerSe vertebra ids (1-25, 28; 26/27 = "
                          "sacrum/coccyx); is this the vertebra mask (seg-vert_msk)?")
@@ -151,9 +154,11 @@ def write_case(source: SourceCase, folder: Path, problems: ProblemLog) -> Writte
         problems.skip(f"case {source.case_id}", str(error))
         return None
 
-    background_ids = sorted(int(v) for v in np.unique(verse_array) if int(v) in BACKGROUND_VERSE_IDS)
+    # non-vertebra structures of the mask: set to background, or kept as landmarks (both listed in the summary)
+    background_ids = sorted(int(v) for v in np.unique(verse_array)
+                            if int(v) in BACKGROUND_VERSE_IDS or int(v) in LANDMARK_VERSE_IDS)
     verse_array[np.isin(verse_array, list(BACKGROUND_VERSE_IDS))] = 0
-    present = sorted(int(v) for v in np.unique(verse_array) if v != 0)
+    present = sorted(int(v) for v in np.unique(verse_array) if labels.is_vertebra(v))
     if not present:
         problems.skip(f"case {source.case_id}", f"{source.description}: the mask contains no vertebra")
         return None
@@ -180,7 +185,7 @@ def write_case(source: SourceCase, folder: Path, problems: ProblemLog) -> Writte
     ct, was_rounded = integer_hu(ct)
     if was_rounded:
         print(f"vfscreen: note: case {source.case_id}: float CT rounded to integer HU", file=problems.stream)
-    label_image = sitk.GetImageFromArray(labels.verse_to_class(verse_array))
+    label_image = sitk.GetImageFromArray(labels.verse_to_class(verse_array, landmarks=True))
     label_image.CopyInformation(ct)
     verse_image = sitk.GetImageFromArray(verse_array.astype(np.uint8))
     verse_image.CopyInformation(ct)
@@ -302,9 +307,10 @@ def summary_text(dataset_folder: Path, written: list[WrittenCase], problems: Pro
     if not_graded:
         lines.append("  not graded (kept for segmentation): "
                      + ", ".join(f"{count} {reason}" for reason, count in not_graded.most_common()))
-    if background:
-        lines.append("  set to background: " + ", ".join(
-            f"{BACKGROUND_VERSE_IDS[v]} ({v}) in {count} case(s)" for v, count in sorted(background.items())))
+    for title, names in (("set to background", BACKGROUND_VERSE_IDS), ("kept as landmark", LANDMARK_VERSE_IDS)):
+        counts = sorted((v, count) for v, count in background.items() if v in names)
+        if counts:
+            lines.append(f"  {title}: " + ", ".join(f"{names[v]} ({v}) in {count} case(s)" for v, count in counts))
     if problems.skipped:
         lines.append(f"  skipped ({len(problems.skipped)}):")
         lines.extend(f"    - {what}: {why}" for what, why in problems.skipped)

@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from vfscreen import __version__, paths
+from vfscreen import __version__, labels, paths
 from vfscreen.errors import ConfigError
 from vfscreen.experiment_planning import budget as B
 from vfscreen.core.nnunet_models import VFSCREEN_SEG_TRAINER
@@ -35,7 +35,7 @@ paths.export_for_nnunet()  # nnunetv2 (imported on use, below) reads its folders
 NNUNET_PLANS_IDENTIFIER = "nnUNetPlans"
 VFSCREEN_SEG_CONFIGURATION = "3d_vfscreen"
 STOCK_NNUNET_MIN_GPU_GB = 11.0  # nnU-Net's planner targets 8 GB; + CUDA context and headroom
-NNUNET_NUM_CLASSES = 27  # background + 26 vertebrae (vfscreen.labels)
+NNUNET_NUM_CLASSES = labels.NUM_CLASSES  # background + 26 vertebrae + the landmarks (vfscreen.labels)
 # Below this many training iterations a segmentation network is trained on the coarse regions vertebra / thoracic /
 # lumbar (vfscreen.labels.SPINE_REGIONS) and vertebrae are named by the label chain model, because 26 classes from
 # scratch do not train in so few: measured on the demo Dataset501 (cpu_demo plan, 1,500 iterations): 26 classes gave

@@ -17,6 +17,13 @@ A network trained on the coarse ``spine_regions`` grouping (vfscreen.labels) pre
 and "lumbar"; its components get class evidence from those three outputs (vfscreen.labels.region_evidence) and the
 chain names them from their order and the thoraco-lumbar transition.
 
+Landmarks anchor the count (vfscreen.inference.landmarks): a network (or a user's mask) that also shows ribs and the
+sacrum tells which components carry a rib and which one sits on the sacrum; those observations enter the chain as
+per-component likelihood factors of the classes (``landmark_log_factors``), so the lowest rib-bearing vertebra becomes
+T12 (T13 when a thirteenth rib-bearing vertebra is seen) and the one on the sacrum L5 (L6 when six non-rib vertebrae
+sit above it). A component whose posterior is below ``LEVEL_CERTAIN_POSTERIOR`` is ``level_uncertain`` (a field of
+view without a landmark: the count may be off by whole levels).
+
 Before the chain, a foreground component of a grouped network that holds several vertebrae touching across a disc
 (its commonest error: 37 of 106 test vertebrae of the demo model were merged into a neighbour) is split where the
 network is least sure: :func:`split_touching` finds separate high-probability cores and gives every voxel to its
@@ -33,9 +40,12 @@ from scipy import ndimage
 from scipy.special import logsumexp
 
 from vfscreen.inference.geometry import array_indices_to_world, voxel_volume_mm3
-from vfscreen.labels import CLASS_TO_VERSE, NUM_CLASSES, SPINE_REGION_GROUP_IDS, VERSE_TO_CLASS, region_evidence
+from vfscreen.inference.landmarks import LandmarkEvidence, find_landmarks, landmark_log_factors, no_landmarks
+from vfscreen.labels import (CLASS_TO_VERSE, LANDMARK_CLASSES, NUM_VERTEBRA_CLASSES, SPINE_REGION_GROUP_IDS,
+                             VERSE_TO_CLASS, VERTEBRA_GROUP_IDS, region_evidence)
 
-NUM_VERTEBRA_CLASSES = NUM_CLASSES - 1  # K = 26 vertebra classes, ids 1..K
+# K = NUM_VERTEBRA_CLASSES = 26 vertebra classes, ids 1..K
+LEVEL_CERTAIN_POSTERIOR = 0.9  # a name with a lower posterior is flagged level_uncertain
 OPTIONAL_CLASSES = frozenset({VERSE_TO_CLASS[28]})  # T13: its absence is normal anatomy
 VARIANT_CLASSES = frozenset({VERSE_TO_CLASS[28], VERSE_TO_CLASS[25]})  # T13 and L6: present in a minority
 _IMPOSSIBLE = -np.inf
@@ -59,6 +69,7 @@ class Component:
     class_probabilities: np.ndarray  # (K,) mean network probability of classes 1..K over the component, sums to 1
     new_class_id: int = 0  # after the chain model; 0 = dropped
     label_confidence: float = 0.0  # posterior probability of new_class_id (of being dropped when dropped)
+    level_uncertain: bool = True  # label_confidence < LEVEL_CERTAIN_POSTERIOR
 
 
 @dataclass
@@ -105,18 +116,22 @@ def _emission_log_table(class_probabilities: np.ndarray, model: ChainModel) -> n
     num_components, num_classes = class_probabilities.shape
     emission = np.full((num_components, 2 * (num_classes + 1)), np.log(model.drop_probability))
     emission[:, 1] = _IMPOSSIBLE
-    emission[:, 3::2] = np.log(np.maximum(class_probabilities, model.probability_floor))
+    # a class probability p_k of K classes is a likelihood ratio K * p_k against "no idea" (1 / K): keeping is weighed
+    # against dropping independently of how the evidence spreads over classes (a region network spreads it over 13)
+    emission[:, 3::2] = np.log(np.maximum(class_probabilities, model.probability_floor) * num_classes)
     for class_id in VARIANT_CLASSES:
         if class_id <= num_classes:
             emission[:, 2 * class_id + 1] += np.log(model.variant_probability)
     return emission
 
 
-def assign_labels(class_probabilities: np.ndarray, model: ChainModel | None = None
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def assign_labels(class_probabilities: np.ndarray, model: ChainModel | None = None,
+                  landmark_factors: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exact MAP labelling of components ordered head -> feet.
 
     class_probabilities: (N, K) probability of classes 1..K per component, rows in cranio-caudal order.
+    landmark_factors: (N, K) log-likelihood of each component's landmark observations given each class
+    (vfscreen.inference.landmarks.landmark_log_factors), or None.
     Returns (new_class (N,) int, 0 = dropped; confidence (N,) posterior of the chosen state;
     marginals (N, K + 1) posterior of [dropped, class 1, ..., class K]).
     """
@@ -127,6 +142,8 @@ def assign_labels(class_probabilities: np.ndarray, model: ChainModel | None = No
         return np.zeros(0, int), np.zeros(0), np.zeros((0, NUM_VERTEBRA_CLASSES + 1))
     transition = _transition_log_matrix(num_classes, model)
     emission = _emission_log_table(class_probabilities, model)
+    if landmark_factors is not None:
+        emission[:, 3::2] += np.asarray(landmark_factors, dtype=float)[:, :num_classes]
     start = transition[0]  # from state (no class yet, dropped) = before the first component
 
     # Viterbi
@@ -170,7 +187,7 @@ def _class_evidence(channel_means: np.ndarray | None, class_id: int, grouping: s
         evidence = np.full(NUM_VERTEBRA_CLASSES, 0.1 / (NUM_VERTEBRA_CLASSES - 1))
         evidence[class_id - 1] = 0.9
         return evidence
-    evidence = channel_means[1:]  # drop background
+    evidence = channel_means[1:NUM_VERTEBRA_CLASSES + 1]  # drop background and landmark classes
     return evidence / max(evidence.sum(), 1e-12)
 
 
@@ -221,7 +238,7 @@ def find_components(class_map: np.ndarray, reference: sitk.Image, probabilities:
     candidates = []  # (class_id, bbox, local component mask)
     # a grouped network's groups (thoracic / lumbar) may flicker inside one vertebra: its components are those of the
     # whole vertebra foreground, and each one's group comes from the region outputs (or its most common group id)
-    component_source = class_map if grouping == "vertebrae" else (class_map > 0).astype(np.uint8)
+    component_source = class_map if grouping == "vertebrae" else np.isin(class_map, VERTEBRA_GROUP_IDS).astype(np.uint8)
     for class_id, bbox in enumerate(ndimage.find_objects(component_source.astype(np.int32)), start=1):
         if bbox is None or class_id > NUM_VERTEBRA_CLASSES:
             continue
@@ -272,23 +289,51 @@ def find_components(class_map: np.ndarray, reference: sitk.Image, probabilities:
     return component_map, sorted_components
 
 
-def make_labels_consistent(class_map: np.ndarray, reference: sitk.Image, probabilities: np.ndarray | None = None,
-                           model: ChainModel | None = None, grouping: str = "vertebrae", **fragment_options
-                           ) -> tuple[np.ndarray, list[Component]]:
-    """Unique, anatomically ordered vertebra labels.
+def landmark_masks(class_map: np.ndarray, grouping: str, has_landmarks: bool):
+    """(rib mask, sacrum mask) of a network's class map, or (None, None) for a network without landmark outputs."""
+    if not has_landmarks:
+        return None, None
+    if grouping == "vertebrae":
+        return class_map == LANDMARK_CLASSES["rib"], class_map == LANDMARK_CLASSES["sacrum"]
+    return class_map == SPINE_REGION_GROUP_IDS["rib"], class_map == SPINE_REGION_GROUP_IDS["sacrum"]
 
-    Returns (verse_map (Z, Y, X) uint8 in **VerSe ids**, 0 = background / dropped; the components with
-    ``new_class_id`` and ``label_confidence`` filled in, head -> feet).
-    """
-    component_map, components = find_components(class_map, reference, probabilities, grouping=grouping,
-                                                **fragment_options)
+
+def name_components(components: list[Component], landmarks: LandmarkEvidence, model: ChainModel | None = None
+                    ) -> np.ndarray:
+    """Run the chain model on components (head -> feet) with their landmark evidence; fills ``new_class_id``,
+    ``label_confidence`` and ``level_uncertain`` in place. Returns the marginals (N, K + 1)."""
     if not components:
-        return np.zeros(class_map.shape, np.uint8), []
+        return np.zeros((0, NUM_VERTEBRA_CLASSES + 1))
     table = np.stack([component.class_probabilities for component in components])
-    new_class, confidence, _ = assign_labels(table, model)
-    component_to_verse = np.zeros(len(components) + 1, dtype=np.uint8)
+    new_class, confidence, marginals = assign_labels(table, model, landmark_log_factors(landmarks))
     for component, class_id, score in zip(components, new_class, confidence):
         component.new_class_id = int(class_id)
         component.label_confidence = float(score)
-        component_to_verse[component.index] = CLASS_TO_VERSE[int(class_id)] if class_id > 0 else 0
-    return component_to_verse[component_map], components
+        component.level_uncertain = bool(class_id > 0 and score < LEVEL_CERTAIN_POSTERIOR)
+    return marginals
+
+
+def make_labels_consistent(class_map: np.ndarray, reference: sitk.Image, probabilities: np.ndarray | None = None,
+                           model: ChainModel | None = None, grouping: str = "vertebrae", has_landmarks: bool = False,
+                           **fragment_options) -> tuple[np.ndarray, list[Component], LandmarkEvidence]:
+    """Unique, anatomically ordered vertebra labels.
+
+    ``has_landmarks``: the network also outputs ribs and sacrum (their components anchor the names).
+    Returns (verse_map (Z, Y, X) uint8 in **VerSe ids**, 0 = background / dropped; the components with
+    ``new_class_id``, ``label_confidence`` and ``level_uncertain`` filled in, head -> feet; the landmark evidence).
+    """
+    component_map, components = find_components(class_map, reference, probabilities, grouping=grouping,
+                                                **fragment_options)
+    rib_mask, sacrum_mask = landmark_masks(class_map, grouping, has_landmarks)
+    if not components:
+        return np.zeros(class_map.shape, np.uint8), [], find_landmarks(component_map, np.zeros((0, 3)), rib_mask,
+                                                                        sacrum_mask, reference)
+    centroids = np.stack([component.centroid_mm for component in components])
+    landmarks = find_landmarks(component_map, centroids, rib_mask, sacrum_mask, reference) if has_landmarks \
+        else no_landmarks(len(components))
+    name_components(components, landmarks, model)
+    component_to_verse = np.zeros(len(components) + 1, dtype=np.uint8)
+    for component in components:
+        class_id = component.new_class_id
+        component_to_verse[component.index] = CLASS_TO_VERSE[class_id] if class_id > 0 else 0
+    return component_to_verse[component_map], components, landmarks

@@ -25,7 +25,8 @@ from vfscreen.utils.atomic import (atomic_path, atomic_write_csv, atomic_write_i
 # 4: vertebra heights_95_mm, genant_ratio_interval, morph_borderline, deformity (within / vs_neighbours / rule /
 #    type / grade_range), trabecular_hu, density_note; patient morphometry (density screen, resolution note);
 #    heights at Genant's points (the walls)
-JSON_SCHEMA_VERSION = 4
+# 5: vertebra + patient level_uncertain; naming (the rib / sacrum evidence the names are anchored on)
+JSON_SCHEMA_VERSION = 5
 VERTEBRA_FIELDS = {  # field -> allowed Python types of its JSON value
     "label": (int,), "name": (str,), "grade": (int, type(None)), "probabilities": (list, type(None)),
     "p_fracture": (float, type(None)), "uncertainty": (float, type(None)), "fold_disagreement": (float, type(None)),
@@ -35,13 +36,16 @@ VERTEBRA_FIELDS = {  # field -> allowed Python types of its JSON value
     "implausible": (str, type(None)), "heights_95_mm": (dict, type(None)),
     "genant_ratio_interval": (list, type(None)), "morph_borderline": (bool, type(None)),
     "deformity": (dict, type(None)), "trabecular_hu": (float, type(None)), "density_note": (str,),
+    "level_uncertain": (bool,),
 }
 PATIENT_FIELDS = {"worst_grade": (int, type(None)), "any_fracture": (bool,), "suspected": (list,),
                   "num_vertebrae": (int,), "p_fracture": (float, type(None)),
                   "p_fracture_fused": (float, type(None)), "morph_worst_grade": (int, type(None)),
-                  "implausible": (str, type(None)), "morphometry": (dict,), "message": (str,)}
+                  "implausible": (str, type(None)), "morphometry": (dict,), "level_uncertain": (bool,),
+                  "message": (str,)}
 SUMMARY_COLUMNS = ["case_id", "label", "name", "suspected", "grade", "p_fracture", "p_fracture_fused", "uncertainty",
-                   "fold_disagreement", "label_confidence", "p_g0", "p_g1", "p_g2", "p_g3", "anterior_mm",
+                   "fold_disagreement", "label_confidence", "level_uncertain", "p_g0", "p_g1", "p_g2", "p_g3",
+                   "anterior_mm",
                    "middle_mm", "posterior_mm", "heights_95_mm", "genant_ratio", "genant_ratio_low",
                    "genant_ratio_high", "morph_grade", "morph_borderline", "deformity_rule", "morphology",
                    "trabecular_hu", "truncated",
@@ -63,7 +67,7 @@ def case_files(output_folder: Path, case_id: str, saliency: bool = False, probab
 
 def validate_case_json(data: dict) -> None:
     """Raise ValueError naming the first field that breaks the schema."""
-    for key in ("case_id", "vertebrae", "patient", "model", "segmentation", "schema_version"):
+    for key in ("case_id", "vertebrae", "patient", "model", "segmentation", "naming", "schema_version"):
         if key not in data:
             raise ValueError(f"case JSON lacks '{key}'")
     for index, vertebra in enumerate(data["vertebrae"]):
@@ -139,6 +143,7 @@ def summary_rows(case_json: dict) -> list[dict]:
             "suspected": vertebra["suspected"], "grade": vertebra["grade"], "p_fracture": vertebra["p_fracture"],
             "p_fracture_fused": vertebra["p_fracture_fused"], "uncertainty": vertebra["uncertainty"],
             "fold_disagreement": vertebra["fold_disagreement"], "label_confidence": vertebra["label_confidence"],
+            "level_uncertain": vertebra["level_uncertain"],
             **{f"p_g{grade}": probabilities[grade] for grade in range(4)},
             "anterior_mm": heights.get("anterior"), "middle_mm": heights.get("middle"),
             "posterior_mm": heights.get("posterior"),

@@ -24,6 +24,7 @@ from vfscreen.errors import ConfigError, InputError, VfscreenError
 from vfscreen.inference import deformity, outputs
 from vfscreen.inference.grading import grade_crops
 from vfscreen.inference.label_consistency import make_labels_consistent
+from vfscreen.inference.landmarks import naming_of_given_labels
 from vfscreen.inference.morphometry import measure_vertebrae
 from vfscreen.inference.plausibility import assess as assess_plausibility
 from vfscreen.inference.screening import describe_rule, screen
@@ -145,15 +146,21 @@ def predict_case(image: sitk.Image, case_id: str, models: Models, saliency: bool
             raise RuntimeError(f"segmenter returned shape {class_map.shape}, expected the image's "
                                f"{sitk.GetArrayViewFromImage(image).shape}")
         start = time.perf_counter()
-        verse_map, components = make_labels_consistent(
-            class_map, image, probabilities, grouping=getattr(models.segmenter, "label_grouping", "vertebrae"))
+        verse_map, components, naming = make_labels_consistent(
+            class_map, image, probabilities, grouping=getattr(models.segmenter, "label_grouping", "vertebrae"),
+            has_landmarks=getattr(models.segmenter, "has_landmarks", False))
         del class_map
-        confidence = {CLASS_TO_VERSE[c.new_class_id]: c.label_confidence for c in components if c.new_class_id > 0}
+        kept = {CLASS_TO_VERSE[c.new_class_id]: c for c in components if c.new_class_id > 0}
+        confidence = {label: component.label_confidence for label, component in kept.items()}
         segmentation_info, landmarks = {"source": "vfscreen", "convention": "verse"}, None
+        component_names = [name_of(CLASS_TO_VERSE[c.new_class_id]) if c.new_class_id else "" for c in components]
+        naming_json = {**naming.summary(component_names), "anchored": naming.any_landmark}
     else:
         timings["segmentation"] = time.perf_counter() - start
         start = time.perf_counter()
         verse_map, segmentation_info, landmarks = spine.verse_map, spine.segmentation, spine.landmarks
+        kept, naming_json = {}, naming_of_given_labels(spine, image)
+        case_warnings += [f"the mask's names contradict its landmarks: {text}" for text in naming_json["contradictions"]]
         case_warnings += spine.warnings
         for message in spine.warnings:
             warnings.warn(f"{case_id}: {message}", stacklevel=2)
@@ -205,6 +212,8 @@ def predict_case(image: sitk.Image, case_id: str, models: Models, saliency: bool
             "uncertainty": prediction.uncertainty if prediction else None,
             "fold_disagreement": prediction.fold_disagreement if prediction else None,
             "label_confidence": _json_float(confidence.get(label)),
+            # names from a given mask are the mask's own (never renamed): level_uncertain only for vfscreen's chain
+            "level_uncertain": bool(kept[label].level_uncertain) if label in kept else spine is None,
             "heights_mm": heights, "genant_ratio": None if implausible else _json_float(measured.genant_ratio),
             "morph_grade": None if implausible else measured.morph_grade, "implausible": implausible,
             "morphology": measured.deformity["type"] if heights and measured.deformity else None,
@@ -229,6 +238,11 @@ def predict_case(image: sitk.Image, case_id: str, models: Models, saliency: bool
         message = "fracture suspected: " + ", ".join(f"{v['name']} (G{v['grade']})" for v in suspected)
     else:
         message = "no fracture detected"
+    uncertain = [v["name"] for v in vertebrae if v["level_uncertain"]]
+    if uncertain:
+        message += (f"; level uncertain for {len(uncertain)} of {len(vertebrae)} vertebrae "
+                    f"({', '.join(uncertain)}): names may be off by whole levels"
+                    + ("" if naming_json["anchored"] else " (no rib or sacrum in view)"))
     case_json = {
         "schema_version": outputs.JSON_SCHEMA_VERSION, "case_id": case_id,
         "input": {"size": list(image.GetSize()), "spacing_mm": [round(s, 4) for s in image.GetSpacing()],
@@ -241,9 +255,11 @@ def predict_case(image: sitk.Image, case_id: str, models: Models, saliency: bool
                                              if v["p_fracture_fused"] is not None), default=None),
                     "morph_worst_grade": max(morph_graded, default=None),
                     "morphometry": deformity.case_fields(morphometry),
-                    "implausible": plausibility.case_reason, "message": message},
+                    "implausible": plausibility.case_reason, "level_uncertain": bool(uncertain),
+                    "message": message},
         "segmentation": segmentation_info,
         "landmarks": landmarks.summary(image) if landmarks is not None else [],
+        "naming": naming_json,
         "model": {**models.info, "screening": describe_rule(models.fusion)}, "warnings": case_warnings,
         "vfscreen_version": __version__}
     return {"json": case_json, "seg_image": seg_image, "verse_map": verse_map, "morphometry": morphometry,

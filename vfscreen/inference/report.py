@@ -80,7 +80,9 @@ def _verdict(case_json: dict) -> tuple[str, str]:
     if patient["any_fracture"]:
         flagged = {v["name"]: v["grade"] for v in case_json["vertebrae"] if v.get("suspected")}
         names = patient["suspected"]  # highest score first
-        shown = ", ".join(f"{name} (G{flagged[name]})" for name in names[:MAX_VERDICT_NAMES])
+        uncertain = {v["name"] for v in case_json["vertebrae"] if v.get("level_uncertain")}
+        shown = ", ".join(f"{name}{'? level uncertain' if name in uncertain else ''} (G{flagged[name]})"
+                          for name in names[:MAX_VERDICT_NAMES])
         more = f" and {len(names) - MAX_VERDICT_NAMES} more" if len(names) > MAX_VERDICT_NAMES else ""
         return f"FRACTURE SUSPECTED - {shown}{more}", GRADE_COLOURS[max(list(flagged.values()) + [1])]
     return patient["message"].upper() if patient["num_vertebrae"] else "NO VERTEBRA FOUND", \
@@ -156,7 +158,8 @@ def render_report(path, image: sitk.Image, verse_map: np.ndarray, case_json: dic
                 f" [{interval[0]:.2f}-{interval[1]:.2f}]" if interval else "")
         if vertebra.get("trabecular_hu") is not None:
             morph_text += f"  {vertebra['trabecular_hu']:.0f} HU"
-        unsure = vertebra["label_confidence"] is not None and vertebra["label_confidence"] < LABEL_CONFIDENCE_WARNING
+        unsure = vertebra.get("level_uncertain", vertebra["label_confidence"] is not None
+                              and vertebra["label_confidence"] < LABEL_CONFIDENCE_WARNING)
         name = f"{vertebra['name']}?" if unsure else vertebra["name"]
         flag = "!" if flagged else " "
         text_items.append((anchor, f"{flag}{name:>4}  {grade_text}  {p_text}{morph_text}", colour, flagged))
@@ -189,7 +192,7 @@ def render_report(path, image: sitk.Image, verse_map: np.ndarray, case_json: dic
                 f"{(model.get('grader') or {}).get('folds', 'no grader')} | research use, not a diagnosis\n"
                 f"P = P(fracture) = 1 - P(G0); h = min/max body height (morphometry) [95 % interval], '~' = "
                 f"borderline Genant grade; HU = trabecular median{_density_text(case_json)}\n"
-                f"'?' = label confidence < {LABEL_CONFIDENCE_WARNING}; '!' = flagged for review ("
+                f"'?' = level uncertain (name may be off by whole levels); '!' = flagged for review ("
                 f"{_rule_text(model)})", fontsize=7, color="#444444")
     handles = [Patch(facecolor=GRADE_COLOURS[g], label=GRADE_LABELS[g]) for g in (0, 1, 2, 3, None)]
     handles.append(Line2D([0], [0], color="white", markeredgecolor="black", label="measured heights"))

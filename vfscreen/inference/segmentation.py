@@ -29,6 +29,7 @@ from vfscreen.inference.grading import FoldEnsembleGrader, Grader
 from vfscreen.inference.saliency import grad_cam_image
 from vfscreen.inference.spine_labels import SpineLabels
 from vfscreen.utils.image_io import orientation_code
+from vfscreen.labels import LANDMARK_CLASSES
 
 paths.export_for_nnunet()  # nnunetv2 (imported on use, below) reads its folders once, at import
 
@@ -51,7 +52,7 @@ class NnunetSegmenter:
     """Callable: sitk.Image -> (class map (Z, Y, X) uint8 on the image grid, probabilities (C, Z, Y, X) float16).
 
     ``label_grouping`` says what they hold: 'vertebrae' = class ids 1..26 and the softmax incl. background;
-    'spine_regions' = group ids and the sigmoids of the regions vertebra/thoracic/lumbar (vfscreen.labels).
+    'spine_regions' = group ids and the sigmoids of the regions vertebra/thoracic/lumbar/rib/sacrum (vfscreen.labels).
     """
 
     def __init__(self, model_folder: Path, folds, device, checkpoint: str = "final", orientation: str | None = None,
@@ -84,6 +85,8 @@ class NnunetSegmenter:
         self.trainer_name = first["trainer_name"]
         # a network trained on coarse regions (vfscreen.labels.SPINE_REGIONS) outputs group ids + region sigmoids
         self.label_grouping = dataset_json.get("vfscreen_label_grouping", "vertebrae")
+        # ... and, when trained on label maps with ribs and sacrum, those landmarks (vfscreen.labels.LANDMARK_CLASSES)
+        self.has_landmarks = all(name in dataset_json.get("labels", {}) for name in LANDMARK_CLASSES)
 
     def __call__(self, image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
         original_orientation = None

@@ -96,7 +96,7 @@ def generate_case(spec: CaseSpec) -> GeneratedCase:
     ct_array = apply_scanner(hu, acquisition, noise_rng)
     rows = grade_rows(spec, anatomy, verse_labels)
     ct = to_image(ct_array, acquisition.grid, acquisition.orientation)
-    label = to_image(labels.verse_to_class(verse_labels), acquisition.grid, acquisition.orientation)
+    label = to_image(labels.verse_to_class(verse_labels, landmarks=True), acquisition.grid, acquisition.orientation)
     return GeneratedCase(ct, label, rows, anatomy)
 
 

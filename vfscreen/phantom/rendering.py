@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from vfscreen import labels
 from vfscreen.phantom import shapes
 from vfscreen.phantom.anatomy import SpineCase
 
@@ -33,7 +34,8 @@ class Grid:
 
 
 def case_shapes(case: SpineCase) -> list:
-    """All solid shapes in painting order: canal, discs, ribs, sacrum (unlabelled), then each vertebra."""
+    """All solid shapes in painting order: canal, discs, ribs and sacrum (labelled as landmarks:
+    vfscreen.labels.RIB_SOURCE_ID, SACRUM_VERSE_ID), then each vertebra."""
     tissues, vertebrae = case.tissues, case.vertebrae
     result = []
     for vertebra, disc in zip(vertebrae, case.disc_heights):
@@ -68,7 +70,8 @@ def _ribs(vertebra) -> list:
         head = shapes.world_point(vertebra, (side * 0.9 * vertebra.half_width, -0.75 * vertebra.half_depth,
                                              vertebra.arch_centre_w()))
         direction = side * np.cos(np.deg2rad(40)) * lateral - np.sin(np.deg2rad(40)) * anterior - 0.15 * superior
-        ribs.append(shapes.Capsule(head, head + 110.0 * direction, superior, 5.5, 4.0, rib_hu, 0, taper=0.1))
+        ribs.append(shapes.Capsule(head, head + 110.0 * direction, superior, 5.5, 4.0, rib_hu, labels.RIB_SOURCE_ID,
+                                    taper=0.1))
     return ribs
 
 
@@ -80,7 +83,8 @@ def _sacrum(last, disc_below: float):
     frame = np.stack([lateral, sacral_anterior, sacral_superior])
     centre = last.centre - superior * (max(last.heights) / 2 + disc_below) - sacral_superior * 28.0
     return shapes.EllipticCylinder(centre, frame, 1.15 * last.half_width, last.half_depth, 28.0,
-                                   0.4 * last.cortical_hu + 0.6 * last.cancellous_hu, exponent=2.5)
+                                   0.4 * last.cortical_hu + 0.6 * last.cancellous_hu, exponent=2.5,
+                                   label=labels.SACRUM_VERSE_ID)
 
 
 def _background(case: SpineCase, x, y, z) -> np.ndarray:
@@ -219,5 +223,5 @@ def add_trabecular_texture(hu: np.ndarray, verse_labels: np.ndarray, spacing: np
     texture = ndimage.gaussian_filter(rng.standard_normal(size=hu.shape, dtype=np.float32),
                                       TRABECULAR_SCALE_MM / np.asarray(spacing)[::-1])
     texture *= np.float32(amplitude_hu / max(float(texture.std()), 1e-6))
-    weight = (verse_labels > 0) * np.clip((550.0 - hu) / 200.0, 0.0, 1.0)
+    weight = np.isin(verse_labels, labels.SPINE_ORDER) * np.clip((550.0 - hu) / 200.0, 0.0, 1.0)
     return hu + texture * weight.astype(np.float32)
