@@ -36,7 +36,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from vfscreen.inference.geometry import WORLD_SUPERIOR, array_indices_to_world, touches_border, voxel_shadow_mm
-from vfscreen.labels import MAX_VERSE_ID, NUM_CLASSES, is_vertebra, name_of, spine_position
+from vfscreen.labels import MAX_VERSE_ID, NUM_VERTEBRA_CLASSES, is_vertebra, name_of, spine_position
 
 BONE_MIN_P90_HU = 100.0
 MAX_VERTEBRA_ML = 200.0
@@ -46,7 +46,7 @@ MIN_THICKNESS_MM = 8.0
 MIN_LEVEL_SPACING_MM = 8.0
 MAX_LEVEL_SPACING_MM = 60.0
 MAX_STEP_ANGLE_DEG = 70.0
-MAX_COMPONENTS = 2 * (NUM_CLASSES - 1)
+MAX_COMPONENTS = 2 * NUM_VERTEBRA_CLASSES
 
 
 def looks_like_ct_hu(array: np.ndarray) -> bool:
