@@ -1,0 +1,165 @@
+"""Landmark evidence (ribs, sacrum) in the vertebra chain model: hand-made component tables and tiny label volumes."""
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from vfscreen.inference.label_consistency import LEVEL_CERTAIN_POSTERIOR, assign_labels, make_labels_consistent
+from vfscreen.inference.landmarks import LandmarkEvidence, find_landmarks, landmark_log_factors
+from vfscreen.labels import (CLASS_TO_VERSE, NAME_TO_VERSE, RIB_CLASS, SACRUM_CLASS, SPINE_REGION_GROUP_IDS,
+                             VERSE_NAMES, VERSE_TO_CLASS, region_evidence)
+
+REGION_OUTPUTS = {"t": (1.0, 0.7, 0.3), "l": (1.0, 0.3, 0.7), "c": (1.0, 0.3, 0.3)}  # P(vertebra, thoracic, lumbar)
+
+
+def regions(kinds: str) -> np.ndarray:
+    """Class evidence of a grouped network that leans thoracic ('t'), lumbar ('l') or neither ('c') per component."""
+    return region_evidence(np.array([REGION_OUTPUTS[kind] for kind in kinds]))
+
+
+def evidence(count, ribs=(), sacrum=None, one_side=()) -> LandmarkEvidence:
+    sides = [({"left"} if row in one_side else {"left", "right"}) if row in ribs else set() for row in range(count)]
+    return LandmarkEvidence(count, sides, ribs_in_view=bool(ribs), sacrum_in_view=sacrum is not None,
+                            sacrum_component=sacrum)
+
+
+def chain(kinds, landmarks):
+    new_class, confidence, _ = assign_labels(regions(kinds), None, landmark_log_factors(landmarks))
+    return [VERSE_NAMES[CLASS_TO_VERSE[int(c)]] if c else None for c in new_class], np.round(confidence, 3).tolist()
+
+
+def test_lowest_rib_bearing_vertebra_is_t12():
+    names, confidence = chain("tttttllll", evidence(9, ribs=range(5)))
+    assert names == ["T8", "T9", "T10", "T11", "T12", "L1", "L2", "L3", "L4"]
+    assert confidence == [0.72, 0.759, 0.8, 0.845, 0.892, 0.943, 0.899, 0.855, 0.812]
+    # the same components without the ribs: same names, every one less sure (the anchor is what makes them sure)
+    _, unanchored, _ = assign_labels(regions("tttttllll"))
+    assert np.all(unanchored < np.array(confidence) - 0.1)
+
+
+def test_vertebra_on_the_sacrum_is_l5():
+    names, confidence = chain("lllll", evidence(5, sacrum=4))
+    assert names == ["L1", "L2", "L3", "L4", "L5"]
+    assert confidence == [0.888, 0.897, 0.907, 0.918, 0.926]
+
+
+def test_thirteen_rib_bearing_vertebrae_below_c7_make_t13():
+    names, confidence = chain("c" + "t" * 13 + "l", evidence(15, ribs=range(1, 14)))
+    assert names == ["C7"] + [f"T{n}" for n in range(1, 14)] + ["L1"]
+    assert confidence[0] == 0.912 and confidence[13] == 0.357 and confidence[14] == 0.932
+    assert confidence[13] < LEVEL_CERTAIN_POSTERIOR  # the variant is decided, and flagged: a 13th rib is rare
+
+
+def test_six_rib_free_vertebrae_above_the_sacrum_make_l6():
+    names, confidence = chain("ttllllll", evidence(8, ribs=range(2), sacrum=7))
+    assert names == ["T11", "T12", "L1", "L2", "L3", "L4", "L5", "L6"]
+    assert confidence == [0.761, 0.803, 0.833, 0.782, 0.731, 0.681, 0.631, 0.582]
+
+
+def test_eleven_rib_pairs_is_a_decision_with_low_confidence_where_it_is_ambiguous():
+    names, confidence = chain("c" + "t" * 11 + "ll", evidence(14, ribs=range(1, 12)))
+    assert names == ["C7"] + [f"T{n}" for n in range(1, 12)] + ["L1", "L2"]
+    assert min(confidence) == 0.092 and confidence[-2] == 0.932
+
+
+def test_mid_thoracic_field_without_landmarks_is_uncertain():
+    names, confidence = chain("tttttttt", evidence(8))
+    assert names == [f"T{n}" for n in range(1, 9)]  # a decision (the chain's MAP) ...
+    assert max(confidence) == 0.172  # ... that says it does not know the level
+
+
+def test_ribs_on_one_side_count_like_pairs():
+    assert chain("tttttllll", evidence(9, ribs=range(5), one_side=range(5))) == \
+        chain("tttttllll", evidence(9, ribs=range(5)))
+
+
+# --- landmark evidence from label volumes -------------------------------------------------------------------------
+
+def _spine_volume(vertebrae: list[str], rib_rows=(), sacrum=False, fused=False):
+    """Vertebra blocks (head -> feet along -z), ribs left/right of chosen blocks, an optional sacrum below."""
+    depth = 8 * len(vertebrae) + 14
+    array = np.zeros((depth, 16, 40), np.uint8)
+    for row, name in enumerate(vertebrae):
+        array[2 + 8 * row: 8 + 8 * row, 4:12, 14:26] = VERSE_TO_CLASS[NAME_TO_VERSE[name]]
+    for row in rib_rows:
+        array[4 + 8 * row: 6 + 8 * row, 8:10, 2:14] = RIB_CLASS  # touching the block's left/right faces
+        array[4 + 8 * row: 6 + 8 * row, 8:10, 26:38] = RIB_CLASS
+    if sacrum:
+        top = 8 * len(vertebrae) + (0 if fused else 3)  # right below the last block, or after an 8 mm gap
+        array[top: top + 8, 4:12, 14:26] = SACRUM_CLASS
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((2.0, 2.0, 2.0))
+    image.SetDirection((1, 0, 0, 0, -1, 0, 0, 0, -1))  # array axis 0 -> feet
+    return array, image
+
+
+def _chain_names(array, image):
+    verse_map, components, landmarks = make_labels_consistent(array, image, None, has_landmarks=True,
+                                                              min_volume_mm3=10.0)
+    return [VERSE_NAMES[CLASS_TO_VERSE[c.new_class_id]] if c.new_class_id else None for c in components], landmarks
+
+
+def test_rib_components_mark_their_vertebrae_and_count_pairs():
+    array, image = _spine_volume(["T11", "T12", "L1", "L2"], rib_rows=(0, 1))
+    _, landmarks = _chain_names(array, image)
+    assert landmarks.rib_bearing == [0, 1] and landmarks.rib_pairs == 2
+    assert landmarks.rib_sides[0] == {"left", "right"}
+
+
+def test_rib_touching_two_vertebrae_is_counted_on_both_with_a_note():
+    array, image = _spine_volume(["T11", "T12", "L1"], rib_rows=(0,))
+    array[4:12, 8:10, 2:14] = RIB_CLASS  # the left rib now also reaches down along the second block
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((2.0, 2.0, 2.0))
+    image.SetDirection((1, 0, 0, 0, -1, 0, 0, 0, -1))
+    _, landmarks = _chain_names(array, image)
+    assert 1 in landmarks.rib_bearing and any("touch two vertebrae" in note for note in landmarks.notes)
+
+
+def test_sacrum_marks_the_vertebra_above_it_even_when_fused():
+    for fused in (False, True):
+        array, image = _spine_volume(["L3", "L4", "L5"], sacrum=True, fused=fused)
+        _, landmarks = _chain_names(array, image)
+        assert landmarks.sacrum_in_view and landmarks.sacrum_component == 2
+        assert any("touches it directly" in note for note in landmarks.notes) == fused
+
+
+def test_ribs_without_vertebrae_and_no_landmark_at_all_are_notes_not_crashes():
+    array, image = _spine_volume([], rib_rows=())
+    array[2:6, 8:10, 2:14] = RIB_CLASS
+    verse_map, components, landmarks = make_labels_consistent(array, image, None, has_landmarks=True)
+    assert components == [] and not verse_map.any() and "no vertebra" in landmarks.notes[0]
+    array, image = _spine_volume(["T5", "T6", "T7"])
+    names, landmarks = _chain_names(array, image)
+    assert names == ["T5", "T6", "T7"] and not landmarks.any_landmark
+    assert any("no rib and no sacrum" in note for note in landmarks.notes)
+
+
+def test_grouped_network_names_vertebrae_from_landmarks():
+    # one vertebra group everywhere (no thoracic / lumbar information at all): only the landmarks can name them
+    array, image = _spine_volume(["T11", "T12", "L1", "L2", "L3", "L4", "L5"], rib_rows=(0, 1), sacrum=True)
+    groups = np.zeros_like(array)
+    groups[(array > 0) & (array <= 26)] = SPINE_REGION_GROUP_IDS["vertebra"]
+    groups[array == RIB_CLASS] = SPINE_REGION_GROUP_IDS["rib"]
+    groups[array == SACRUM_CLASS] = SPINE_REGION_GROUP_IDS["sacrum"]
+    probabilities = np.zeros((5,) + array.shape, np.float32)
+    probabilities[0] = groups == SPINE_REGION_GROUP_IDS["vertebra"]
+    probabilities[1:3] = 0.5
+    verse_map, components, landmarks = make_labels_consistent(groups, image, probabilities, grouping="spine_regions",
+                                                              has_landmarks=True, min_volume_mm3=10.0)
+    names = [VERSE_NAMES[CLASS_TO_VERSE[c.new_class_id]] for c in components]
+    assert names == ["T11", "T12", "L1", "L2", "L3", "L4", "L5"]
+    assert landmarks.rib_pairs == 2 and landmarks.sacrum_component == 6
+    assert [round(c.label_confidence, 3) for c in components] == [0.837, 0.886, 0.979, 0.976, 0.975, 0.976, 0.97]
+
+
+@pytest.mark.parametrize("masks", [(None, None), ("empty", "empty")])
+def test_find_landmarks_without_rib_or_sacrum(masks):
+    array, image = _spine_volume(["L1", "L2"])
+    component_map = (array > 0).astype(np.int32)
+    component_map[array == VERSE_TO_CLASS[NAME_TO_VERSE["L2"]]] = 2
+    empty = np.zeros(array.shape, bool)
+    rib, sacrum = [None if m is None else empty for m in masks]
+    landmarks = find_landmarks(component_map, np.zeros((2, 3)), rib, sacrum, image)
+    assert not landmarks.any_landmark and landmarks.rib_pairs == 0
+    assert np.all(landmark_log_factors(landmarks) == 0)
+    assert (len(landmarks.notes) == 1) == (masks[0] is not None)  # a source that could show them says none were seen
