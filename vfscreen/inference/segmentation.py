@@ -28,8 +28,8 @@ from vfscreen.errors import ConfigError
 from vfscreen.inference.grading import FoldEnsembleGrader, Grader
 from vfscreen.inference.saliency import grad_cam_image
 from vfscreen.inference.spine_labels import SpineLabels
-from vfscreen.utils.image_io import orientation_code
 from vfscreen.labels import LANDMARK_CLASSES
+from vfscreen.utils.image_io import orientation_code
 
 paths.export_for_nnunet()  # nnunetv2 (imported on use, below) reads its folders once, at import
 
