@@ -384,3 +384,31 @@ def test_a_ratio_outside_the_fitted_range_is_not_extrapolated():
     assert vertebrae[0]["p_fracture_fused"] is None and vertebrae[0]["note"] == OUT_OF_RANGE_NOTE
     assert vertebrae[0]["suspected"] is (0.1 >= model["thresholds"]["grader"])
     assert vertebrae[1]["p_fracture_fused"] is not None and vertebrae[1]["note"] == ""
+
+
+def test_two_parts_at_once_into_one_folder_keep_every_row(input_folder, tmp_path, monkeypatch):
+    """-num_parts 2, both parts running at the same time into one folder: summary.csv and errors.csv end up with every
+    case (the rewrite of the two tables is serialised; a slow table write here makes the parts overlap)."""
+    import threading
+    import time
+
+    # sorted cases: broken caseA caseB caseBb caseC -> part 0: broken, caseB, caseC; part 1: caseA, caseBb
+    (input_folder / "broken.nii.gz").write_text("not an image")
+    (input_folder / "caseBb.nii.gz").write_text("not an image")  # each part has a failure
+    original = outputs.atomic_write_csv
+    monkeypatch.setattr(outputs, "atomic_write_csv", lambda path, table: (time.sleep(1.0), original(path, table)))
+    out = tmp_path / "out"
+    start = threading.Barrier(2)
+
+    def run(part):
+        start.wait()
+        predict(input_folder, out, models=fake_models(), num_parts=2, part_id=part)
+
+    threads = [threading.Thread(target=run, args=(part,)) for part in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    summary = pd.read_csv(out / "summary.csv")
+    assert sorted(summary["case_id"].unique()) == ["caseA", "caseB", "caseC"]
+    assert sorted(pd.read_csv(out / "errors.csv")["case_id"]) == ["broken", "caseBb"]

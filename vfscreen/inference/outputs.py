@@ -10,8 +10,16 @@ OUTPUT/errors.csv             case_id, input, error - cases that failed (nothing
 """
 from __future__ import annotations
 
+import contextlib
+
 import json
+import os
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 import numpy as np
 import pandas as pd
@@ -158,6 +166,22 @@ def summary_rows(case_json: dict) -> list[dict]:
             **{f"centroid_{axis}_mm": value for axis, value in zip("xyz", vertebra["centroid_mm"])},
             "implausible": vertebra["implausible"], "note": vertebra["note"]})
     return rows
+
+
+@contextlib.contextmanager
+def folder_lock(output_folder: Path):
+    """Exclusive lock (flock) of the output folder itself while summary.csv and errors.csv are rewritten, so that
+    -num_parts runs writing into one folder at the same time do not lose each other's rows; nothing is written for
+    it. Without POSIX file locks (Windows) parts must not finish at the same moment."""
+    if fcntl is None:
+        yield
+        return
+    descriptor = os.open(output_folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
 
 
 def write_summary(output_folder: Path, case_ids: list[str]) -> pd.DataFrame:

@@ -355,9 +355,10 @@ def predict(input, output, dataset=501, configuration: str = "3d", folds=None, d
                              if message else type(error).__name__})
             tqdm.write(f"vfscreen: case {case.case_id} failed: {failures[-1]['error']}")
     if output_folder.is_dir():
-        table = outputs.write_summary(output_folder, [case.case_id for case in all_cases if _safe(case.case_id)])
-        outputs.update_errors(output_folder, [case.case_id for case in todo], failures,
-                              [case.case_id for case in all_cases])
+        with outputs.folder_lock(output_folder):  # other parts may finish at the same time
+            table = outputs.write_summary(output_folder, [case.case_id for case in all_cases if _safe(case.case_id)])
+            outputs.update_errors(output_folder, [case.case_id for case in todo], failures,
+                                  [case.case_id for case in all_cases])
     else:
         table = pd.DataFrame(columns=outputs.SUMMARY_COLUMNS)
     table = table[table["case_id"].isin(finished + skipped)].reset_index(drop=True)
