@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from vfscreen.inference.geometry import voxel_volume_mm3
-from vfscreen.labels import NAME_TO_VERSE, NUM_VERTEBRA_CLASSES, VERSE_NAMES, VERSE_TO_CLASS
+from vfscreen.inference.geometry import array_indices_to_world, voxel_volume_mm3
+from vfscreen.inference.spine_labels import label_centroids_mm
+from vfscreen.labels import (LANDMARK_NAMES, NAME_TO_VERSE, NUM_VERTEBRA_CLASSES, VERSE_NAMES, VERSE_TO_CLASS,
+                             spine_position)
 
 THORACIC_CLASSES = np.array([VERSE_TO_CLASS[v] for v in VERSE_NAMES if VERSE_NAMES[v].startswith("T")])
 LAST_LUMBAR_CLASSES = np.array([VERSE_TO_CLASS[NAME_TO_VERSE["L5"]], VERSE_TO_CLASS[NAME_TO_VERSE["L6"]]])
@@ -127,8 +129,6 @@ def _nearest_component(component_map: np.ndarray, box, spacing_zyx):
 
 
 def _rib_evidence(evidence, component_map, centroids_mm, rib_mask, spacing_zyx, voxel_mm3, reference) -> None:
-    from vfscreen.inference.geometry import array_indices_to_world
-
     margin = np.ceil(RIB_CONTACT_MM / spacing_zyx).astype(int) + 1
     box = _box(rib_mask, margin)
     distance, nearest = _nearest_component(component_map, box, spacing_zyx)
@@ -163,8 +163,6 @@ def _rib_evidence(evidence, component_map, centroids_mm, rib_mask, spacing_zyx, 
 
 
 def _sacrum_evidence(evidence, component_map, centroids_mm, sacrum_mask, spacing_zyx, reference) -> None:
-    from vfscreen.inference.geometry import array_indices_to_world
-
     evidence.sacrum_in_view = True
     sacrum_top = float(array_indices_to_world(reference, np.argwhere(sacrum_mask).astype(float))[:, 2].max())
     margin = np.ceil(SACRUM_CONTACT_MM / spacing_zyx).astype(int) + 1
@@ -217,9 +215,6 @@ def naming_of_given_labels(spine, reference) -> dict:
     or TotalSegmentator's mask), and where its names contradict it (its names are never changed): a rib on a
     vertebra not named thoracic, a vertebra named thoracic below the lowest rib-bearing one, a vertebra on the
     sacrum not named L5/L6. JSON-ready: the summary plus ``contradictions`` and ``anchored``."""
-    from vfscreen.inference.spine_labels import label_centroids_mm
-    from vfscreen.labels import LANDMARK_NAMES, spine_position
-
     centroids = label_centroids_mm(spine.verse_map, reference)
     order = sorted(centroids, key=spine_position)
     to_row = np.zeros(max(order, default=0) + 1, dtype=np.int32)
