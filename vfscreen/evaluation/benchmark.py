@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     untrained.add_argument("--labels", help="ground-truth masks (nnU-Net class ids) of -i: a file or a folder of "
                            "<case>.nii.gz")
     untrained.add_argument("--tile-step-size", type=float, default=0.5, help="nnU-Net sliding window step (0.5)")
-    untrained.add_argument("--disable-tta", action="store_true", help="no mirroring (nnU-Net's --disable_tta)")
+    untrained.add_argument("--disable_tta", "--disable-tta", dest="disable_tta", action="store_true", help="no mirroring")
     untrained.add_argument("--seed", type=int, default=0, help="phantom and weight seed (default 0)")
     untrained.add_argument("--work-dir", help="keep the planning data, phantom and models here (default: temporary)")
     speed.add_argument("--verbose", action="store_true")

@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-chk", dest="checkpoint", choices=("final", "best", "latest"), default="final",
                         help="checkpoint of every fold [final]")
     parser.add_argument("-device", dest="device", choices=("cpu", "cuda", "mps"), default="cpu", help="[cpu]")
-    parser.add_argument("--continue", dest="continue_prediction", action="store_true",
+    parser.add_argument("--c", "--continue", "--continue_prediction", dest="continue_prediction", action="store_true",
                         help="skip cases whose outputs are already complete")
     parser.add_argument("-num_parts", type=int, default=1, help="split the cases over this many runs [1]")
     parser.add_argument("-part_id", type=int, default=0, help="which part this run processes (0-based) [0]")

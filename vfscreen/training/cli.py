@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="grader loss (default: the plans'; ce = the paper's baseline, saved separately)")
     parser.add_argument("-device", "--device", choices=DEVICE_TYPES, default=None,
                         help="default: the device the plans were made for")
-    parser.add_argument("--c", action="store_true", help="continue from the latest checkpoints")
+    parser.add_argument("--c", "--continue", dest="c", action="store_true", help="continue from the latest checkpoints")
     parser.add_argument("--pretrained-seg", metavar="MODEL_FOLDER", default=None,
                         help="a trained nnU-Net v2 vertebra model folder (dataset.json, plans.json, "
                              "fold_X/checkpoint_final.pth; e.g. TotalSegmentator's) instead of training segmentation: "
