@@ -15,8 +15,6 @@ so the models live apart from the plans' own. The SupCon - CE differences get *p
 from __future__ import annotations
 
 import datetime
-import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from vfscreen.core.model_folders import grader_model_folder
 from vfscreen.core.plans import PLANS_NAME
 from vfscreen.errors import ConfigError
 from vfscreen.evaluation.bootstrap import bootstrap_intervals
+from vfscreen.evaluation.curves import train_grader_run
 from vfscreen.evaluation.metrics import compute_metrics, defined, metric_value, undefined
 from vfscreen.evaluation.table import render
 
@@ -63,14 +62,7 @@ def train_missing_folds(dataset_name: str, configuration: str, folds, plans_name
             override = {**(common_override or {}), **own_override}
             if fold in trained_folds(dataset_name, configuration, plans_name, variant):
                 continue
-            command = [sys.executable, "-m", "vfscreen.training.cli", dataset_name, configuration, str(fold),
-                       "--stage", "grader", "--loss", loss, "--plans-tag", tag,
-                       "--grader-override", json.dumps(override)] + (["--device", device] if device else [])
-            print(f"training: {' '.join(command[1:])}", flush=True)
-            completed = subprocess.run(command, check=False)
-            if completed.returncode != 0:
-                raise ConfigError(f"training {variant} fold {fold} failed (exit {completed.returncode})")
-            commands.append(" ".join(command[1:]))
+            commands.append(train_grader_run(dataset_name, configuration, fold, loss, tag, override, device))
     return commands
 
 
@@ -145,20 +137,13 @@ def run_ablation(dataset_name: str, configuration: str, folds, plans_name: str =
             "metrics": point}
 
 
-def _cell(leaf: dict) -> str:
+def _cell(leaf: dict, spec: str = ".2f") -> str:
+    """'0.84 [0.81, 0.87]' (``spec`` '+.3f' for differences); 'n/a' when undefined."""
     value = metric_value(leaf)
     if value is None:
         return "n/a"
     interval = leaf.get("ci95")
-    return f"{value:.2f} [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else f"{value:.2f}"
-
-
-def _difference_cell(leaf: dict) -> str:
-    value = metric_value(leaf)
-    if value is None:
-        return "n/a"
-    interval = leaf.get("ci95")
-    return f"{value:+.3f} [{interval[0]:+.3f}, {interval[1]:+.3f}]" if interval else f"{value:+.3f}"
+    return f"{value:{spec}} [{interval[0]:{spec}}, {interval[1]:{spec}}]" if interval else f"{value:{spec}}"
 
 
 def format_ablation(ablation: dict, markdown: bool = False) -> str:
@@ -173,7 +158,7 @@ def format_ablation(ablation: dict, markdown: bool = False) -> str:
         for readout in READOUTS:
             leaves = metrics["differences"][f"{first}-{second}/{readout}"]
             difference_rows.append([f"{VARIANTS[first][3]} - {VARIANTS[second][3]}", readout,
-                                    _difference_cell(leaves["macro_f1"]), _difference_cell(leaves["auroc"])])
+                                    _cell(leaves["macro_f1"], "+.3f"), _cell(leaves["auroc"], "+.3f")])
     title = (f"Ablation on {ablation['dataset']} ({ablation['configuration']}), folds {ablation['folds']}: "
              f"{ablation['num_vertebrae']} validation vertebrae of {ablation['num_patients']} patients; "
              f"{ablation['checkpoint']}; 95 % patient-bootstrap intervals ({ablation['n_resamples']} resamples, "

@@ -31,6 +31,20 @@ COLUMNS = (("loss", "loss"), ("step", "step"), ("train_supcon_normalised", "trai
            ("probe_macro_f1", "probe macro-F1"), ("head_auroc", "head AUROC"), ("head_macro_f1", "head macro-F1"))
 
 
+def train_grader_run(dataset_name: str, configuration: str, fold: int, loss: str, plans_tag: str, override: dict,
+                     device: str | None) -> str:
+    """``vfscreen_train ... --stage grader --plans-tag TAG --grader-override JSON`` in a subprocess (evaluation does
+    not import training); ConfigError if it fails. Returns the command."""
+    command = [sys.executable, "-m", "vfscreen.training.cli", dataset_name, configuration, str(fold),
+               "--stage", "grader", "--loss", loss, "--plans-tag", plans_tag,
+               "--grader-override", json.dumps(override)] + (["--device", device] if device else [])
+    print(f"training: {' '.join(command[1:])}", flush=True)
+    completed = subprocess.run(command, check=False)
+    if completed.returncode != 0:
+        raise ConfigError(f"training {loss} fold {fold} ({plans_tag}) failed (exit {completed.returncode})")
+    return " ".join(command[1:])
+
+
 def curves_plans_tag(tag: str) -> str:
     return f"curves{tag}"
 
@@ -47,14 +61,7 @@ def run_curves(dataset_name: str, configuration: str, fold: int, steps, override
         folder = grader_model_folder(dataset_name, configuration, loss, f"{PLANS_NAME}_{plans_tag}")
         curves_file = folder / f"fold_{fold}" / "validation" / "curves.json"
         if train and not (folder / f"fold_{fold}" / "checkpoint_final.pth").is_file():
-            command = [sys.executable, "-m", "vfscreen.training.cli", dataset_name, configuration, str(fold),
-                       "--stage", "grader", "--loss", loss, "--plans-tag", plans_tag,
-                       "--grader-override", json.dumps(values)] + (["--device", device] if device else [])
-            print(f"training: {' '.join(command[1:])}", flush=True)
-            completed = subprocess.run(command, check=False)
-            if completed.returncode != 0:
-                raise ConfigError(f"training {loss} fold {fold} failed (exit {completed.returncode})")
-            commands.append(" ".join(command[1:]))
+            commands.append(train_grader_run(dataset_name, configuration, fold, loss, plans_tag, values, device))
         if not curves_file.is_file():
             raise ConfigError(f"{curves_file} not found: train the curves first (drop --no-train)")
         curves[loss] = json.loads(curves_file.read_text())["rows"]
