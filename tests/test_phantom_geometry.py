@@ -119,7 +119,8 @@ ORIENTATIONS = ("LPS", "RAS", "LAS", "PIR", "ASL", "IRP", "SPR", "RIA")
 def _centroids(label_image: sitk.Image) -> dict[int, np.ndarray]:
     statistics = sitk.LabelShapeStatisticsImageFilter()
     statistics.Execute(label_image)
-    return {labels.CLASS_TO_VERSE[c]: np.array(statistics.GetCentroid(c)) for c in statistics.GetLabels()}
+    return {labels.CLASS_TO_VERSE[c]: np.array(statistics.GetCentroid(c)) for c in statistics.GetLabels()
+            if c in labels.CLASS_TO_VERSE}  # vertebrae only (rib / sacrum landmark classes are not)
 
 
 def _bone_centroid(ct: sitk.Image) -> np.ndarray:

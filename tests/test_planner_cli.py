@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 
 from planning_dataset import make_dataset
-from vfscreen import paths
+from vfscreen import labels, paths
 from vfscreen.experiment_planning import cli
 from vfscreen.core.plans import load_plans, plans_file
 
@@ -79,7 +79,7 @@ def test_segmentation_trainer_reads_the_schedule_from_the_plans(planned_dataset)
     assert trainer.output_folder.endswith(f"{name}/vfscreenSegTrainer__nnUNetPlans__3d_vfscreen/fold_0")
     # the planned label grouping reaches nnU-Net: region-based training (sigmoid outputs vertebra/thoracic/lumbar)
     assert seg["label_grouping"] == "spine_regions"
-    assert trainer.label_manager.has_regions and trainer.label_manager.num_segmentation_heads == 3
+    assert trainer.label_manager.has_regions and trainer.label_manager.num_segmentation_heads == len(labels.SPINE_REGIONS)
     assert trainer.dataset_json["vfscreen_label_grouping"] == "spine_regions"
 
 
