@@ -206,3 +206,18 @@ def test_split_parts_cover_the_component_exactly():
     parts = split_touching(mask, probability, (1.0, 1.0, 1.0), min_seed_voxels=100)
     assert len(parts) == 3
     assert np.array_equal(np.sum(parts, axis=0), mask.astype(int))  # disjoint and covering
+
+
+def test_hundreds_of_noise_fragments_are_capped_with_a_warning():
+    """A noise scan's hundreds of fragments: only the largest few are examined (no per-fragment work beyond that)."""
+    import pytest
+
+    from vfscreen.inference.label_consistency import find_components
+
+    class_map = np.zeros((20, 60, 60), np.uint8)
+    class_map[::2, ::3, ::3] = VERSE_TO_CLASS[NAME_TO_VERSE["L1"]]  # 6,000 isolated voxels
+    class_map[2:12, 10:30, 10:30] = VERSE_TO_CLASS[NAME_TO_VERSE["L1"]]  # one real vertebra
+    image = sitk.GetImageFromArray(class_map)
+    with pytest.warns(UserWarning, match="connected components, the 5 largest kept"):
+        _, components = find_components(class_map, image, max_components=5, min_volume_mm3=50)
+    assert len(components) == 1 and components[0].volume_mm3 >= 10 * 20 * 20

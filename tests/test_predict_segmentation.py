@@ -58,9 +58,11 @@ def test_segmenter_returns_maps_on_the_input_grid(model_folder, orientation):
     image = sitk.GetImageFromArray(array)
     image.SetSpacing((2.5, 2.0, 3.5))
     image.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))  # RAS
-    class_map, probabilities = segmenter(image)
-    assert class_map.shape == array.shape and class_map.dtype == np.uint8
-    assert probabilities.shape == (NUM_CLASSES,) + array.shape
+    segmentation = segmenter(image)
+    class_map, probabilities = segmentation.class_map, segmentation.probabilities
+    assert segmentation.shape == array.shape and segmentation.full_class_map().shape == array.shape
+    assert class_map.dtype == np.uint8 and probabilities.dtype == np.float16
+    assert probabilities.shape == (NUM_CLASSES,) + class_map.shape
     np.testing.assert_allclose(probabilities.astype(np.float32).sum(axis=0), 1.0, atol=2e-2)
     assert np.array_equal(class_map, probabilities.argmax(axis=0)) or \
         np.mean(class_map == probabilities.argmax(axis=0)) > 0.99  # float16 ties
@@ -91,19 +93,23 @@ def test_reorientation_round_trip_is_voxel_exact(model_folder, orientation):
 
     segmenter = NnunetSegmenter(model_folder, [0], "cpu", orientation=orientation, use_mirroring=False)
 
-    def threshold_network(data, properties, *args):  # stands in for nnU-Net: class 1 where the voxel is > 0
-        foreground = (data[0] > 0).astype(np.uint8)
-        probabilities = np.zeros((NUM_CLASSES,) + foreground.shape, np.float32)
-        probabilities[0], probabilities[1] = 1 - foreground, foreground
-        return foreground, probabilities
+    def threshold_network(data):  # stands in for nnU-Net's network: class 1 where the input voxel was > 0
+        foreground = data[0] > (0.0 - 300.0) / 250.0  # the plan's CT normalisation of 0 HU
+        logits = torch.full((NUM_CLASSES,) + foreground.shape, -100.0)
+        logits[0], logits[1] = torch.where(foreground, -100.0, 100.0), torch.where(foreground, 100.0, -100.0)
+        return logits
 
-    segmenter.predictor.predict_single_npy_array = threshold_network
-    array = np.random.default_rng(1).normal(0, 1, (7, 9, 11)).astype(np.float32)
+    segmenter.predictor.predict_logits_from_preprocessed_data = threshold_network
+    array = np.random.default_rng(1).choice([-100.0, 100.0], (7, 9, 11)).astype(np.float32)
+    array[:, :4] = -100.0  # background around part of the image: the region is smaller than the image
     image = sitk.GetImageFromArray(array)
+    image.SetSpacing((3.0, 3.0, 3.0))  # the plan's spacing: no resampling, so the round trip must be exact
     image.SetDirection((0, 1, 0, -1, 0, 0, 0, 0, -1))  # an oblique-free but permuted, flipped grid
-    class_map, probabilities = segmenter(image)
-    assert np.array_equal(class_map, (array > 0).astype(np.uint8))
-    assert np.array_equal(probabilities[1], (array > 0).astype(np.float16))
+    segmentation = segmenter(image)
+    assert np.array_equal(segmentation.full_class_map(), (array > 0).astype(np.uint8))
+    assert segmentation.box[1].start >= 1  # the background rows are (partly) outside the region
+    foreground = (array > 0)[segmentation.box].astype(np.float16)
+    assert np.array_equal(segmentation.probabilities[1], foreground)
 
 
 def test_vfscreen_trainer_checkpoints_are_found(model_folder):
@@ -118,5 +124,5 @@ def test_vfscreen_trainer_checkpoints_are_found(model_folder):
         torch.save(checkpoint, path)
     segmenter = NnunetSegmenter(model_folder, [0, 1], "cpu", use_mirroring=False)
     assert segmenter.trainer_name == "vfscreenSegTrainer"
-    class_map, _ = segmenter(sitk.GetImageFromArray(np.zeros((8, 8, 8), np.float32)))
-    assert class_map.shape == (8, 8, 8)
+    segmentation = segmenter(sitk.GetImageFromArray(np.zeros((8, 8, 8), np.float32)))
+    assert segmentation.full_class_map().shape == (8, 8, 8)

@@ -62,7 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "stage; its dataset.json names the labels")
     parser.add_argument("--no-grader", dest="no_grader", action="store_true",
                         help="no learned grade: morphometry, morphometric Genant grade and the report only")
-    parser.add_argument("--verbose", action="store_true", help="timings per case and tracebacks")
+    parser.add_argument("--memory-budget-gb", dest="memory_budget_gb", type=float, default=None,
+                        help="memory a case may use; a case that would need more fails (errors.csv) [the plans' "
+                             "device memory or the machine's, whichever is smaller, minus headroom]")
+    parser.add_argument("--verbose", action="store_true", help="timings and peak memory per stage, tracebacks")
     return parser
 
 
@@ -75,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
                     part_id=arguments.part_id, num_threads=arguments.num_threads, saliency=arguments.saliency,
                     save_probabilities=arguments.save_probabilities, checkpoint=arguments.checkpoint,
                     verbose=arguments.verbose, use_mirroring=arguments.use_mirroring, masks=arguments.masks,
-                    mask_labels=arguments.mask_labels, seg_model=arguments.seg_model, no_grader=arguments.no_grader)
+                    mask_labels=arguments.mask_labels, seg_model=arguments.seg_model, no_grader=arguments.no_grader,
+                    memory_budget_gb=arguments.memory_budget_gb)
     finished, skipped, errors = table.attrs["finished"], table.attrs["skipped"], table.attrs["errors"]
     print(f"vfscreen_predict: {len(finished)} case(s) predicted, {len(skipped)} skipped (complete), "
           f"{len(errors)} failed -> {arguments.output}")

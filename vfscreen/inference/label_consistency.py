@@ -32,6 +32,7 @@ split (where its foreground dips inside one vertebra, body and arch could become
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,6 +57,8 @@ SPLIT_LEVELS = (0.6, 0.7, 0.8, 0.9, 0.95, 0.98)  # P(vertebra) levels searched f
 # ~10-60 ml; cervical ones (~3-5 ml) have smaller cores, so merged cervical vertebrae stay merged (conservative).
 MIN_CORE_MM3 = 2500.0
 _PROBABILITY_FLOOR = 1e-6
+DEFAULT_MIN_VOLUME_MM3 = 200.0  # components smaller than this are fragments
+MAX_COMPONENTS_PER_CLASS = 64  # more are noise: only the largest are examined (a spine has at most 26 vertebrae)
 
 
 @dataclass
@@ -222,13 +225,15 @@ def split_touching(mask: np.ndarray, foreground_probability: np.ndarray, spacing
 
 
 def find_components(class_map: np.ndarray, reference: sitk.Image, probabilities: np.ndarray | None = None,
-                    min_volume_mm3: float = 200.0, min_fraction: float = 0.1, grouping: str = "vertebrae",
-                    min_core_mm3: float | None = MIN_CORE_MM3) -> tuple[np.ndarray, list[Component]]:
+                    min_volume_mm3: float = DEFAULT_MIN_VOLUME_MM3, min_fraction: float = 0.1,
+                    grouping: str = "vertebrae", min_core_mm3: float | None = MIN_CORE_MM3,
+                    max_components: int = MAX_COMPONENTS_PER_CLASS) -> tuple[np.ndarray, list[Component]]:
     """Connected components of every class; tiny fragments are dropped.
 
     class_map: (Z, Y, X) nnU-Net class ids on ``reference``'s grid (group ids for ``grouping`` 'spine_regions').
     probabilities: (K + 1, Z, Y, X) softmax incl. background, or (3, Z, Y, X) region sigmoids for 'spine_regions', or
-    None (then each component's own class gets probability 0.9). A component is a fragment when it is
+    None (then each component's own class gets probability 0.9). Of more than ``max_components`` components of one
+    class only the largest are examined (with a warning). A component is a fragment when it is
     smaller than ``min_volume_mm3`` or than ``min_fraction`` x the median volume of the largest component per class.
     Returns (component map (Z, Y, X) int32 with ids 1..N of kept components, components sorted head -> feet).
     """
@@ -243,7 +248,16 @@ def find_components(class_map: np.ndarray, reference: sitk.Image, probabilities:
         if bbox is None or class_id > NUM_VERTEBRA_CLASSES:
             continue
         pieces, count = ndimage.label(component_source[bbox] == class_id, structure=structure)
-        for piece, piece_bbox in enumerate(ndimage.find_objects(pieces), start=1):
+        piece_boxes = ndimage.find_objects(pieces)
+        if count > max_components:  # noise: keep the largest pieces, say how many were left out
+            sizes = np.bincount(pieces.ravel(), minlength=count + 1)[1:]
+            kept = set((np.argsort(-sizes, kind="stable")[:max_components] + 1).tolist())
+            piece_boxes = [box if piece in kept else None for piece, box in enumerate(piece_boxes, start=1)]
+            warnings.warn(f"class {class_id}: {count} connected components, the {max_components} largest kept",
+                          stacklevel=2)
+        for piece, piece_bbox in enumerate(piece_boxes, start=1):
+            if piece_bbox is None:
+                continue
             local = tuple(slice(outer.start + inner.start, outer.start + inner.stop)
                           for outer, inner in zip(bbox, piece_bbox))
             parts = [pieces[piece_bbox] == piece]

@@ -6,7 +6,6 @@ Grad-CAM -> outputs (see vfscreen.inference.outputs). A failing case is recorded
 """
 from __future__ import annotations
 
-import time
 import traceback
 import warnings
 from dataclasses import dataclass
@@ -21,18 +20,20 @@ from tqdm import tqdm
 from vfscreen import __version__
 from vfscreen.core.plans import includes_truncated
 from vfscreen.errors import ConfigError, InputError, VfscreenError
-from vfscreen.inference import deformity, outputs
+from vfscreen.inference import case_worker, deformity, outputs, resources, spine_region
 from vfscreen.inference.grading import grade_crops
 from vfscreen.inference.label_consistency import make_labels_consistent
 from vfscreen.inference.landmarks import naming_of_given_labels
 from vfscreen.inference.morphometry import measure_vertebrae
 from vfscreen.inference.plausibility import assess as assess_plausibility
+from vfscreen.inference.resources import StageMeter
 from vfscreen.inference.screening import describe_rule, screen
-from vfscreen.inference.masks import find_masks, read_case_mask
+from vfscreen.inference.masks import find_masks
 from vfscreen.inference.model_setup import load_prediction_models
 from vfscreen.inference.report import render_report
 from vfscreen.inference.segmentation import Models
 from vfscreen.inference.spine_labels import SpineLabels
+from vfscreen.inference.spine_region import SpineSegmentation
 from vfscreen.labels import CLASS_TO_VERSE, name_of
 from vfscreen.preprocessing.crops import extract_vertebra_crops
 from vfscreen.utils.image_io import check_case_id, check_ct_intensities, ensure_3d, orientation_code, read_image
@@ -120,12 +121,38 @@ def _json_float(value):
     return None if value is None else round(float(value), 4)
 
 
+def _segment(segmenter, image: sitk.Image, check_region) -> SpineSegmentation:
+    """The segmenter's result as a SpineSegmentation; a segmenter that returns full-grid (class map, probabilities)
+    (tests, other segmenters) gets its region from its foreground."""
+    import inspect
+
+    try:
+        accepts_check = "check_region" in inspect.signature(segmenter).parameters
+    except (TypeError, ValueError):
+        accepts_check = False
+    result = segmenter(image, check_region=check_region) if accepts_check else segmenter(image)
+    shape = sitk.GetArrayViewFromImage(image).shape
+    if isinstance(result, SpineSegmentation):
+        if tuple(result.shape) != shape or spine_region.box_shape(result.box) != result.class_map.shape:
+            raise RuntimeError(f"segmenter returned a region of {result.class_map.shape} in {result.shape}, expected "
+                               f"one inside the image's {shape}")
+        return result
+    class_map, probabilities = result
+    if class_map.shape != shape:
+        raise RuntimeError(f"segmenter returned shape {class_map.shape}, expected the image's {shape}")
+    box = spine_region.foreground_region(class_map)
+    return SpineSegmentation(shape, box, class_map[box],
+                             None if probabilities is None else probabilities[(slice(None),) + box])
+
+
 def predict_case(image: sitk.Image, case_id: str, models: Models, saliency: bool = False,
-                 given: SpineLabels | None = None) -> dict:
+                 given: SpineLabels | None = None, memory_budget: int | None = None) -> dict:
     """Run the pipeline on one image. ``given``: the case's vertebrae from a mask (``--masks``), which replaces
-    segmentation. Returns {"json", "seg_image", "verse_map", "morphometry", "gradcam", "probabilities",
-    "components", "landmarks", "plausibility", "timings_s"}; writes nothing."""
-    timings = {}
+    segmentation. Returns {"json", "seg_image", "verse_map", "morphometry", "gradcam", "probabilities" (of the spine
+    region), "region" (its box), "components", "landmarks", "plausibility", "timings_s", "peak_rss_gb"}; writes
+    nothing. Components and labels are computed inside the spine's region only (vfscreen.inference.spine_region);
+    ``memory_budget`` (bytes) refuses a region that would not fit."""
+    meter = StageMeter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         check_ct_intensities(sitk.GetArrayViewFromImage(image), source=case_id)
@@ -133,62 +160,66 @@ def predict_case(image: sitk.Image, case_id: str, models: Models, saliency: bool
     for message in case_warnings:
         warnings.warn(message, stacklevel=2)
 
-    start = time.perf_counter()
-    spine = given if given is not None else models.named_segmenter(image) if models.named_segmenter else None
+    def check_region(num_voxels: int, num_channels: int) -> None:
+        resources.check_estimate("the spine region", resources.region_estimate_bytes(num_voxels, num_channels),
+                                 memory_budget, resources.resident_bytes() or 0, f"{num_voxels} voxels")
+
+    shape = sitk.GetArrayViewFromImage(image).shape
+    with meter.stage("segmentation"):
+        spine = given if given is not None else models.named_segmenter(image) if models.named_segmenter else None
+        if spine is None:
+            if models.segmenter is None:
+                raise ConfigError("no mask for this case in --masks and no segmentation model ("
+                                  + models.info.get("segmentation_unavailable", "none loaded") + ")")
+            segmentation = _segment(models.segmenter, image, check_region)
+            case_warnings += segmentation.notes
     probabilities, components, confidence = None, [], {}
-    if spine is None:
-        if models.segmenter is None:
-            raise ConfigError("no mask for this case in --masks and no segmentation model ("
-                              + models.info.get("segmentation_unavailable", "none loaded") + ")")
-        class_map, probabilities = models.segmenter(image)
-        timings["segmentation"] = time.perf_counter() - start
-        if class_map.shape != sitk.GetArrayViewFromImage(image).shape:
-            raise RuntimeError(f"segmenter returned shape {class_map.shape}, expected the image's "
-                               f"{sitk.GetArrayViewFromImage(image).shape}")
-        start = time.perf_counter()
-        verse_map, components, naming = make_labels_consistent(
-            class_map, image, probabilities, grouping=getattr(models.segmenter, "label_grouping", "vertebrae"),
-            has_landmarks=getattr(models.segmenter, "has_landmarks", False))
-        del class_map
-        kept = {CLASS_TO_VERSE[c.new_class_id]: c for c in components if c.new_class_id > 0}
-        confidence = {label: component.label_confidence for label, component in kept.items()}
-        segmentation_info, landmarks = {"source": "vfscreen", "convention": "verse"}, None
-        component_names = [name_of(CLASS_TO_VERSE[c.new_class_id]) if c.new_class_id else "" for c in components]
-        naming_json = {**naming.summary(component_names), "anchored": naming.any_landmark}
-    else:
-        timings["segmentation"] = time.perf_counter() - start
-        start = time.perf_counter()
-        verse_map, segmentation_info, landmarks = spine.verse_map, spine.segmentation, spine.landmarks
-        kept, naming_json = {}, naming_of_given_labels(spine, image)
-        case_warnings += [f"the mask's names contradict its landmarks: {text}" for text in naming_json["contradictions"]]
-        case_warnings += spine.warnings
-        for message in spine.warnings:
-            warnings.warn(f"{case_id}: {message}", stacklevel=2)
-    seg_image = sitk.GetImageFromArray(verse_map)
-    seg_image.CopyInformation(image)
-    plausibility = assess_plausibility(verse_map, image, len(components) if spine is None else None)
-    timings["label_consistency"] = time.perf_counter() - start
+    with meter.stage("label_consistency"), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if spine is None:
+            box, probabilities = segmentation.box, segmentation.probabilities
+            verse_region, components, naming = make_labels_consistent(
+                segmentation.class_map, spine_region.region_image(image, box), probabilities,
+                grouping=getattr(models.segmenter, "label_grouping", "vertebrae"),
+                has_landmarks=getattr(models.segmenter, "has_landmarks", False))
+            del segmentation
+            verse_map = spine_region.paste(verse_region, box, shape)
+            kept = {CLASS_TO_VERSE[c.new_class_id]: c for c in components if c.new_class_id > 0}
+            confidence = {label: component.label_confidence for label, component in kept.items()}
+            segmentation_info, landmarks = {"source": "vfscreen", "convention": "verse"}, None
+            component_names = [name_of(CLASS_TO_VERSE[c.new_class_id]) if c.new_class_id else "" for c in components]
+            naming_json = {**naming.summary(component_names), "anchored": naming.any_landmark}
+        else:
+            verse_map, segmentation_info, landmarks = spine.verse_map, spine.segmentation, spine.landmarks
+            box = spine_region.foreground_region(verse_map)
+            kept, naming_json = {}, naming_of_given_labels(spine, image)
+            case_warnings += [f"the mask's names contradict its landmarks: {text}"
+                              for text in naming_json["contradictions"]]
+            case_warnings += spine.warnings
+            for message in spine.warnings:
+                warnings.warn(f"{case_id}: {message}", stacklevel=2)
+        seg_image = sitk.GetImageFromArray(verse_map)
+        seg_image.CopyInformation(image)
+        plausibility = assess_plausibility(verse_map, image, len(components) if spine is None else None)
+    case_warnings += [str(warning.message) for warning in caught]
 
-    start = time.perf_counter()
-    morphometry = measure_vertebrae(verse_map, image, ct=image)
-    timings["morphometry"] = time.perf_counter() - start
+    with meter.stage("morphometry"):
+        morphometry = measure_vertebrae(verse_map, image, ct=image)
 
-    start = time.perf_counter()
-    plausible = {label for label in morphometry if plausibility.reason(label) is None}
-    crops = extract_vertebra_crops(image, seg_image, models.grader.crop_plan) \
-        if plausible and models.grader is not None else []
-    use_truncated = models.grader is not None and includes_truncated(models.grader.crop_plan)
-    gradable = [crop for crop in crops if (use_truncated or not crop.truncated) and crop.label in plausible]
-    predictions = dict(zip([crop.label for crop in gradable], grade_crops(gradable, models.grader))) \
-        if gradable else {}
-    timings["grading"] = time.perf_counter() - start
+    with meter.stage("grading"):
+        plausible = {label for label in morphometry if plausibility.reason(label) is None}
+        crops = extract_vertebra_crops(image, seg_image, models.grader.crop_plan) \
+            if plausible and models.grader is not None else []
+        use_truncated = models.grader is not None and includes_truncated(models.grader.crop_plan)
+        gradable = [crop for crop in crops if (use_truncated or not crop.truncated) and crop.label in plausible]
+        predictions = dict(zip([crop.label for crop in gradable], grade_crops(gradable, models.grader))) \
+            if gradable else {}
     gradcam = None
     if saliency:
-        start = time.perf_counter()
         if models.saliency is None:
             raise ConfigError("--saliency needs a grader that supports Grad-CAM")
-        gradcam = models.saliency(image, gradable, models.grader)
-        timings["saliency"] = time.perf_counter() - start
+        with meter.stage("saliency"):
+            gradcam = models.saliency(image, gradable, models.grader)
 
     crop_truncated = {crop.label: crop.truncated for crop in crops}
     vertebrae = []
@@ -263,8 +294,9 @@ def predict_case(image: sitk.Image, case_id: str, models: Models, saliency: bool
         "model": {**models.info, "screening": describe_rule(models.fusion)}, "warnings": case_warnings,
         "vfscreen_version": __version__}
     return {"json": case_json, "seg_image": seg_image, "verse_map": verse_map, "morphometry": morphometry,
-            "gradcam": gradcam, "probabilities": probabilities, "components": components, "landmarks": landmarks,
-            "plausibility": plausibility, "timings_s": timings}
+            "gradcam": gradcam, "probabilities": probabilities, "region": box, "components": components,
+            "landmarks": landmarks, "plausibility": plausibility, "timings_s": meter.seconds,
+            "peak_rss_gb": meter.peak_gb}
 
 
 def _screening_score(vertebra: dict) -> float:
@@ -290,7 +322,8 @@ def predict(input, output, dataset=501, configuration: str = "3d", folds=None, d
             continue_prediction: bool = False, num_parts: int = 1, part_id: int = 0, num_threads: int | None = None,
             saliency: bool = False, save_probabilities: bool = False, checkpoint: str = "final",
             models: Models | None = None, verbose: bool = False, use_mirroring: bool | None = None,
-            masks=None, mask_labels: str | None = None, seg_model=None, no_grader: bool = False) -> pd.DataFrame:
+            masks=None, mask_labels: str | None = None, seg_model=None, no_grader: bool = False,
+            memory_budget_gb: float | None = None, isolate_cases: bool | None = None) -> pd.DataFrame:
     """Predict every case of ``input`` into ``output``; returns summary.csv's table of this run's finished cases.
 
     ``models`` (tests, notebooks) replaces loading the trained models of ``dataset``/``configuration``/``folds``.
@@ -299,6 +332,10 @@ def predict(input, output, dataset=501, configuration: str = "3d", folds=None, d
     (vfscreen.inference.seg_model). ``no_grader``: morphometry only, no learned grade.
     ``use_mirroring``: nnU-Net's test-time mirroring (True/False), None = the plans' choice (CPU plans: off, ~9x
     faster segmentation on a CPU).
+    ``memory_budget_gb``: the memory a case may use (default: vfscreen.inference.resources.memory_budget_bytes); a
+    case over it fails (errors.csv). ``isolate_cases``: the cases run in a worker process that holds the models, so
+    that a case killed by the operating system fails alone (default: when vfscreen loads the models itself; injected
+    ``models`` must then be picklable).
     The returned frame's ``attrs["errors"]`` lists failed cases ({case_id, input, error}); ``attrs["skipped"]`` the
     cases skipped by ``continue_prediction``.
     """
@@ -316,44 +353,47 @@ def predict(input, output, dataset=501, configuration: str = "3d", folds=None, d
     mask_sources = {}
     if masks is not None and todo:
         mask_sources = find_masks(masks, [case.case_id for case in todo])
+    isolate = models is None if isolate_cases is None else bool(isolate_cases)
+    model_source = models
     if todo and models is None:
-        models = load_prediction_models(dataset, configuration, folds, device, checkpoint, saliency=saliency,
-                                        use_mirroring=use_mirroring, seg_model=seg_model, no_grader=no_grader,
-                                        need_segmenter=any(case.case_id not in mask_sources for case in todo),
-                                        some_masks=bool(mask_sources))
-    output_folder.mkdir(parents=True, exist_ok=True)
+        import functools
 
+        model_source = functools.partial(
+            load_prediction_models, dataset, configuration, folds, device, checkpoint, saliency=saliency,
+            use_mirroring=use_mirroring, seg_model=seg_model, no_grader=no_grader,
+            need_segmenter=any(case.case_id not in mask_sources for case in todo), some_masks=bool(mask_sources))
+        if not isolate:
+            models = model_source()
+    budget = resources.memory_budget_bytes(_device_memory_gb(models, dataset), memory_budget_gb)
+    options = case_worker.CaseOptions(saliency, save_probabilities, mask_labels, budget)
     failures, finished = [], []
-    for case in progress_bar(todo, desc="vfscreen_predict", unit="case", disable=not todo):
-        try:
-            check_case_id(case.case_id)
-            image = read_case_image(case)
-            given = None
-            if case.case_id in mask_sources:
-                given = read_case_mask(mask_sources[case.case_id], image, mask_labels)
-            result = predict_case(image, case.case_id, models, saliency, given=given)
-            probability_arrays = None
-            if save_probabilities and result["probabilities"] is not None:
-                probability_arrays = {"probabilities": result["probabilities"].astype(np.float16),
-                                      "class_ids": np.arange(result["probabilities"].shape[0])}
-            outputs.write_case_outputs(
-                output_folder, case.case_id, result["json"], result["seg_image"],
-                lambda path, result=result, image=image: render_report(
-                    path, image, result["verse_map"], result["json"], result["morphometry"]),
-                gradcam_image=result["gradcam"], probabilities=probability_arrays)
-            finished.append(case.case_id)
-            if verbose:
-                timings = ", ".join(f"{k} {v:.1f}s" for k, v in result["timings_s"].items())
-                tqdm.write(f"{case.case_id}: {result['json']['patient']['message']} ({timings})")
-        except KeyboardInterrupt:
-            raise
-        except Exception as error:  # noqa: BLE001 - one bad case must not stop the batch
-            if verbose:
-                traceback.print_exc()
-            message = str(error) if isinstance(error, VfscreenError) else f"{type(error).__name__}: {error}"
-            failures.append({"case_id": case.case_id, "input": str(case.source), "error": message.splitlines()[0]
-                             if message else type(error).__name__})
-            tqdm.write(f"vfscreen: case {case.case_id} failed: {failures[-1]['error']}")
+    worker = case_worker.CaseWorker(model_source, budget, num_threads, verbose) if isolate and todo else None
+    try:
+        if worker is not None:
+            worker.start()  # the models' errors (ConfigError) stop the run here, as without a worker
+        output_folder.mkdir(parents=True, exist_ok=True)
+        for case in progress_bar(todo, desc="vfscreen_predict", unit="case", disable=not todo):
+            try:
+                check_case_id(case.case_id)
+                mask_source = mask_sources.get(case.case_id)
+                outcome = worker.run(case, output_folder, mask_source, options) if worker else \
+                    case_worker.run_case(case, output_folder, models, mask_source, options)
+                finished.append(case.case_id)
+                if verbose:
+                    timings = ", ".join(f"{k} {v:.1f}s" for k, v in outcome["timings_s"].items())
+                    peaks = ", ".join(f"{k} {v:.2f}" for k, v in outcome["peak_rss_gb"].items())
+                    tqdm.write(f"{case.case_id}: {outcome['message']} ({timings}; peak GB {peaks})")
+            except KeyboardInterrupt:
+                raise
+            except Exception as error:  # noqa: BLE001 - one bad case must not stop the batch
+                if verbose and not isinstance(error, case_worker.CaseFailed):
+                    traceback.print_exc()
+                failures.append({"case_id": case.case_id, "input": str(case.source),
+                                 "error": case_worker.failure_message(error)})
+                tqdm.write(f"vfscreen: case {case.case_id} failed: {failures[-1]['error']}")
+    finally:
+        if worker is not None:
+            worker.close()
     if output_folder.is_dir():
         with outputs.folder_lock(output_folder):  # other parts may finish at the same time
             table = outputs.write_summary(output_folder, [case.case_id for case in all_cases if _safe(case.case_id)])
@@ -367,3 +407,17 @@ def predict(input, output, dataset=501, configuration: str = "3d", folds=None, d
     table.attrs["finished"] = finished
     return table
 
+
+def _device_memory_gb(models: Models | None, dataset) -> float | None:
+    """The plans' device memory (the grader's plans, or the dataset's plans when the models live in a worker;
+    None when unknown)."""
+    plans = getattr(getattr(models, "grader", None), "plans", None)
+    if models is None:
+        try:
+            from vfscreen.dataset import resolve_dataset_name
+            from vfscreen.core.plans import load_plans
+            plans = load_plans(resolve_dataset_name(dataset))
+        except (VfscreenError, OSError, KeyError, ValueError):
+            plans = None
+    device = plans.get("device") if isinstance(plans, dict) else None
+    return device.get("memory_gb") if isinstance(device, dict) else None

@@ -29,7 +29,6 @@ from vfscreen.inference.grading import FoldEnsembleGrader, Grader
 from vfscreen.inference.saliency import grad_cam_image
 from vfscreen.inference.spine_labels import SpineLabels
 from vfscreen.labels import LANDMARK_CLASSES
-from vfscreen.utils.image_io import orientation_code
 
 paths.export_for_nnunet()  # nnunetv2 (imported on use, below) reads its folders once, at import
 
@@ -49,7 +48,8 @@ class Models:
 
 
 class NnunetSegmenter:
-    """Callable: sitk.Image -> (class map (Z, Y, X) uint8 on the image grid, probabilities (C, Z, Y, X) float16).
+    """Callable: sitk.Image -> SpineSegmentation (class map uint8 and probabilities (C, ...) float16 of the spine's
+    region of the image grid).
 
     ``label_grouping`` says what they hold: 'vertebrae' = class ids 1..26 and the softmax incl. background;
     'spine_regions' = group ids and the sigmoids of the regions vertebra/thoracic/lumbar/rib/sacrum (vfscreen.labels).
@@ -88,24 +88,18 @@ class NnunetSegmenter:
         # ... and, when trained on label maps with ribs and sacrum, those landmarks (vfscreen.labels.LANDMARK_CLASSES)
         self.has_landmarks = all(name in dataset_json.get("labels", {}) for name in LANDMARK_CLASSES)
 
-    def __call__(self, image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
-        original_orientation = None
-        if self.orientation:
-            original_orientation = orientation_code(image)
-            image = sitk.DICOMOrient(image, self.orientation)
-        data = sitk.GetArrayFromImage(image).astype(np.float32)[None]  # (1, Z, Y, X)
-        properties = {"spacing": list(image.GetSpacing())[::-1]}  # nnU-Net's SimpleITK reader convention
-        class_map, probabilities = self.predictor.predict_single_npy_array(data, properties, None, None, True)
-        class_map = class_map.astype(np.uint8)
-        probabilities = probabilities.astype(np.float16)  # (C, Z, Y, X)
-        if original_orientation is not None and original_orientation != self.orientation:
-            # DICOMOrient only permutes and flips axes: reorient an array of flat voxel indices once, then gather
-            flat_index = sitk.GetImageFromArray(np.arange(class_map.size, dtype=np.int64).reshape(class_map.shape))
-            flat_index.CopyInformation(image)
-            back = sitk.GetArrayFromImage(sitk.DICOMOrient(flat_index, original_orientation))  # original grid
-            class_map = class_map.reshape(-1)[back]
-            probabilities = probabilities.reshape(probabilities.shape[0], -1)[:, back]
-        return class_map, probabilities
+    def __call__(self, image: sitk.Image, check_region=None):
+        """The image's :class:`vfscreen.inference.spine_region.SpineSegmentation` (only the spine's region is brought
+        back to the input grid; see vfscreen.inference.nnunet_region). check_region(num_voxels, num_channels) may
+        refuse the region before it is allocated (memory budget)."""
+        from vfscreen.inference.label_consistency import DEFAULT_MIN_VOLUME_MM3
+        from vfscreen.inference.nnunet_region import predict_spine_region
+
+        network_voxel_mm3 = float(np.prod(self.predictor.configuration_manager.spacing))
+        # a network component of less than half the fragment volume cannot hold a kept component
+        min_voxels = max(1, int(DEFAULT_MIN_VOLUME_MM3 / 2 / network_voxel_mm3))
+        return predict_spine_region(self.predictor, image, self.orientation, min_component_voxels=min_voxels,
+                                    check_region=check_region)
 
 
 def _losses_by_preference(dataset_name: str, configuration: str) -> list[str]:
