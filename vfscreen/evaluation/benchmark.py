@@ -104,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     untrained.add_argument("--disable_tta", "--disable-tta", dest="disable_tta", action="store_true", help="no mirroring")
     untrained.add_argument("--seed", type=int, default=0, help="phantom and weight seed (default 0)")
     untrained.add_argument("--work-dir", help="keep the planning data, phantom and models here (default: temporary)")
+    sweep = speed.add_argument_group(
+        "size sweep", "input size -> seconds and peak memory per stage, each size predicted by a fresh process on a "
+        "generated 0.8 x 0.8 x 1.0 mm scan (see vfscreen.evaluation.size_sweep)")
+    sweep.add_argument("--size-sweep", nargs="+", metavar="XxYxZ", help="sizes in voxels, e.g. 512x512x100 512x512x400")
+    sweep.add_argument("--sweep-content", choices=("spine", "noise"), default="spine",
+                       help="a phantom spine in a body (default) or noise with a bright column")
+    sweep.add_argument("--memory-budget-gb", type=float, default=None, help="as for vfscreen_predict")
     speed.add_argument("--verbose", action="store_true")
     return parser
 
@@ -111,6 +118,18 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "speed" and args.size_sweep:
+        from vfscreen.evaluation.size_sweep import format_size_sweep, parse_size, run_size_sweep
+
+        sweep = run_size_sweep([parse_size(size) for size in args.size_sweep], args.dataset, args.configuration,
+                               args.folds, args.device, args.num_threads, args.sweep_content,
+                               memory_budget_gb=args.memory_budget_gb)
+        print(format_size_sweep(sweep))
+        if args.markdown:
+            print(format_size_sweep(sweep, markdown=True))
+        atomic_write_json(args.output, sweep)
+        print(f"size sweep written: {args.output}")
+        return 0
     if args.command == "speed":
         if args.untrained_preset is not None:
             if args.saliency:

@@ -36,14 +36,16 @@ def _input_box(network_box, network_shape, cropped_shape, crop_bbox) -> tuple[sl
     return tuple(box)
 
 
-def _resample_box(logits: np.ndarray, box, cropped_shape, crop_bbox, label_manager) -> tuple[np.ndarray, np.ndarray]:
-    """Class map (uint8) and probabilities (float16) of ``box`` (transposed input frame) from network-grid logits."""
+def _resample_box(logits: np.ndarray, box, cropped_shape, crop_bbox, label_manager, with_probabilities: bool = True
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Class map (uint8) and probabilities (float16, or None) of ``box`` (transposed input frame) from network-grid
+    logits."""
     network_shape = logits.shape[1:]
     scale = np.array([n / big for n, big in zip(network_shape, cropped_shape)])
     shape = spine_region.box_shape(box)
     num_channels = logits.shape[0]
     class_map = np.zeros(shape, np.uint8)
-    probabilities = np.zeros((num_channels,) + shape, np.float16)
+    probabilities = np.zeros((num_channels,) + shape, np.float16) if with_probabilities else None
     plane_bytes = 4 * num_channels * int(np.prod(shape[1:]))
     step = max(1, SLAB_BYTES // max(plane_bytes, 1))
     start_cropped = np.array([s.start - c for s, (c, _) in zip(box, crop_bbox)])
@@ -58,12 +60,14 @@ def _resample_box(logits: np.ndarray, box, cropped_shape, crop_bbox, label_manag
         slab_probabilities = label_manager.apply_inference_nonlin(slab)
         segmentation = label_manager.convert_probabilities_to_segmentation(slab_probabilities)
         class_map[first:last] = np.asarray(segmentation.cpu() if torch.is_tensor(segmentation) else segmentation)
-        probabilities[:, first:last] = slab_probabilities.numpy()
+        if probabilities is not None:
+            probabilities[:, first:last] = slab_probabilities.numpy()
     return class_map, probabilities
 
 
 def predict_spine_region(predictor, image: sitk.Image, orientation: str | None, min_component_voxels: int = 1,
-                         max_components: int = MAX_COMPONENTS, check_region=None) -> SpineSegmentation:
+                         max_components: int = MAX_COMPONENTS, check_region=None,
+                         with_probabilities: bool = True) -> SpineSegmentation:
     """``image`` -> its :class:`SpineSegmentation` on the image's own array grid.
 
     predictor: an initialised nnUNetPredictor. orientation: the plan's array orientation (None: the image's).
@@ -103,8 +107,9 @@ def predict_spine_region(predictor, image: sitk.Image, orientation: str | None, 
     box = _input_box(network_box, logits.shape[1:], cropped_shape, crop_bbox)
     while True:
         if check_region is not None:
-            check_region(int(np.prod(spine_region.box_shape(box))), logits.shape[0])
-        class_map, probabilities = _resample_box(logits, box, cropped_shape, crop_bbox, label_manager)
+            check_region(int(np.prod(spine_region.box_shape(box))), logits.shape[0] if with_probabilities else 0)
+        class_map, probabilities = _resample_box(logits, box, cropped_shape, crop_bbox, label_manager,
+                                                 with_probabilities)
         crop_box = tuple(slice(c0, c1) for c0, c1 in crop_bbox)
         faces = spine_region.touches_inner_face(class_map > 0, box, transposed_shape)
         # grow where the foreground reaches a face inside the image (inside nnU-Net's crop only)
@@ -118,8 +123,9 @@ def predict_spine_region(predictor, image: sitk.Image, orientation: str | None, 
     backward = plans_manager.transpose_backward
     box = tuple(box[i] for i in backward)
     class_map = class_map.transpose(backward)
-    probabilities = probabilities.transpose([0] + [i + 1 for i in backward])
     box = spine_region.box_to_original(box, oriented_shape, permutation, flipped)
     class_map = np.ascontiguousarray(spine_region.array_to_original(class_map, permutation, flipped))
-    probabilities = np.ascontiguousarray(spine_region.array_to_original(probabilities, permutation, flipped))
+    if probabilities is not None:
+        probabilities = probabilities.transpose([0] + [i + 1 for i in backward])
+        probabilities = np.ascontiguousarray(spine_region.array_to_original(probabilities, permutation, flipped))
     return SpineSegmentation(tuple(image.GetSize()[::-1]), box, class_map, probabilities, notes)

@@ -33,7 +33,7 @@ class NamedModelSegmenter:
                      "trainer": self.segmenter.trainer_name, "checkpoint": NNUNET_CHECKPOINTS[checkpoint]}
 
     def __call__(self, image: sitk.Image) -> SpineLabels:
-        class_map, _ = self.segmenter(image)
+        class_map = self.segmenter(image, with_probabilities=False).full_class_map()
         spine = spine_labels_from_label_map(class_map, self.convention, str(self.folder),
                                             {"source": "seg_model", "model_folder": str(self.folder)})
         spine.warnings = check_given_labels(spine.verse_map, image)

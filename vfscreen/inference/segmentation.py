@@ -88,10 +88,10 @@ class NnunetSegmenter:
         # ... and, when trained on label maps with ribs and sacrum, those landmarks (vfscreen.labels.LANDMARK_CLASSES)
         self.has_landmarks = all(name in dataset_json.get("labels", {}) for name in LANDMARK_CLASSES)
 
-    def __call__(self, image: sitk.Image, check_region=None):
+    def __call__(self, image: sitk.Image, check_region=None, with_probabilities: bool = True):
         """The image's :class:`vfscreen.inference.spine_region.SpineSegmentation` (only the spine's region is brought
         back to the input grid; see vfscreen.inference.nnunet_region). check_region(num_voxels, num_channels) may
-        refuse the region before it is allocated (memory budget)."""
+        refuse the region before it is allocated (memory budget); ``with_probabilities`` False: class map only."""
         from vfscreen.inference.label_consistency import DEFAULT_MIN_VOLUME_MM3
         from vfscreen.inference.nnunet_region import predict_spine_region
 
@@ -99,7 +99,7 @@ class NnunetSegmenter:
         # a network component of less than half the fragment volume cannot hold a kept component
         min_voxels = max(1, int(DEFAULT_MIN_VOLUME_MM3 / 2 / network_voxel_mm3))
         return predict_spine_region(self.predictor, image, self.orientation, min_component_voxels=min_voxels,
-                                    check_region=check_region)
+                                    check_region=check_region, with_probabilities=with_probabilities)
 
 
 def _losses_by_preference(dataset_name: str, configuration: str) -> list[str]:
