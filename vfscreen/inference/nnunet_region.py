@@ -11,6 +11,8 @@ kept in float16.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import SimpleITK as sitk
 import torch
@@ -65,15 +67,20 @@ def _resample_box(logits: np.ndarray, box, cropped_shape, crop_bbox, label_manag
     return class_map, probabilities
 
 
-def predict_spine_region(predictor, image: sitk.Image, orientation: str | None, min_component_voxels: int = 1,
-                         max_components: int = MAX_COMPONENTS, check_region=None,
-                         with_probabilities: bool = True) -> SpineSegmentation:
-    """``image`` -> its :class:`SpineSegmentation` on the image's own array grid.
+@dataclass
+class NetworkOutput:
+    """The network's logits at the plan's spacing and what maps them back to the image's array."""
 
-    predictor: an initialised nnUNetPredictor. orientation: the plan's array orientation (None: the image's).
-    min_component_voxels: network-grid components smaller than this do not widen the region (they would be dropped
-    as fragments). check_region(num_voxels, num_channels) may raise before the region is allocated (memory budget).
-    """
+    logits: np.ndarray  # (C, network grid) float32
+    properties: dict  # nnU-Net's preprocessing properties (crop box, shapes)
+    oriented_shape: tuple  # the reoriented image array's shape
+    permutation: tuple
+    flipped: tuple
+    image_shape: tuple  # the image array's (z, y, x) shape
+
+
+def network_output(predictor, image: sitk.Image, orientation: str | None) -> NetworkOutput:
+    """nnU-Net's preprocessing and sliding-window prediction of the whole scan (reoriented to ``orientation``)."""
     plans_manager, configuration_manager = predictor.plans_manager, predictor.configuration_manager
     permutation, flipped = (0, 1, 2), (False, False, False)
     oriented = image
@@ -87,9 +94,35 @@ def predict_spine_region(predictor, image: sitk.Image, orientation: str | None, 
                                                     plans_manager, configuration_manager, predictor.dataset_json)
     del oriented
     logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data)).float().numpy()
-    del data
+    return NetworkOutput(logits, properties, oriented_shape, permutation, flipped, tuple(image.GetSize()[::-1]))
+
+
+def predict_spine_region(predictor, image: sitk.Image, orientation: str | None, min_component_voxels: int = 1,
+                         max_components: int = MAX_COMPONENTS, check_region=None,
+                         with_probabilities: bool = True) -> SpineSegmentation:
+    """``image`` -> its :class:`SpineSegmentation` on the image's own array grid.
+
+    predictor: an initialised nnUNetPredictor. orientation: the plan's array orientation (None: the image's).
+    min_component_voxels: network-grid components smaller than this do not widen the region (they would be dropped
+    as fragments). check_region(num_voxels, num_channels) may raise before the region is allocated (memory budget).
+    """
+    output = network_output(predictor, image, orientation)
+    return region_from_network_output(predictor, output, min_component_voxels, max_components, check_region,
+                                      with_probabilities)
+
+
+def region_from_network_output(predictor, output: NetworkOutput, min_component_voxels: int = 1,
+                               max_components: int = MAX_COMPONENTS, check_region=None,
+                               with_probabilities: bool = True) -> SpineSegmentation:
+    """The spine's region of the network's output, on the image's array grid (see :func:`predict_spine_region`)."""
+    plans_manager = predictor.plans_manager
+    logits, properties, oriented_shape = output.logits, output.properties, output.oriented_shape
+    permutation, flipped = output.permutation, output.flipped
     label_manager = predictor.label_manager
-    network_foreground = np.asarray(label_manager.convert_logits_to_segmentation(logits)) > 0
+    # foreground where nnU-Net's label manager would give a class > 0 (regions: any sigmoid > 0.5, i.e. logit > 0;
+    # softmax: a class's logit above the background's), as a reduction: no copy of the logits
+    network_foreground = np.max(logits, axis=0) > 0 if label_manager.has_regions else \
+        np.max(logits[1:], axis=0) > logits[0]
     kept, found, num_kept = spine_region.keep_largest_components(network_foreground, max_components,
                                                                  min_component_voxels)
     notes = []
@@ -100,7 +133,7 @@ def predict_spine_region(predictor, image: sitk.Image, orientation: str | None, 
     network_box = spine_region.bounding_box(kept)
     if network_box is None:
         empty = tuple(slice(0, 0) for _ in range(3))
-        return SpineSegmentation(tuple(image.GetSize()[::-1]), empty, np.zeros((0, 0, 0), np.uint8), None, notes)
+        return SpineSegmentation(output.image_shape, empty, np.zeros((0, 0, 0), np.uint8), None, notes)
     crop_bbox = properties["bbox_used_for_cropping"]
     cropped_shape = properties["shape_after_cropping_and_before_resampling"]
     network_box = spine_region.grow(network_box, MARGIN_NETWORK_VOXELS, logits.shape[1:])
@@ -128,4 +161,4 @@ def predict_spine_region(predictor, image: sitk.Image, orientation: str | None, 
     if probabilities is not None:
         probabilities = probabilities.transpose([0] + [i + 1 for i in backward])
         probabilities = np.ascontiguousarray(spine_region.array_to_original(probabilities, permutation, flipped))
-    return SpineSegmentation(tuple(image.GetSize()[::-1]), box, class_map, probabilities, notes)
+    return SpineSegmentation(output.image_shape, box, class_map, probabilities, notes)
