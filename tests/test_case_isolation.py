@@ -40,12 +40,11 @@ def cases(tmp_path):
 
 
 def test_killed_worker_is_a_failed_case_and_exit_code_1(cases, tmp_path, monkeypatch, capsys):
-    import vfscreen.inference.predict as predict_module
+    import vfscreen.inference.cli as cli_module
     from vfscreen.inference.cli import main
 
-    real_predict = predict_module.predict
-    monkeypatch.setattr(predict_module, "predict",
-                        functools.partial(real_predict, models=killing_models(), isolate_cases=True))
+    monkeypatch.setattr(cli_module, "predict",
+                        functools.partial(cli_module.predict, models=killing_models(), isolate_cases=True))
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exit_info:
         main(["-i", str(cases), "-o", str(out)])

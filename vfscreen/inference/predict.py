@@ -136,13 +136,17 @@ def _segment(segmenter, image: sitk.Image, check_region) -> SpineSegmentation:
         if tuple(result.shape) != shape or spine_region.box_shape(result.box) != result.class_map.shape:
             raise RuntimeError(f"segmenter returned a region of {result.class_map.shape} in {result.shape}, expected "
                                f"one inside the image's {shape}")
-        return result
-    class_map, probabilities = result
-    if class_map.shape != shape:
-        raise RuntimeError(f"segmenter returned shape {class_map.shape}, expected the image's {shape}")
-    box = spine_region.foreground_region(class_map)
-    return SpineSegmentation(shape, box, class_map[box],
-                             None if probabilities is None else probabilities[(slice(None),) + box])
+    else:
+        class_map, probabilities = result
+        if class_map.shape != shape:
+            raise RuntimeError(f"segmenter returned shape {class_map.shape}, expected the image's {shape}")
+        box = spine_region.foreground_region(class_map)
+        result = SpineSegmentation(shape, box, class_map[box],
+                                   None if probabilities is None else probabilities[(slice(None),) + box])
+    if result.class_map.size == 0:  # nothing found: one background voxel stands for the region
+        result.box = tuple(slice(0, 1) for _ in shape)
+        result.class_map, result.probabilities = np.zeros((1, 1, 1), np.uint8), None
+    return result
 
 
 def predict_case(image: sitk.Image, case_id: str, models: Models, saliency: bool = False,
