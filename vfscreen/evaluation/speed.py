@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from vfscreen.errors import ConfigError
+from vfscreen.inference import resources
 from vfscreen.inference.predict import list_cases, predict_case, read_case_image
 from vfscreen.inference.report import render_report
 from vfscreen.inference.segmentation import load_models
@@ -34,36 +35,21 @@ from vfscreen.utils.progress import progress_bar
 def reset_peak_memory() -> bool:
     """Linux: reset this process's peak resident memory (VmHWM) to its current resident memory, so the peak
     reported afterwards belongs to what runs afterwards. False where the kernel does not offer it."""
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return _status_kib("VmHWM") is not None
-    except OSError:
-        return False
+    return resources.reset_peak() and resources.peak_bytes() is not None
 
 
-def _status_kib(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def peak_memory_gb(since_reset: bool = False) -> dict:
+def peak_memory_gb(since_reset: bool = False, stage_peak_gb: float = 0.0) -> dict:
     """Peak resident memory of this process (VmHWM after :func:`reset_peak_memory` when ``since_reset``, else
-    getrusage: Linux reports KiB, macOS bytes) and peak CUDA memory if used."""
-    peak_kib = _status_kib("VmHWM") if since_reset else None
-    if peak_kib is not None:
-        peak_bytes = peak_kib * 1024
+    getrusage: Linux reports KiB, macOS bytes) and peak CUDA memory if used. ``stage_peak_gb``: the highest
+    per-stage peak of prediction (predict_case resets VmHWM at each of its stages)."""
+    peak = resources.peak_bytes() if since_reset else None
+    if peak is not None:
+        peak_bytes = max(peak, int(stage_peak_gb * 2**30))
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         peak_bytes = peak if sys.platform == "darwin" else peak * 1024
     memory = {"peak_rss_gb": round(peak_bytes / 2**30, 3),
-              "peak_since": "model loading" if peak_kib is not None else "process start"}
+              "peak_since": "model loading" if peak is not None else "process start"}
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         memory["peak_cuda_allocated_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
@@ -105,6 +91,7 @@ def run_speed(input_path, dataset=501, configuration: str = "3d", folds=None, de
         raise ConfigError(f"{input_path}: no input case found (NIfTI files or DICOM series)")
     load_before = os.getloadavg()
     peak_reset = reset_peak_memory()
+    stage_peak_gb = 0.0
     start = time.perf_counter()
     if models is None and model_loader is not None:
         models = model_loader()
@@ -122,6 +109,7 @@ def run_speed(input_path, dataset=501, configuration: str = "3d", folds=None, de
             if prepare_case is not None:
                 prepare_case(case, image)
             result = predict_case(image, case.case_id, models, saliency)
+            stage_peak_gb = max([stage_peak_gb, *result.get("peak_rss_gb", {}).values()])
             timings.update(result["timings_s"])
             start = time.perf_counter()
             render_report(Path(scratch) / f"{case.case_id}_report.png", image, result["verse_map"], result["json"],
@@ -150,7 +138,7 @@ def run_speed(input_path, dataset=501, configuration: str = "3d", folds=None, de
             "mean_seconds_per_case": float(np.mean([case["total_s"] for case in per_case])),
             "crops_per_second": (crops_total / sum(case["num_crops"] / case["crops_per_second"] for case in per_case
                                                    if case["crops_per_second"])) if crops_total else None,
-            "memory": peak_memory_gb(since_reset=peak_reset),
+            "memory": peak_memory_gb(since_reset=peak_reset, stage_peak_gb=stage_peak_gb),
             "load_average_1_5_15_min": {"before": [round(v, 2) for v in load_before],
                                         "after": [round(v, 2) for v in os.getloadavg()]},
             "per_case": per_case,
