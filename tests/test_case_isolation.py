@@ -83,7 +83,7 @@ def test_case_over_the_memory_budget_fails_before_reading(tmp_path):
 
 def test_spine_region_over_the_budget_fails_with_the_reason(tmp_path):
     from vfscreen.inference import resources
-    from vfscreen.inference.predict import predict_case
+    from vfscreen.inference.pipeline import predict_case
 
     image = make_ct(tmp_path / "ct.nii.gz")
     models = Models(segmenter=fake_segmenter, grader=FakeGrader())

@@ -8,7 +8,8 @@ import SimpleITK as sitk
 
 from vfscreen.errors import ConfigError
 from vfscreen.inference import outputs
-from vfscreen.inference.predict import Models, list_cases, predict, split_cases
+from vfscreen.inference.cases import list_cases, split_cases
+from vfscreen.inference.predict import Models, predict
 from vfscreen.labels import NAME_TO_VERSE, VERSE_TO_CLASS
 
 CROP_PLAN = {"mode": "fit", "patch_size": [16, 16, 16], "margin_mm": 4.0, "use_truncated": False,

@@ -57,7 +57,7 @@ def test_untrained_speed_reports_every_stage(tmp_path, capsys):
 
 
 def test_ground_truth_downstream_times_the_network_and_returns_the_mask(tmp_path):
-    from vfscreen.inference.predict import InputCase
+    from vfscreen.inference.cases import InputCase
 
     image = sitk.GetImageFromArray(np.zeros((4, 5, 6), np.int16))
     image.SetSpacing((0.8, 0.9, 1.5))

@@ -49,7 +49,7 @@ def threshold_network(data):  # stands in for nnU-Net's network: class 1 where t
 
 def traced_peak_after_network(segmenter, image, monkeypatch) -> tuple[int, dict]:
     from vfscreen.inference import nnunet_region
-    from vfscreen.inference.predict import Models, predict_case
+    from vfscreen.inference.pipeline import Models, predict_case
 
     output = nnunet_region.network_output(segmenter.predictor, image, segmenter.orientation)
     models = Models(segmenter=segmenter, grader=FakeGrader())
@@ -86,7 +86,7 @@ def test_memory_after_the_network_does_not_grow_with_padding(model_folder, monke
 
 def test_thin_slab_and_empty_scans_give_an_output(model_folder):  # noqa: F811
     """A 3-slice slab (smaller than the network's patch) and a scan without bone: an output, no error."""
-    from vfscreen.inference.predict import Models, predict_case
+    from vfscreen.inference.pipeline import Models, predict_case
     from vfscreen.inference.segmentation import NnunetSegmenter
 
     segmenter = NnunetSegmenter(model_folder, [0], "cpu", use_mirroring=False)

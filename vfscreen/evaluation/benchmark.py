@@ -20,8 +20,10 @@ from vfscreen.evaluation.ablation import VARIANTS, format_ablation, run_ablation
 from vfscreen.evaluation.bootstrap import DEFAULT_SEED
 from vfscreen.evaluation.curves import DEFAULT_STEPS, format_curves, run_curves, write_curves
 from vfscreen.evaluation.morphometry_benchmark import format_morphometry, run_morphometry_benchmark
+from vfscreen.evaluation.size_sweep import format_size_sweep, parse_size, run_size_sweep
 from vfscreen.evaluation.speed import format_speed, format_speed_markdown, machine_description, run_speed
 from vfscreen.evaluation.untrained import DEFAULT_FOLDS, run_untrained_speed
+from vfscreen.phantom import field_of_view
 from vfscreen.utils.atomic import atomic_write_json
 
 DEFAULT_ABLATION_RESAMPLES = 1000
@@ -115,15 +117,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def sweep_scan_maker(content: str):
+    """The size sweep's scans: a phantom spine in a body (one rendered case, reused for every size) or noise with a
+    bright column (vfscreen.phantom.field_of_view)."""
+    if content == "noise":
+        return field_of_view.noise_with_column
+    if content != "spine":
+        raise ConfigError(f"--sweep-content {content!r}: spine or noise")
+    source = field_of_view.spine_source()
+    return lambda size, spacing: field_of_view.embedded_spine(size, spacing, source)
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "speed" and args.size_sweep:
-        from vfscreen.evaluation.size_sweep import format_size_sweep, parse_size, run_size_sweep
-
-        sweep = run_size_sweep([parse_size(size) for size in args.size_sweep], args.dataset, args.configuration,
-                               args.folds, args.device, args.num_threads, args.sweep_content,
-                               memory_budget_gb=args.memory_budget_gb)
+        sweep = run_size_sweep([parse_size(size) for size in args.size_sweep], sweep_scan_maker(args.sweep_content),
+                               args.sweep_content, args.dataset, args.configuration, args.folds, args.device,
+                               args.num_threads, memory_budget_gb=args.memory_budget_gb)
         print(format_size_sweep(sweep))
         if args.markdown:
             print(format_size_sweep(sweep, markdown=True))

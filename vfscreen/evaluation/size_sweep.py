@@ -1,8 +1,8 @@
 """``vfscreen_benchmark speed --size-sweep 512x512x100 512x512x400 ...``: input size -> seconds and peak memory
 per stage of prediction.
 
-For each size a synthetic spine (vfscreen.evaluation.field_of_view; ``--sweep-content noise``: the noise-and-column
-scan) of 0.8 x 0.8 x 1.0 mm is written to a temporary folder and predicted by a fresh process (spawned, so every size
+For each size a synthetic scan (made by the caller: the benchmark passes vfscreen.phantom.field_of_view's spine in a
+body, or with ``--sweep-content noise`` its noise-and-column scan) of 0.8 x 0.8 x 1.0 mm is written to a temporary folder and predicted by a fresh process (spawned, so every size
 starts from the same memory) exactly as ``vfscreen_predict`` does one case (vfscreen.inference.case_worker.run_case:
 header pre-check, read, segmentation, label consistency, morphometry, grading, report + outputs). Peak resident
 memory per stage is the process's peak during that stage (Linux VmHWM, reset at the start of each stage; the models
@@ -16,7 +16,15 @@ import sys
 import tempfile
 from pathlib import Path
 
+import SimpleITK as sitk
+import torch
+
 from vfscreen.errors import ConfigError
+from vfscreen.evaluation.speed import machine_description
+from vfscreen.inference import resources
+from vfscreen.inference.case_worker import CaseOptions, run_case
+from vfscreen.inference.cases import list_cases
+from vfscreen.inference.model_setup import load_prediction_models
 
 POST_PROCESSING = ("label_consistency", "morphometry", "grading", "saliency", "report")
 DEFAULT_SPACING = (0.8, 0.8, 1.0)
@@ -36,13 +44,6 @@ def parse_size(text: str) -> tuple[int, int, int]:
 def _measure(path: str, model_kwargs: dict, num_threads: int | None, budget_gb: float | None, queue) -> None:
     """In a fresh process: load the models, then predict one case as vfscreen_predict does."""
     try:
-        import torch
-
-        from vfscreen.inference import resources
-        from vfscreen.inference.case_worker import CaseOptions, run_case
-        from vfscreen.inference.model_setup import load_prediction_models
-        from vfscreen.inference.predict import list_cases
-
         if num_threads:
             torch.set_num_threads(int(num_threads))
         models = load_prediction_models(**model_kwargs)
@@ -60,24 +61,17 @@ def _measure(path: str, model_kwargs: dict, num_threads: int | None, budget_gb: 
         queue.put({"error": f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"})
 
 
-def run_size_sweep(sizes, dataset=501, configuration: str = "3d", folds=None, device: str = "cpu",
-                   num_threads: int | None = None, content: str = "spine", spacing=DEFAULT_SPACING,
+def run_size_sweep(sizes, make_scan, content: str, dataset=501, configuration: str = "3d", folds=None,
+                   device: str = "cpu", num_threads: int | None = None, spacing=DEFAULT_SPACING,
                    memory_budget_gb: float | None = None) -> dict:
-    import SimpleITK as sitk
-
-    from vfscreen.evaluation.benchmark import machine_description
-    from vfscreen.evaluation.field_of_view import embedded_spine, noise_with_column, spine_source
-
-    if content not in ("spine", "noise"):
-        raise ConfigError(f"--sweep-content {content!r}: spine or noise")
+    """``make_scan(size_xyz, spacing_xyz) -> sitk.Image``: the scan of each size; ``content`` names it (table)."""
     model_kwargs = {"dataset": dataset, "configuration": configuration, "folds": folds, "device": device}
     rows = []
-    source = spine_source() if content == "spine" else None
     context = multiprocessing.get_context("spawn")
     for size in sizes:
         with tempfile.TemporaryDirectory(prefix="vfscreen_sweep_in_") as folder:
             path = Path(folder) / f"{content}_{'x'.join(map(str, size))}_0000.nii.gz"
-            image = embedded_spine(size, spacing, source) if content == "spine" else noise_with_column(size, spacing)
+            image = make_scan(size, spacing)
             sitk.WriteImage(image, str(path))
             del image
             queue = context.Queue()

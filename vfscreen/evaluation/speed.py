@@ -25,7 +25,8 @@ import torch
 
 from vfscreen.errors import ConfigError
 from vfscreen.inference import resources
-from vfscreen.inference.predict import list_cases, predict_case, read_case_image
+from vfscreen.inference.cases import list_cases, read_case_image
+from vfscreen.inference.pipeline import predict_case
 from vfscreen.inference.report import render_report
 from vfscreen.inference.segmentation import load_models
 from vfscreen.preprocessing.crops import extract_vertebra_crops

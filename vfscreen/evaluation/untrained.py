@@ -42,7 +42,7 @@ from vfscreen.errors import ConfigError
 from vfscreen.evaluation.speed import run_speed
 from vfscreen.experiment_planning.planner import grader_cost
 from vfscreen.inference.grading import FoldEnsembleGrader
-from vfscreen.inference.predict import list_cases
+from vfscreen.inference.cases import list_cases
 from vfscreen.inference.segmentation import Models, NnunetSegmenter
 from vfscreen.labels import NUM_CLASSES
 from vfscreen.phantom.acquisition import PRESETS

@@ -20,6 +20,10 @@ import SimpleITK as sitk
 
 from vfscreen.errors import InputError, VfscreenError
 from vfscreen.inference import outputs, resources
+from vfscreen.inference.cases import read_case_image
+from vfscreen.inference.masks import read_case_mask
+from vfscreen.inference.pipeline import predict_case
+from vfscreen.inference.report import render_report
 
 
 @dataclass(frozen=True)
@@ -56,9 +60,6 @@ def header_size(case) -> tuple[int, ...]:
 def run_case(case, output_folder: Path, models, mask_source, options: CaseOptions) -> dict:
     """Pre-check, read, predict and write one case (``mask_source``: its --masks entry or None). Returns {"message",
     "warnings", "timings_s", "peak_rss_gb"}."""
-    from vfscreen.inference.predict import predict_case, read_case_image
-    from vfscreen.inference.report import render_report
-
     size = header_size(case)
     resources.check_estimate("reading and segmenting the scan", resources.scan_estimate_bytes(resources.voxels(size)),
                              options.memory_budget, resources.resident_bytes() or 0,
@@ -68,7 +69,6 @@ def run_case(case, output_folder: Path, models, mask_source, options: CaseOption
         image = read_case_image(case)
         given = None
         if mask_source is not None:
-            from vfscreen.inference.masks import read_case_mask
             given = read_case_mask(mask_source, image, options.mask_labels)
     result = predict_case(image, case.case_id, models, options.saliency, given=given,
                           memory_budget=options.memory_budget)

@@ -26,6 +26,8 @@ from vfscreen.core.plans import grader_loss, load_plans, plans_file, segmentatio
 from vfscreen.dataset import resolve_dataset_name
 from vfscreen.errors import ConfigError
 from vfscreen.inference.grading import FoldEnsembleGrader, Grader
+from vfscreen.inference.label_consistency import DEFAULT_MIN_VOLUME_MM3
+from vfscreen.inference.nnunet_region import predict_spine_region
 from vfscreen.inference.saliency import grad_cam_image
 from vfscreen.inference.spine_labels import SpineLabels
 from vfscreen.labels import LANDMARK_CLASSES
@@ -92,9 +94,6 @@ class NnunetSegmenter:
         """The image's :class:`vfscreen.inference.spine_region.SpineSegmentation` (only the spine's region is brought
         back to the input grid; see vfscreen.inference.nnunet_region). check_region(num_voxels, num_channels) may
         refuse the region before it is allocated (memory budget); ``with_probabilities`` False: class map only."""
-        from vfscreen.inference.label_consistency import DEFAULT_MIN_VOLUME_MM3
-        from vfscreen.inference.nnunet_region import predict_spine_region
-
         network_voxel_mm3 = float(np.prod(self.predictor.configuration_manager.spacing))
         # a network component of less than half the fragment volume cannot hold a kept component
         min_voxels = max(1, int(DEFAULT_MIN_VOLUME_MM3 / 2 / network_voxel_mm3))

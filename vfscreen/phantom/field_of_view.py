@@ -11,6 +11,9 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
+from vfscreen.phantom.acquisition import PRESETS
+from vfscreen.phantom.generator import case_specs, generate_case
+
 AIR_HU = -1000
 SOFT_TISSUE_HU = 40
 TISSUE_NOISE_HU = 15.0
@@ -21,9 +24,6 @@ IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
 def spine_source(seed: int = 0, preset: str = "demo") -> sitk.Image:
     """One rendered phantom CT (int16 HU) of ``preset``; the same for a given seed."""
-    from vfscreen.phantom.acquisition import PRESETS
-    from vfscreen.phantom.generator import case_specs, generate_case
-
     spec = case_specs(seed, 1, 0, PRESETS[preset].with_changes(orientation="LPS"))[0]
     return generate_case(spec).ct
 
