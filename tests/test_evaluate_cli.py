@@ -339,3 +339,24 @@ def test_position_matching_grades_misnamed_vertebrae(reference, tmp_path):
     assert not label_rows[("caseB", L1)]["matched"] and label_rows[("caseB", L2)]["p_g0"] == pytest.approx(0.7)
     assert by_position["metrics"]["segmentation"]["num_identified"] == 3
     assert by_label["metrics"]["segmentation"]["num_identified"] == 2
+
+
+@pytest.mark.parametrize("flag_extra", [True, False])
+def test_names_of_unflagged_vertebrae_must_be_right(reference, tmp_path, capsys, flag_extra):
+    """identification_rate_unflagged: of the predicted vertebrae not flagged level_uncertain, the share named right;
+    an extra vertebra (no reference of that name) counts against it unless the prediction flagged it."""
+    folder = tmp_path / "flagged"
+    extra = {**vertebra(L4, [0.5, 0.5, 0.0, 0.0], 0.8), "level_uncertain": flag_extra}
+    write_prediction(folder, "caseA", [{**vertebra(label, [0.9, 0.05, 0.03, 0.02], 0.95), "level_uncertain": False}
+                                       for label in (L1, L2, L3)] + [extra], spine_array(extra_l4=True))
+    result = evaluate_predictions(reference, folder, n_bootstrap=0, progress=False)
+    segmentation = result["metrics"]["segmentation"]
+    assert segmentation["num_predicted_level_uncertain"] == (1 if flag_extra else 0)
+    assert segmentation["num_predicted_unflagged"] == (3 if flag_extra else 4)
+    assert segmentation["identification_rate_unflagged"]["value"] == pytest.approx(1.0 if flag_extra else 3 / 4)
+    by_position = evaluate_predictions(reference, folder, n_bootstrap=0, progress=False, matching="position")
+    assert "identification_rate_unflagged" not in by_position["metrics"]["segmentation"]
+    with pytest.raises(SystemExit):
+        main(["-ref", str(reference), "-pred", str(folder), "-o", str(tmp_path / "m.json"), "--bootstrap", "0",
+              "--quiet"])
+    assert "not flagged level_uncertain: right " + ("1.00 of 3" if flag_extra else "0.75 of 4") in capsys.readouterr().out

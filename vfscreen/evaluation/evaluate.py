@@ -73,6 +73,7 @@ def evaluate_predictions(reference: str | Path, prediction_folder: str | Path, *
     fusion_model, fusion_source = _resolve_fusion(fusion, predictions)
     grades_by_case = {case: group for case, group in ref.grades.groupby("case_id")}
     grading_rows, vertebra_rows, extra_rows, per_case, grades_without_mask, excluded_truncated = [], [], [], [], [], []
+    naming_rows = []
     for case_id in progress_bar(sorted(ref.masks), desc="evaluating cases", disable=not progress, leave=False):
         reference_image = read_reference_mask(ref.masks[case_id], ref.class_ids)
         prediction = predictions.get(case_id)
@@ -88,6 +89,9 @@ def evaluate_predictions(reference: str | Path, prediction_folder: str | Path, *
                                max_distance_mm=max_distance_mm, rule=matching)
         vertebra_rows += match.vertebra_rows()
         extra_rows += match.extra_rows()
+        if prediction is not None:
+            naming_rows += [{"case_id": case_id, "label": label, "level_uncertain": vertebra["level_uncertain"],
+                             "named_right": label in match.identified} for label, vertebra in prediction.vertebrae.items()]
         in_mask = set(match.reference_labels)
         case_grades = grades_by_case.get(case_id, pd.DataFrame(columns=["label", "grade", "reference_truncated"]))
         for label, grade, truncated in zip(case_grades["label"], case_grades["grade"],
@@ -139,4 +143,6 @@ def evaluate_predictions(reference: str | Path, prediction_folder: str | Path, *
               "vertebrae": pd.DataFrame(vertebra_rows, columns=["case_id", "label", "name", "identified",
                                                                 "centroid_distance_mm", "dice"]),
               "extra": pd.DataFrame(extra_rows, columns=["case_id", "label", "name", "centroid_distance_mm"])}
+    if matching == "label":
+        tables["naming"] = pd.DataFrame(naming_rows, columns=["case_id", "label", "level_uncertain", "named_right"])
     return finish_result(header, tables, reasons, True, n_bootstrap, seed, progress)

@@ -153,7 +153,7 @@ def parse_prediction_vertebra(record: dict, source: str) -> dict:
     """One vertebra of a prediction JSON as a flat dict with label (VerSe id), graded (False when the grader did not
     grade it: probabilities null, e.g. cut by the field of view), probabilities (4,) or None, predicted_grade or None,
     p_fracture (NaN if not graded), genant_ratio (NaN if not measured), morph_grade (NaN), centroid_mm ((3,) or
-    None)."""
+    None), level_uncertain (the prediction's own flag that its name may be off by whole levels; False if absent)."""
     if not isinstance(record, dict) or "label" not in record:
         raise InputError(f"{source}: every vertebra needs a \"label\"")
     try:
@@ -184,7 +184,7 @@ def parse_prediction_vertebra(record: dict, source: str) -> dict:
             "p_fracture": p_fracture,
             "genant_ratio": _optional_float(record.get("genant_ratio"), where, "genant_ratio"),
             "morph_grade": _optional_float(record.get("morph_grade"), where, "morph_grade"),
-            "centroid_mm": centroid}
+            "centroid_mm": centroid, "level_uncertain": record.get("level_uncertain") is True}
 
 
 @dataclass

@@ -149,11 +149,16 @@ def match_case(case_id: str, reference: sitk.Image, prediction: sitk.Image | Non
     return match
 
 
-def segmentation_metrics(vertebra_table: pd.DataFrame, extra_table: pd.DataFrame) -> dict:
+def segmentation_metrics(vertebra_table: pd.DataFrame, extra_table: pd.DataFrame,
+                         naming_table: pd.DataFrame | None = None) -> dict:
     """Pooled identification rate, mean Dice and Dice per vertebra name, missed and extra counts.
 
     ``vertebra_table``: one row per reference vertebra (columns case_id, label, identified, dice);
-    ``extra_table``: one row per extra predicted vertebra (column case_id).
+    ``extra_table``: one row per extra predicted vertebra (column case_id);
+    ``naming_table`` (label matching only): one row per predicted vertebra (columns case_id, level_uncertain,
+    named_right = it identifies a reference vertebra). Its metric, ``identification_rate_unflagged``, is the share of
+    predicted vertebrae *not* flagged ``level_uncertain`` that carry the right name (an unflagged extra vertebra counts
+    as wrong): a prediction must be right or say that it may not be.
     """
     num_reference = int(len(vertebra_table))
     identified = int(vertebra_table["identified"].sum()) if num_reference else 0
@@ -172,6 +177,13 @@ def segmentation_metrics(vertebra_table: pd.DataFrame, extra_table: pd.DataFrame
                                                                   key=lambda item: labels.spine_position(item[0]))}
     else:
         result["dice_mean"] = undefined("no predicted segmentation (<case>_seg.nii.gz) to compute Dice")
+    if naming_table is not None:
+        unflagged = ~naming_table["level_uncertain"].to_numpy(dtype=bool)
+        result["num_predicted_level_uncertain"] = int((~unflagged).sum())
+        result["num_predicted_unflagged"] = int(unflagged.sum())
+        result["identification_rate_unflagged"] = (
+            defined(float(naming_table["named_right"].to_numpy(dtype=bool)[unflagged].mean())) if unflagged.any()
+            else undefined("every predicted vertebra is flagged level_uncertain (or none was predicted)"))
     return result
 
 

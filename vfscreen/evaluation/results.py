@@ -80,7 +80,7 @@ def finish_result(header: dict, tables: dict[str, pd.DataFrame], reasons: dict[s
     def compute(current: dict[str, pd.DataFrame]) -> dict:
         result = {"classification": compute_metrics(current["grading"], reasons)}
         if segmentation:
-            result["segmentation"] = segmentation_metrics(current["vertebrae"], current["extra"])
+            result["segmentation"] = segmentation_metrics(current["vertebrae"], current["extra"], current.get("naming"))
         return result
 
     point = compute(tables)

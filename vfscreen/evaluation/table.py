@@ -99,6 +99,11 @@ def format_result(result: dict, method: dict | None = None, dataset_label: str |
                   f"{cell(segmentation.get('dice_mean'))}"
                   f", reference vertebrae {segmentation['num_reference_vertebrae']}, missed "
                   f"{segmentation['num_missed']}, extra {segmentation['num_extra']}"]
+        if segmentation.get("num_predicted_unflagged") is not None:
+            parts.append(f"Names of predicted vertebrae not flagged level_uncertain: right "
+                         f"{cell(segmentation.get('identification_rate_unflagged'))} of "
+                         f"{segmentation['num_predicted_unflagged']} ({segmentation['num_predicted_level_uncertain']} "
+                         "flagged level_uncertain)")
     cases = result.get("cases", {})
     if cases.get("missing_predictions"):
         parts.append(f"Cases without prediction (counted as missed): {', '.join(cases['missing_predictions'])}")
