@@ -23,17 +23,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vfscreen.core.cli import CommandParser, RawDescriptionHelpFormatter, command
 from vfscreen import paths
 from vfscreen.core.devices import usable_cpu_count
 from vfscreen.core.fusion_model import load_fusion
 from vfscreen.core.model_folders import FUSION_FILE, grader_model_folder, segmentation_model_folder
 from vfscreen.core.plans import grader_loss, load_plans, plans_file, segmentation_settings
-from vfscreen.errors import ConfigError, cli_entry
+from vfscreen.errors import ConfigError
 from vfscreen.evaluation.cross_validation import fit_fusion_for_model
 from vfscreen.evaluation.evaluate import evaluate_predictions
 from vfscreen.evaluation.table import describe_method, format_result
@@ -261,8 +261,8 @@ def _minutes(seconds: float) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vfscreen_demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandParser(prog="vfscreen_demo", description=__doc__,
+                                     formatter_class=RawDescriptionHelpFormatter)
     parser.add_argument("-o", "--output", type=Path, default=None,
                         help="folder for the test-set predictions and metrics.json "
                              "(default: $VFSCREEN_HOME/demo_predictions)")
@@ -271,13 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP,
                         help=f"bootstrap resamples of the evaluation's confidence intervals (default "
                              f"{DEFAULT_BOOTSTRAP}; 0 = none)")
-    parser.add_argument("--verbose", action="store_true", help="show tracebacks")
     return parser
 
 
-@cli_entry
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+@command(build_parser)
+def main(args: argparse.Namespace) -> int:
     num_threads = usable_cpu_count() if args.num_threads is None else args.num_threads
     if num_threads < 1:
         raise ConfigError(f"-np must be >= 1, got {num_threads}")

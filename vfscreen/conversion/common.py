@@ -32,6 +32,7 @@ import pandas as pd
 import SimpleITK as sitk
 
 from vfscreen import labels, paths
+from vfscreen.core.cli import CommandParser
 from vfscreen.dataset import GRADES_FILE, image_path, label_path, write_dataset_json
 from vfscreen.errors import ConfigError, InputError
 from vfscreen.utils.atomic import atomic_directory, atomic_write_csv, atomic_write_image, atomic_write_json
@@ -369,3 +370,14 @@ def nifti_stem(name: str) -> str | None:
 
 def safe_case_id(name: str) -> str:
     return _UNSAFE.sub("_", name).lstrip("._-+") or "case"
+
+
+def converter_parser(prog: str, description: str, dataset_id_default: int | None, dataset_id_help: str,
+                     drop_cervical_help: str) -> CommandParser:
+    """The parser of a dataset converter with the options every converter shares (output id, cervical grades,
+    overwrite, verbose); the converter adds its input options."""
+    parser = CommandParser(prog=prog, description=description)
+    parser.add_argument("-d", "--dataset-id", type=int, default=dataset_id_default, help=dataset_id_help)
+    parser.add_argument("--drop-cervical", action="store_true", help=drop_cervical_help)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output dataset")
+    return parser

@@ -32,8 +32,9 @@ import yaml
 
 from vfscreen import labels, paths
 from vfscreen.conversion.common import (CERVICAL_VERSE_IDS, InputTree, ProblemLog, SourceCase, build_raw_dataset,
-                                        nifti_stem, output_folder, safe_case_id, summary_text)
-from vfscreen.errors import ConfigError, InputError, cli_entry
+                                        converter_parser, nifti_stem, output_folder, safe_case_id, summary_text)
+from vfscreen.core.cli import command
+from vfscreen.errors import ConfigError, InputError
 from vfscreen.preprocessing.crops import extract_vertebra_crops, validate_crop_plan
 from vfscreen.preprocessing.grader_crops import CROPS_INDEX, CROP_PLAN_FILE, INDEX_COLUMNS, crop_plan_hash
 from vfscreen.utils.atomic import atomic_directory, atomic_save_npy, atomic_write_csv, atomic_write_json
@@ -384,17 +385,15 @@ def patch_summary_text(folder: Path, table, folds, problems: ProblemLog) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="Dataset503_FaintFeatures.py",
-        description="Convert the Faint-Features dataset: original_dataset(.zip) -> nnUNet_raw/Dataset503_FaintFeatures;"
-                    " processed_dataset(.zip) (patches + file lists) -> grader crops and folds in "
-                    "nnUNet_preprocessed/Dataset504_FaintFeaturesPatches.")
+    parser = converter_parser(
+        "Dataset503_FaintFeatures.py",
+        "Convert the Faint-Features dataset: original_dataset(.zip) -> nnUNet_raw/Dataset503_FaintFeatures;"
+        " processed_dataset(.zip) (patches + file lists) -> grader crops and folds in "
+        "nnUNet_preprocessed/Dataset504_FaintFeaturesPatches.",
+        None, "dataset id (default 503 for the original dataset, 504 for the patches)",
+        "original dataset: do not grade C1-C7 (they stay in the masks)")
     parser.add_argument("-i", "--input", required=True, type=Path,
                         help="original_dataset.zip or processed_dataset.zip, or the folder it unzips to")
-    parser.add_argument("-d", "--dataset-id", type=int,
-                        help="dataset id (default 503 for the original dataset, 504 for the patches)")
-    parser.add_argument("--drop-cervical", action="store_true",
-                        help="original dataset: do not grade C1-C7 (they stay in the masks)")
     parser.add_argument("--patch-size", type=int, default=128,
                         help="patches: crop size (cube, voxels) when no --crop-plan is given (default 128)")
     parser.add_argument("--plans-from", metavar="DATASET_OR_PLANS_JSON",
@@ -403,14 +402,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "be trained on it (vfscreen_train -d 504 --stage grader)")
     parser.add_argument("--crop-plan", type=Path,
                         help="patches: a JSON crop plan (grader.crop) to crop with (no plans are written)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output dataset")
-    parser.add_argument("--verbose", action="store_true", help="show tracebacks")
     return parser
 
 
-@cli_entry
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+@command(build_parser)
+def main(args: argparse.Namespace) -> int:
     if args.patch_size <= 0:
         raise ConfigError(f"--patch-size {args.patch_size} must be > 0")
     if args.plans_from and args.crop_plan:

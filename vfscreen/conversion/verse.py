@@ -32,9 +32,10 @@ import numpy as np
 import pandas as pd
 
 from vfscreen import labels, paths
-from vfscreen.conversion.common import (CERVICAL_VERSE_IDS, ProblemLog, SourceCase, build_raw_dataset, local_files,
-                                        output_folder, summary_text)
-from vfscreen.errors import ConfigError, InputError, cli_entry
+from vfscreen.conversion.common import (CERVICAL_VERSE_IDS, ProblemLog, SourceCase, build_raw_dataset,
+                                        converter_parser, local_files, output_folder, summary_text)
+from vfscreen.core.cli import command
+from vfscreen.errors import ConfigError, InputError
 
 DATASET_NAME = "VerSe"
 DEFAULT_DATASET_ID = 502
@@ -335,29 +336,24 @@ def convert_verse(roots: list[Path], grade_sheet: Path, dataset_id: int = DEFAUL
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="Dataset502_VerSe.py",
-        description="Convert VerSe 2019/2020 (+ a Genant grade sheet) into nnUNet_raw/Dataset502_VerSe.")
+    parser = converter_parser("Dataset502_VerSe.py",
+                              "Convert VerSe 2019/2020 (+ a Genant grade sheet) into nnUNet_raw/Dataset502_VerSe.",
+                              DEFAULT_DATASET_ID, "dataset id (default 502)",
+                              "do not grade C1-C7 (they stay in the segmentation masks)")
     parser.add_argument("-i", "--input", nargs="+", required=True, type=Path, metavar="VERSE_ROOT",
                         help="VerSe folder(s): each holds rawdata/ + derivatives/, or split folders that do "
                              "(training/validation/test, 01_training/...). Test splits go to imagesTs.")
     parser.add_argument("--grades", required=True, type=Path, metavar="GRADES_CSV",
                         help="CSV with columns subject,label,grade[,fracture_type]; label = VerSe id or name "
                              "(L1, T12); grade = Genant 0-3. Vertebrae without a grade are not graded.")
-    parser.add_argument("-d", "--dataset-id", type=int, default=DEFAULT_DATASET_ID, help="dataset id (default 502)")
     parser.add_argument("--exclude-implants", metavar="LIST",
                         help="vertebrae with implants, not graded: a file with 'subject[,label]' lines or "
                              "'subject:label,subject,...' (a subject alone = all its vertebrae)")
-    parser.add_argument("--drop-cervical", action="store_true",
-                        help="do not grade C1-C7 (they stay in the segmentation masks)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output dataset")
-    parser.add_argument("--verbose", action="store_true", help="show tracebacks")
     return parser
 
 
-@cli_entry
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+@command(build_parser)
+def main(args: argparse.Namespace) -> int:
     folder, written, problems = convert_verse(args.input, args.grades, args.dataset_id, args.exclude_implants,
                                               args.drop_cervical, args.overwrite)
     print(summary_text(folder, written, problems))

@@ -12,16 +12,17 @@ import argparse
 import json
 from pathlib import Path
 
+from vfscreen.core.cli import CommandParser, command
 from vfscreen.core.devices import DEVICE_TYPES
 from vfscreen.core.plans import CONFIGURATION, PLANS_NAME
 from vfscreen.dataset import resolve_dataset_name
-from vfscreen.errors import ConfigError, cli_entry
+from vfscreen.errors import ConfigError
 from vfscreen.evaluation.ablation import VARIANTS, format_ablation, run_ablation, trained_folds, variant_folder
 from vfscreen.evaluation.bootstrap import DEFAULT_SEED
 from vfscreen.evaluation.curves import DEFAULT_STEPS, format_curves, run_curves, write_curves
 from vfscreen.evaluation.morphometry_benchmark import format_morphometry, run_morphometry_benchmark
 from vfscreen.evaluation.size_sweep import format_size_sweep, parse_size, run_size_sweep
-from vfscreen.evaluation.speed import format_speed, format_speed_markdown, machine_description, run_speed
+from vfscreen.evaluation.speed import format_speed, machine_description, run_speed
 from vfscreen.evaluation.untrained import DEFAULT_FOLDS, run_untrained_speed
 from vfscreen.phantom import field_of_view
 from vfscreen.utils.atomic import atomic_write_json
@@ -31,7 +32,7 @@ QUICK_RESAMPLES = 100
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vfscreen_benchmark", description="vfscreen benchmarks")
+    parser = CommandParser(prog="vfscreen_benchmark", description="vfscreen benchmarks")
     commands = parser.add_subparsers(dest="command", required=True)
     ablation = commands.add_parser("ablation", help="SupCon (SGD) vs CE (SGD) vs CE (Adam), head and probe readouts")
     ablation.add_argument("-d", "--dataset", required=True)
@@ -50,7 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
     ablation.add_argument("-o", "--output", help="JSON to write (default: ablation.json in the SupCon (SGD) model "
                           "folder)")
     ablation.add_argument("--markdown", action="store_true", help="also print the table for the README")
-    ablation.add_argument("--verbose", action="store_true")
     curves = commands.add_parser("curves", help="SupCon vs cross-entropy as the step budget grows (one fold)")
     curves.add_argument("-d", "--dataset", required=True)
     curves.add_argument("-c", "--configuration", default=CONFIGURATION, choices=(CONFIGURATION,))
@@ -68,7 +68,6 @@ def build_parser() -> argparse.ArgumentParser:
     curves.add_argument("-device", "--device", choices=DEVICE_TYPES, default=None)
     curves.add_argument("-o", "--output", default=".", help="folder for curves.json and curves.png (default .)")
     curves.add_argument("--markdown", action="store_true", help="also print the table for the README")
-    curves.add_argument("--verbose", action="store_true")
     morphometry = commands.add_parser("morphometry", help="morphometry vs the phantom's exact heights, on ground-truth "
                                       "masks and on the same masks degraded to a coarse grid")
     morphometry.add_argument("-d", "--dataset", default="501")
@@ -113,7 +112,6 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--sweep-content", choices=("spine", "noise"), default="spine",
                        help="a phantom spine in a body (default) or noise with a bright column")
     sweep.add_argument("--memory-budget-gb", type=float, default=None, help="as for vfscreen_predict")
-    speed.add_argument("--verbose", action="store_true")
     return parser
 
 
@@ -128,19 +126,24 @@ def sweep_scan_maker(content: str):
     return lambda size, spacing: field_of_view.embedded_spine(size, spacing, source)
 
 
-@cli_entry
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _report(result: dict, formatter, markdown: bool, output, what: str) -> int:
+    """Print a benchmark's table (and with --markdown its README table: ``formatter(result, markdown=True)``), then
+    write its JSON."""
+    print(formatter(result))
+    if markdown:
+        print(formatter(result, markdown=True))
+    atomic_write_json(output, result)
+    print(f"{what} written: {output}")
+    return 0
+
+
+@command(build_parser)
+def main(args: argparse.Namespace) -> int:
     if args.command == "speed" and args.size_sweep:
         sweep = run_size_sweep([parse_size(size) for size in args.size_sweep], sweep_scan_maker(args.sweep_content),
                                args.sweep_content, args.dataset, args.configuration, args.folds, args.device,
                                args.num_threads, memory_budget_gb=args.memory_budget_gb)
-        print(format_size_sweep(sweep))
-        if args.markdown:
-            print(format_size_sweep(sweep, markdown=True))
-        atomic_write_json(args.output, sweep)
-        print(f"size sweep written: {args.output}")
-        return 0
+        return _report(sweep, format_size_sweep, args.markdown, args.output, "size sweep")
     if args.command == "speed":
         if args.untrained_preset is not None:
             if args.saliency:
@@ -155,20 +158,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             speed = run_speed(args.input, args.dataset, args.configuration, args.folds, args.device, args.num_cases,
                               args.saliency, num_threads=args.num_threads)
-        print(format_speed(speed))
-        if args.markdown:
-            print(format_speed_markdown(speed))
-        atomic_write_json(args.output, speed)
-        print(f"speed written: {args.output}")
-        return 0
+        return _report(speed, format_speed, args.markdown, args.output, "speed")
     if args.command == "morphometry":
         result = run_morphometry_benchmark(resolve_dataset_name(args.dataset), args.num_cases, args.coarse_mm)
-        print(format_morphometry(result))
-        if args.markdown:
-            print(format_morphometry(result, markdown=True))
-        atomic_write_json(args.output, result)
-        print(f"morphometry benchmark written: {args.output}")
-        return 0
+        return _report(result, format_morphometry, args.markdown, args.output, "morphometry benchmark")
     if args.command == "curves":
         if args.tag and not args.tag.isalnum():
             raise ConfigError(f"--tag {args.tag!r}: letters and digits only")
@@ -200,14 +193,9 @@ def main(argv: list[str] | None = None) -> int:
                             common_override={"diagnostics_at_steps": args.diagnostics_at_steps}
                             if args.diagnostics_at_steps else None)
     ablation["machine"] = machine_description()
-    print(format_ablation(ablation))
-    if args.markdown:
-        print(format_ablation(ablation, markdown=True))
     output = Path(args.output) if args.output else variant_folder(dataset_name, args.configuration, args.plans,
                                                                   "supcon_sgd") / "ablation.json"
-    atomic_write_json(output, ablation)
-    print(f"ablation written: {output}")
-    return 0
+    return _report(ablation, format_ablation, args.markdown, output, "ablation")
 
 
 if __name__ == "__main__":

@@ -12,10 +12,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from vfscreen.core.cli import CommandParser, RawDescriptionHelpFormatter, command
 from vfscreen.core.model_folders import grader_fold_plans, grader_model_folder, loss_of_grader_folder
 from vfscreen.core.plans import CONFIGURATION, PLANS_NAME
 from vfscreen.dataset import resolve_dataset_name
-from vfscreen.errors import ConfigError, cli_entry
+from vfscreen.errors import ConfigError
 from vfscreen.evaluation import evaluate
 from vfscreen.evaluation.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED
 from vfscreen.evaluation.matching import MAX_CENTROID_DISTANCE_MM
@@ -25,8 +26,8 @@ from vfscreen.utils.atomic import atomic_write_json
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vfscreen_evaluate", description=__doc__.split("\n\n")[0].replace("``", ""),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = CommandParser(prog="vfscreen_evaluate", description=__doc__.split("\n\n")[0].replace("``", ""),
+                                     formatter_class=RawDescriptionHelpFormatter,
                                      epilog="REFERENCE: a raw dataset folder (labelsTs/ or labelsTr/ + grades.csv) or "
                                             "a folder of masks <case>.nii.gz with a grades.csv (VerSe ids unless a "
                                             "vfscreen dataset.json says nnU-Net class ids).")
@@ -59,7 +60,6 @@ def build_parser() -> argparse.ArgumentParser:
                              "(identification, the default); position: nearest centroids one-to-one, names ignored "
                              "(detection: grading without naming errors)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("--verbose", action="store_true", help="tracebacks on errors")
     return parser
 
 
@@ -120,9 +120,8 @@ def run(args: argparse.Namespace) -> dict:
     return result
 
 
-@cli_entry
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+@command(build_parser)
+def main(args: argparse.Namespace) -> int:
     run(args)
     return 0
 

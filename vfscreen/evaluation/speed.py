@@ -159,8 +159,11 @@ def ordered_stages(seconds_per_stage: dict) -> list[str]:
     return [s for s in STAGE_ORDER if s in seconds_per_stage] + sorted(set(seconds_per_stage) - set(STAGE_ORDER))
 
 
-def format_speed(speed: dict) -> str:
-    """The printed table: one row per stage (mean seconds per case and share), total, loading, memory."""
+def format_speed(speed: dict, markdown: bool = False) -> str:
+    """The printed table: one row per stage (mean seconds per case and share), total, loading, memory (markdown:
+    :func:`format_speed_markdown`)."""
+    if markdown:
+        return format_speed_markdown(speed)
     stages = speed["mean_seconds_per_stage"]
     total = speed["mean_seconds_per_case"]
     lines = [f"Prediction speed on {speed['num_cases']} case(s), device {speed['device']} "

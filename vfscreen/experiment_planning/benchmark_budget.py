@@ -12,13 +12,13 @@ process (Linux: VmHWM after resetting it through /proc/self/clear_refs) next to 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 import time
 
+from vfscreen.core.cli import CommandParser
 from vfscreen import paths
 from vfscreen.core.grader_network import build_grader
 from vfscreen.errors import cli_entry
@@ -170,8 +170,7 @@ def _peak_memory_child(configurations: dict, threads: int) -> dict[str, float]:
 
 @cli_entry
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--verbose", action="store_true", help="show tracebacks")
+    parser = CommandParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="cpu_demo")
     parser.add_argument("--plans", default=None, help="a vfscreenPlans.json (with its nnUNetPlans.json beside it)")
     parser.add_argument("--threads", type=int, default=2)

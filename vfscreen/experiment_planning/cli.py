@@ -18,6 +18,7 @@ import os
 import sys
 from pathlib import Path
 
+from vfscreen.core.cli import CommandParser, RawDescriptionHelpFormatter
 from vfscreen import paths
 from vfscreen.core.devices import usable_cpu_count
 from vfscreen.core.plans import (CONFIGURATION, fingerprint_file, load_plans, plans_file, preprocessed_folder,
@@ -199,11 +200,8 @@ def preprocess_crops(dataset_name: str, plans: dict, num_processes: int) -> Path
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="vfscreen_plan_and_preprocess",
-        description="Fingerprint a raw dataset, plan both networks for the device budget (vfscreenPlans.json + "
-                    "nnUNetPlans.json), write the patient-level splits, run nnU-Net's preprocessing and cut the "
-                    "grader crops.")
+    parser = CommandParser(prog="vfscreen_plan_and_preprocess", description=__doc__,
+                           formatter_class=RawDescriptionHelpFormatter)
     parser.add_argument("-d", "--dataset", action="append", required=True,
                         help="dataset id or name (501 or Dataset501_SyntheticSpine); repeatable")
     parser.add_argument("--device", choices=("cpu", "cuda", "mps"), default=None,
@@ -222,7 +220,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite-plans", action="store_true",
                         help="re-plan even if vfscreenPlans.json exists (default: reuse it, e.g. after hand edits)")
     parser.add_argument("--seed", type=int, default=P.DEFAULT_SEED, help="seed of the splits")
-    parser.add_argument("--verbose", action="store_true", help="show tracebacks")
     return parser
 
 

@@ -1,10 +1,16 @@
-"""``vfscreen_predict``: thin command-line wrapper of :func:`vfscreen.inference.predict.predict`."""
+"""Screen CT scans for vertebral fractures: per vertebra its name, Genant grade, P(fracture), uncertainty and
+measured heights (<case>.json, summary.csv), the labels (<case>_seg.nii.gz, input geometry) and a sagittal report
+(<case>_report.png).
+
+``vfscreen_predict`` is a thin command-line wrapper of :func:`vfscreen.inference.predict.predict`.
+"""
 from __future__ import annotations
 
 import argparse
 
+from vfscreen.core.cli import CommandParser, command
 from vfscreen.core.plans import CONFIGURATION
-from vfscreen.errors import EXIT_CASES_FAILED, EXIT_OK, cli_entry
+from vfscreen.errors import EXIT_CASES_FAILED, EXIT_OK
 from vfscreen.inference.predict import predict
 
 
@@ -15,11 +21,8 @@ def _mask_labels(value: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="vfscreen_predict",
-        description="Screen CT scans for vertebral fractures: per vertebra its name, Genant grade, P(fracture), "
-                    "uncertainty and measured heights (<case>.json, summary.csv), the labels (<case>_seg.nii.gz, "
-                    "input geometry) and a sagittal report (<case>_report.png).")
+    parser = CommandParser(prog="vfscreen_predict", description=__doc__.split("\n\n")[0],
+                           verbose_help="timings and peak memory per stage, tracebacks")
     parser.add_argument("-i", dest="input", required=True,
                         help="a NIfTI file, a folder of NIfTI files (*.nii.gz, *.nii, nnU-Net's case_0000.nii.gz "
                              "naming) or DICOM series (one folder per series)")
@@ -65,13 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--memory-budget-gb", dest="memory_budget_gb", type=float, default=None,
                         help="memory a case may use; a case that would need more fails (errors.csv) [the plans' "
                              "device memory or the machine's, whichever is smaller, minus headroom]")
-    parser.add_argument("--verbose", action="store_true", help="timings and peak memory per stage, tracebacks")
     return parser
 
 
-@cli_entry
-def main(argv: list[str] | None = None) -> int:
-    arguments = build_parser().parse_args(argv)
+@command(build_parser)
+def main(arguments: argparse.Namespace) -> int:
     table = predict(arguments.input, arguments.output, dataset=arguments.dataset,
                     configuration=arguments.configuration, folds=arguments.folds, device=arguments.device,
                     continue_prediction=arguments.continue_prediction, num_parts=arguments.num_parts,

@@ -12,23 +12,23 @@ from vfscreen.phantom import shapes
 from vfscreen.phantom.vertebra import (MORPHOLOGIES, MORPHOLOGY_PROBABILITIES, Vertebra, endplate_irregularity,
                                        fracture_heights, near_threshold, normal_heights)
 
-# Size tables over the anatomical level coordinate (C3 = 2, C7 = 6, T1 = 7, T6 = 12, T12 = 18, L1 = 19, L5 = 23), mm.
-_LEVELS = (2.0, 6.0, 7.0, 12.0, 18.0, 19.0, 23.0)
-_TABLES = {
-    "nominal_height": (13.0, 14.0, 16.0, 19.0, 23.0, 25.0, 27.0),
-    "half_depth": (7.5, 8.5, 8.5, 12.0, 14.5, 15.0, 17.0),
-    "half_width": (9.0, 12.0, 13.0, 16.0, 19.5, 21.0, 25.0),
-    "disc_height": (5.0, 5.5, 4.5, 5.0, 7.0, 9.0, 11.0),
-    "canal_half_width": (11.0, 11.0, 8.0, 7.5, 8.5, 10.5, 12.0),
-    "canal_half_depth": (7.0, 7.0, 7.5, 7.5, 8.0, 8.5, 8.5),
-    "arch_thickness": (4.0, 4.5, 5.0, 5.5, 6.0, 7.0, 8.0),
-    "spinous_length": (16.0, 24.0, 28.0, 30.0, 28.0, 28.0, 26.0),
-    "spinous_angle_deg": (20.0, 35.0, 45.0, 60.0, 35.0, 20.0, 15.0),
-    "spinous_half_height": (4.0, 5.0, 6.0, 6.0, 8.0, 10.0, 10.0),
-    "transverse_length": (9.0, 13.0, 17.0, 17.0, 13.0, 24.0, 22.0),
-    "transverse_angle_deg": (0.0, 10.0, 35.0, 40.0, 30.0, 10.0, 10.0),
-    "curvature_deg": (4.0, 4.0, -3.5, -3.5, -3.5, 8.0, 8.0),  # sagittal angle change per level (+ = lordosis)
-}
+# Sizes of the vertebrae at anchor levels of the anatomical level coordinate (C3 = 2, C7 = 6, T1 = 7, T6 = 12,
+# T12 = 18, L1 = 19, L5 = 23), one row per level, interpolated between rows: lengths in mm, angles in degrees;
+# curvature_deg is the sagittal angle change per level (+ = lordosis).
+_SIZE_COLUMNS = ("level", "nominal_height", "half_depth", "half_width", "disc_height", "canal_half_width",
+                 "canal_half_depth", "arch_thickness", "spinous_length", "spinous_angle_deg", "spinous_half_height",
+                 "transverse_length", "transverse_angle_deg", "curvature_deg")
+_SIZE_ROWS = (
+    (2.0, 13.0, 7.5, 9.0, 5.0, 11.0, 7.0, 4.0, 16.0, 20.0, 4.0, 9.0, 0.0, 4.0),  # C3
+    (6.0, 14.0, 8.5, 12.0, 5.5, 11.0, 7.0, 4.5, 24.0, 35.0, 5.0, 13.0, 10.0, 4.0),  # C7
+    (7.0, 16.0, 8.5, 13.0, 4.5, 8.0, 7.5, 5.0, 28.0, 45.0, 6.0, 17.0, 35.0, -3.5),  # T1
+    (12.0, 19.0, 12.0, 16.0, 5.0, 7.5, 7.5, 5.5, 30.0, 60.0, 6.0, 17.0, 40.0, -3.5),  # T6
+    (18.0, 23.0, 14.5, 19.5, 7.0, 8.5, 8.0, 6.0, 28.0, 35.0, 8.0, 13.0, 30.0, -3.5),  # T12
+    (19.0, 25.0, 15.0, 21.0, 9.0, 10.5, 8.5, 7.0, 28.0, 20.0, 10.0, 24.0, 10.0, 8.0),  # L1
+    (23.0, 27.0, 17.0, 25.0, 11.0, 12.0, 8.5, 8.0, 26.0, 15.0, 10.0, 22.0, 10.0, 8.0),  # L5
+)
+_LEVELS, *_COLUMNS = zip(*_SIZE_ROWS)
+_TABLES = dict(zip(_SIZE_COLUMNS[1:], _COLUMNS))
 FOV_KINDS = {  # name: (probability, first and last vertebra name allowed to be whole)
     "thoracolumbar": (0.65, "T6", "L6"),
     "thoracic": (0.15, "T2", "T12"),

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vfscreen.core.cli import CommandParser, command
 from vfscreen import paths
-from vfscreen.errors import ConfigError, cli_entry
+from vfscreen.errors import ConfigError
 from vfscreen.phantom.acquisition import PRESETS
 from vfscreen.phantom.generator import DEFAULT_PATIENT_MIX, generate_dataset
 
 
-class _Parser(argparse.ArgumentParser):
+class _Parser(CommandParser):
     def error(self, message):  # one line, vfscreen's exit code 2, instead of argparse's usage dump
         raise ConfigError(f"{message} (see --help)")
 
@@ -44,13 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output-root", type=Path, default=None,
                         help="parent folder of the dataset (default: $nnUNet_raw)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
-    parser.add_argument("--verbose", action="store_true", help="show tracebacks")
     return parser
 
 
-@cli_entry
-def main(argv=None):
-    args = build_parser().parse_args(argv)
+@command(build_parser)
+def main(args: argparse.Namespace) -> int:
     if args.preset not in PRESETS:
         raise ConfigError(f"--preset {args.preset!r} is unknown (choose one of {', '.join(PRESETS)})")
     if args.output_root is None:

@@ -4,13 +4,13 @@
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
+from vfscreen.core.cli import CommandParser
 from vfscreen import dataset, labels
 from vfscreen.errors import ConfigError, cli_entry
 from vfscreen.utils.atomic import atomic_path
@@ -81,11 +81,10 @@ def preview_case(dataset_folder, case_id: str, output_png: Path) -> None:
 
 @cli_entry
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Sagittal preview PNG of one case of a vfscreen raw dataset")
+    parser = CommandParser(description="Sagittal preview PNG of one case of a vfscreen raw dataset")
     parser.add_argument("dataset_folder", help="raw dataset folder, or a dataset id / name in nnUNet_raw (e.g. 501)")
     parser.add_argument("case_id")
     parser.add_argument("output_png", type=Path)
-    parser.add_argument("--verbose", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
     preview_case(args.dataset_folder, args.case_id, args.output_png)
     print(f"wrote {args.output_png}")

@@ -20,6 +20,13 @@ def to_local(x, y, z, centre: np.ndarray, axes: np.ndarray):
     return tuple(dx * axis[0] + dy * axis[1] + dz * axis[2] for axis in axes)
 
 
+def fill(hu, label, mask, value: float, label_value: int) -> None:
+    """Paint one material into ``mask``: its HU everywhere, its label where it has one (0 keeps what lies below)."""
+    hu[mask] = value
+    if label_value:
+        label[mask] = label_value
+
+
 def local_box_to_world(centre, axes, low, high):
     """World bounding box of the local box [low, high] (each (3,))."""
     corners = np.array([[a, b, c] for a in (low[0], high[0]) for b in (low[1], high[1]) for c in (low[2], high[2])])
@@ -89,26 +96,19 @@ class ArchShape:
         # behind the body only (never above / below it, where it would change the measured posterior height)
         mask = (outer <= 1.0) & (inner > 1.0) & (v_ap <= -0.97 * v.half_depth) \
             & (np.abs(w - v.arch_centre_w()) <= self.half_height)
-        hu[mask] = self.hu
-        label[mask] = self.label
+        fill(hu, label, mask, self.hu, self.label)
 
 
-@dataclass
 class Capsule:
     """Segment p0 -> p1 (world mm) with an elliptic, tapering cross-section (radii along e1 and e2)."""
-    p0: np.ndarray
-    p1: np.ndarray
-    e1: np.ndarray
-    radius1: float
-    radius2: float
-    hu: float
-    label: int = 0
-    taper: float = 0.3
 
-    def __post_init__(self):
-        self.length = float(np.linalg.norm(self.p1 - self.p0))
-        self.direction = (self.p1 - self.p0) / self.length
-        e1 = self.e1 - np.dot(self.e1, self.direction) * self.direction
+    def __init__(self, p0: np.ndarray, p1: np.ndarray, e1: np.ndarray, radius1: float, radius2: float, hu: float,
+                 label: int = 0, taper: float = 0.3):
+        self.p0, self.p1, self.radius1, self.radius2, self.hu, self.label, self.taper = (
+            p0, p1, radius1, radius2, hu, label, taper)
+        self.length = float(np.linalg.norm(p1 - p0))
+        self.direction = (p1 - p0) / self.length
+        e1 = e1 - np.dot(e1, self.direction) * self.direction
         self.e1 = e1 / np.linalg.norm(e1)
         self.e2 = np.cross(self.direction, self.e1)
 
@@ -125,9 +125,7 @@ class Capsule:
         c2 = dx * self.e2[0] + dy * self.e2[1] + dz * self.e2[2]
         mask = ((c1 / (self.radius1 * shrink)) ** 2 + (c2 / (self.radius2 * shrink)) ** 2
                 + ((along - t) / (self.radius1 * shrink)) ** 2) <= 1.0
-        hu[mask] = self.hu
-        if self.label:
-            label[mask] = self.label
+        fill(hu, label, mask, self.hu, self.label)
 
 
 @dataclass
@@ -150,9 +148,7 @@ class EllipticCylinder:
         u, v, w = to_local(x, y, z, self.centre, self.axes)
         mask = ((np.abs(u) / self.half_width) ** self.exponent + (np.abs(v) / self.half_depth) ** self.exponent
                 <= 1.0) & (np.abs(w) <= self.half_length)
-        hu[mask] = self.hu
-        if self.label:
-            label[mask] = self.label
+        fill(hu, label, mask, self.hu, self.label)
 
 
 def world_point(vertebra: Vertebra, local) -> np.ndarray:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from vfscreen.core.cli import CommandParser, RawDescriptionHelpFormatter
 from vfscreen.core.devices import DEVICE_TYPES, resolve_device
 from vfscreen.core.model_folders import segmentation_model_folder
 from vfscreen.core.plans import (CONFIGURATION, configuration_section, grader_section, load_plans,
@@ -39,8 +40,8 @@ def parse_fold(text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vfscreen_train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandParser(prog="vfscreen_train", description=__doc__,
+                                     formatter_class=RawDescriptionHelpFormatter)
     parser.add_argument("dataset", help="dataset id or name, e.g. 501 or Dataset501_SyntheticSpine")
     parser.add_argument("configuration", choices=(CONFIGURATION,), help="vfscreen configuration in the plans")
     parser.add_argument("fold", help="fold0, 0, ... or all")
@@ -66,7 +67,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plans-tag", default=None,
                         help="with --grader-override: the model goes to <trainer>__<plans>_<TAG>__<config>, so it "
                              "never overwrites the plans' own model")
-    parser.add_argument("--verbose", action="store_true", help="show tracebacks")
     return parser
 
 
