@@ -14,19 +14,17 @@ and a plan fits when peak_bytes <= usable memory = 85% of the device - GPU_OVERH
 BYTES_PER_ACTIVATION is 4 (float32) on CPU and MPS, 2 on CUDA where both nnU-Net and the grader train with automatic
 mixed precision (half-precision activations; this CUDA figure has not been measured in this project).
 ACTIVATION_OVERHEAD (1.3) covers what the layer count leaves out (activation gradients alive during backward,
-allocator slack). Checked against measurement on CPU: peak resident-memory increase of one training step of the CPU
-plan (tests/test_budget.py, asserts +-50%): segmentation 0.33 GB measured vs 0.35 GB modelled, grader 1.03 GB vs
-1.35 GB.
+allocator slack). Checked against measurement on CPU: tests/test_budget.py asserts that the peak resident-memory increase of one
+training step of the CPU plan lies within +-50% of the model.
 
 Speed model (CPU plans)
     seconds_per_step = batch x (3 x forward_FLOPs / (GFLOPS_PER_THREAD x 1e9)
                                 + stored_activation_elements / (GELEMENTS_PER_THREAD x 1e9)) / num_threads
 (one forward + a backward of about twice the forward's cost, plus the memory traffic of writing and re-reading every
 stored activation). forward_FLOPs counts 2 x k^3 x C_in x C_out per output voxel of every convolution. On a CPU the
-narrow 3D nets vfscreen plans are bound by memory traffic, not arithmetic: a least-squares fit to 8 measured
-training steps (PlainConvUNet 32-64^3 with 8-16 base features, ResidualEncoder 32-48^3, 2 threads) gave
-~100 GFLOP/s and ~0.15 G elements/s per thread, predictions within a factor 0.45-1.6 of the measurement; the
-constants below are rounded down (conservative). ``python -m vfscreen.experiment_planning.benchmark_budget`` measures
+narrow 3D nets vfscreen plans are bound by memory traffic, not arithmetic: the constants below come from a
+least-squares fit to measured training steps (PlainConvUNet 32-64^3 with 8-16 base features, ResidualEncoder
+32-48^3, 2 threads), rounded down (conservative). ``python -m vfscreen.experiment_planning.benchmark_budget`` measures
 the real rates of a plan; a preset can override the constants (``budget.cpu_gflops_per_thread``,
 ``budget.cpu_gelements_per_thread``).
 

@@ -38,9 +38,8 @@ STOCK_NNUNET_MIN_GPU_GB = 11.0  # nnU-Net's planner targets 8 GB; + CUDA context
 NNUNET_NUM_CLASSES = labels.NUM_CLASSES  # background + 26 vertebrae + the landmarks (vfscreen.labels)
 # Below this many training iterations a segmentation network is trained on the coarse regions vertebra / thoracic /
 # lumbar (vfscreen.labels.SPINE_REGIONS) and vertebrae are named by the label chain model, because 26 classes from
-# scratch do not train in so few: measured on the demo Dataset501 (cpu_demo plan, 1,500 iterations): 26 classes gave
-# Dice 0 for every vertebra; the three regions reached Dice 0.8 (vertebra) after 400 iterations. Stock nnU-Net trains
-# 250,000.
+# scratch do not train in so few (the README's demo results show what the regions reach). Stock nnU-Net trains
+# 250,000 (1,000 epochs of 250).
 MIN_ITERATIONS_FOR_VERTEBRA_CLASSES = 25_000
 
 
@@ -249,8 +248,7 @@ def _nnunet_configuration(found: dict, fullres: dict, device, targets) -> dict:
                  "n_conv_per_stage_decoder": [2] * (n_stages - 1)})
     iterations = int(targets.seg_iterations_per_epoch)
     val_iterations = int(targets.seg_val_iterations_per_epoch)
-    # compute x 2 for data loading, loss and logging on the same cores (measured on the cpu_demo plan: estimate
-    # 0.135 s, 0.2-0.28 s per iteration on 2 cores); 0.2 s at least
+    # compute x 2 for data loading, loss and logging on the same cores; 0.2 s at least
     seconds_per_iteration = max(found["seconds"] * 2, 0.2)
     epoch_seconds = iterations * seconds_per_iteration + val_iterations * seconds_per_iteration / 3
     num_epochs = int(np.clip(round(targets.seg_minutes * 60 / epoch_seconds), targets.min_seg_epochs,
@@ -317,8 +315,8 @@ def segmentation_section(nnunet_plans: dict, configuration_name: str, device: B.
             "val_iterations_per_epoch": int(extra.get("val_iterations_per_epoch", 50)),
             "num_epochs": int(extra.get("num_epochs", 1000)), "estimated_memory_gb": float(memory),
             "label_grouping": extra.get("label_grouping", "vertebrae"),
-            # nnU-Net's test-time mirroring multiplies segmentation time by ~9 (8 flips + the original); on a CPU
-            # that is 205 instead of 24 s per case with 5 folds (README Results), so CPU plans predict without it
+            # nnU-Net's test-time mirroring runs the network once per mirrored copy of every patch, which a CPU
+            # cannot afford (README Results has the timing), so CPU plans predict without it
             "test_time_mirroring": device.type != "cpu",
             "axis_order": "nnU-Net array axes after transpose_forward (see nnUNetPlans.json)",
             **_orientation_entry(nnunet_plans)}

@@ -46,9 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also write <case>_probabilities.npz (segmentation softmax, float16)")
     mirroring = parser.add_mutually_exclusive_group()
     mirroring.add_argument("--disable_tta", dest="use_mirroring", action="store_const", const=False, default=None,
-                           help="no test-time mirroring in segmentation (nnU-Net's flag): ~9x faster on a CPU, "
-                                "measured 205 -> 24 s per case with 5 folds [default: the plans' choice, off in CPU "
-                                "plans, on in GPU plans]")
+                           help="no test-time mirroring in segmentation (nnU-Net's flag; mirroring runs the network once "
+                                "per mirrored copy of every patch) [default: the plans' choice, off in CPU plans, on in "
+                                "GPU plans]")
     mirroring.add_argument("--enable_tta", dest="use_mirroring", action="store_const", const=True,
                            help="test-time mirroring even where the plans turn it off")
     parser.add_argument("--masks", default=None, metavar="MASKS",

@@ -55,8 +55,7 @@ def predict(input, output, dataset=501, configuration: str = "3d", folds=None, d
     ``masks``: a mask file or folder (vfscreen.inference.masks) whose cases skip segmentation; ``mask_labels`` forces
     their label convention. ``seg_model``: another trained nnU-Net model folder as the segmentation stage
     (vfscreen.inference.seg_model). ``no_grader``: morphometry only, no learned grade.
-    ``use_mirroring``: nnU-Net's test-time mirroring (True/False), None = the plans' choice (CPU plans: off, ~9x
-    faster segmentation on a CPU).
+    ``use_mirroring``: nnU-Net's test-time mirroring (True/False), None = the plans' choice (CPU plans: off).
     ``memory_budget_gb``: the memory a case may use (default: vfscreen.inference.resources.memory_budget_bytes); a
     case over it fails (errors.csv). ``isolate_cases``: the cases run in a worker process that holds the models, so
     that a case killed by the operating system fails alone (default: when vfscreen loads the models itself; injected

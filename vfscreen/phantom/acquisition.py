@@ -53,7 +53,7 @@ class Preset:
 
 
 PRESETS = {
-    # Coarse and small: ~0.5-1e6 voxels per case, the whole pipeline trains on a CPU in minutes.
+    # Coarse and small, so that the whole pipeline trains on a CPU.
     "demo": Preset("demo", inplane_spacing_mm=(1.6, 2.2), slice_thickness_mm=(2.0, 3.0), supersampling=2,
                    whole_vertebrae=(5, 8), num_cases=48, num_test_cases=12),
     # Clinical-like: ~0.6-0.9 mm in-plane, 0.8-1.5 mm slices, longer fields of view.

@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "grades.csv). Deterministic for a given --seed.")
     parser.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
     parser.add_argument("--preset", default="demo",
-                        help="demo: ~2 mm, small fields of view, 48+12 cases in well under a minute; "
+                        help="demo: ~2 mm, small fields of view, 48+12 cases; "
                              "full: ~0.6-0.9 mm in-plane, clinical-like, 160+40 cases (default demo)")
     parser.add_argument("--num-cases", type=int, default=None, help="training cases (default: the preset's)")
     parser.add_argument("--num-test-cases", type=int, default=None, help="test cases (default: the preset's)")

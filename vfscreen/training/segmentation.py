@@ -41,7 +41,7 @@ class vfscreenSegTrainer(nnUNetTrainer):  # noqa: N801  (nnU-Net's trainer namin
                  device: torch.device = torch.device("cuda")):
         if torch.device(device).type == "cpu" and "nnUNet_n_proc_DA" not in os.environ:
             # nnU-Net would start one augmentation worker per core; on a CPU the network needs those cores. One
-            # worker keeps up with the small budget-fitted patches (measured 0.02-0.5 s per batch of the demo plan).
+            # worker keeps up with the small budget-fitted patches.
             os.environ["nnUNet_n_proc_DA"] = "1"
         grouping = label_grouping(plans.get("configurations", {}).get(configuration, {}))
         super().__init__(plans, configuration, fold, dataset_json_for_grouping(dataset_json, grouping), device)

@@ -82,7 +82,7 @@ def curve_row(step: int, epoch: int, measured: dict, train_supcon_normalised) ->
 
 
 def describe(readout: dict) -> str:
-    """'macro-F1 0.312 over G0, G1, G2, G3, AUROC 0.801, predicted per grade [..]', saying absent grades."""
+    """'macro-F1 <value> over G0, G1, G2, G3, AUROC <value>, predicted per grade [..]', saying absent grades."""
     auroc = readout["auroc"]
     grades = readout["macro_over_grades"]
     absent = "" if len(grades) == 4 else " (the other grades are absent from validation)"

@@ -113,7 +113,7 @@ class GraderTrainer:
         self.use_amp = self.device.type == "cuda"
 
         torch.manual_seed(self.seed)
-        # channels-last 3D: ~1.7x faster 3D convolutions on the CPU (measured), also preferred by cuDNN
+        # channels-last 3D: faster 3D convolutions on the CPU, also preferred by cuDNN
         self.memory_format = torch.channels_last_3d if self.device.type in ("cpu", "cuda") else torch.contiguous_format
         network = build_grader(self.plan["network"], setup.loss_name, self.input_channels)
         self.prior_correction = self.plan.get("prior_correction", "none")
