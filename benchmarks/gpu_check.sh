@@ -5,7 +5,7 @@
 #   3. train fold 0 of each loss (SupCon, CE) for TRAIN_MINUTES each; print views/s and both readouts' validation
 #      metrics (head = raw logits, probe = logistic regression on frozen features),
 #   4. time vfscreen_predict with 5 folds on a 1.5 mm case (untrained weights; vfscreen_benchmark speed
-#      --untrained-preset PRESET: the real planner, random seeded networks, the real prediction stages).
+#      --untrained_preset PRESET: the real planner, random seeded networks, the real prediction stages).
 # Every setting can be overridden from the environment, e.g. a CPU dry run with tiny settings:
 #   DEVICE=cpu PRESET=cpu_demo PHANTOM=demo NUM_CASES=12 TRAIN_MINUTES=0.2 SPEED_PHANTOM=demo \
 #       bash benchmarks/gpu_check.sh
@@ -36,8 +36,8 @@ echo "settings: DEVICE=$DEVICE PRESET=$PRESET PHANTOM=$PHANTOM NUM_CASES=$NUM_CA
      "WORK=$WORK"
 
 phase "generate the $PHANTOM phantom ($NUM_CASES training cases)"
-timeout "$PHASE_TIMEOUT" "$PY" -c 'import sys; from vfscreen.phantom.cli import main; main(sys.argv[1:])' --preset "$PHANTOM" --num-cases "$NUM_CASES" \
-    --num-test-cases 1 -np "$NPROC"
+timeout "$PHASE_TIMEOUT" "$PY" -c 'import sys; from vfscreen.phantom.cli import main; main(sys.argv[1:])' --preset "$PHANTOM" --num_cases "$NUM_CASES" \
+    --num_test_cases 1 -np "$NPROC"
 
 phase "plan for $DEVICE with preset $PRESET, grader crops"
 timeout "$PHASE_TIMEOUT" "$PY" -m vfscreen.experiment_planning.cli -d 501 --device "$DEVICE" --preset "$PRESET" \
@@ -55,8 +55,8 @@ PYTHON
 for loss in supcon ce; do
     phase "train fold 0, loss $loss, $TRAIN_MINUTES minutes"
     timeout "$PHASE_TIMEOUT" "$PY" -m vfscreen.training.cli 501 3d 0 --stage grader --loss "$loss" \
-        --device "$DEVICE" --plans-tag gpucheck \
-        --grader-override "{\"max_minutes\": $TRAIN_MINUTES, \"validate_every\": 1000000}" > "$WORK/train_$loss.log" 2>&1 \
+        --device "$DEVICE" --plans_tag gpucheck \
+        --grader_override "{\"max_minutes\": $TRAIN_MINUTES, \"validate_every\": 1000000}" > "$WORK/train_$loss.log" 2>&1 \
         || { echo "training $loss failed or timed out; its log:"; tail -20 "$WORK/train_$loss.log"; }
     LOSS=$loss "$PY" - <<'PYTHON'
 import json, os, pathlib, re
@@ -79,7 +79,7 @@ PYTHON
 done
 
 phase "vfscreen_predict speed, 5 folds, 1.5 mm $SPEED_PHANTOM case (untrained $PRESET models)"
-timeout "$PHASE_TIMEOUT" "$PY" -m vfscreen.evaluation.benchmark speed --untrained-preset "$PRESET" \
-    --device "$DEVICE" -f 0 1 2 3 4 --phantom-preset "$SPEED_PHANTOM" --slice-thickness-mm 1.5 \
-    --work-dir "$WORK/speed" -o "$WORK/speed.json" --markdown
+timeout "$PHASE_TIMEOUT" "$PY" -m vfscreen.evaluation.benchmark speed --untrained_preset "$PRESET" \
+    --device "$DEVICE" -f 0 1 2 3 4 --phantom_preset "$SPEED_PHANTOM" --slice_thickness_mm 1.5 \
+    --work_dir "$WORK/speed" -o "$WORK/speed.json" --markdown
 phase "done"

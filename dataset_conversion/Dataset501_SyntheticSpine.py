@@ -1,7 +1,7 @@
 """Generate Dataset501_SyntheticSpine: synthetic spine CT with exact Genant grades (see vfscreen.phantom).
 
-    python dataset_conversion/Dataset501_SyntheticSpine.py [--seed S] [--preset demo|full] [--num-cases N]
-        [--num-test-cases M] [--patient-mix 1:3:3:3] [-np N] [-d 501] [--overwrite]
+    python dataset_conversion/Dataset501_SyntheticSpine.py [--seed S] [--preset demo|full] [--num_cases N]
+        [--num_test_cases M] [--patient_mix 1:3:3:3] [-np N] [-d 501] [--overwrite]
 """
 from vfscreen.phantom.cli import main
 

@@ -99,7 +99,7 @@ def test_verse20_split_folders_pir_anisotropic_t13_l6_sacrum(tmp_path, capsys):
     summary = __import__("vfscreen.conversion.common", fromlist=["summary_text"]).summary_text(folder, written,
                                                                                                problems)
     assert "G0 3, G1 1, G2 1, G3 1" in summary and "kept as landmark: sacrum (26) in 1 case(s)" in summary
-    assert "1 implant (--exclude-implants)" in summary
+    assert "1 implant (--exclude_implants)" in summary
 
 
 def test_centroids_of_a_flipped_axis_use_n_minus_1(tmp_path):

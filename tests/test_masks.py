@@ -83,7 +83,7 @@ def test_no_grader_flag_with_a_trained_grader(tmp_path, example_ct, example_ct_v
                       "--no-grader"])
     assert stop.value.code == 0
     data = check_real_example(output, example_ct, "embedded_label_table")
-    assert data["model"]["no_learned_grade"] == "--no-grader"
+    assert data["model"]["no_learned_grade"] == "--no_grader"
 
 
 def test_masks_as_totalsegmentator_structure_folder(tmp_path, example_ct, example_ct_vertebrae):
@@ -204,5 +204,5 @@ def test_masks_usage_errors(tmp_path, example_ct, example_ct_vertebrae, capsys):
     assert run_predict("-i", cases, "-o", tmp_path / "out", "--masks", empty) == 2
     assert "no mask for any case" in capsys.readouterr().err
     assert run_predict("-i", cases, "-o", tmp_path / "out", "--mask-labels", "verse") == 2
-    assert "--mask-labels needs --masks" in capsys.readouterr().err
+    assert "--mask_labels needs --masks" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

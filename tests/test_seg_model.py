@@ -95,7 +95,7 @@ def test_seg_model_folder(tmp_path, example_ct, ts_model):
     output = tmp_path / "out"
     assert run_predict("-i", case_input(tmp_path, example_ct), "-o", output, "-d", "996", "--seg-model",
                        ts_model) == 0
-    check_model_output(output, example_ct, ts_model, "--seg-model")
+    check_model_output(output, example_ct, ts_model, "--seg_model")
 
 
 def test_pretrained_seg_is_used_by_plain_predict(tmp_path, example_ct, ts_model, capsys):
@@ -112,7 +112,7 @@ def test_pretrained_seg_is_used_by_plain_predict(tmp_path, example_ct, ts_model,
     assert "recorded" in capsys.readouterr().out
     output = tmp_path / "after"
     assert run_predict("-i", inputs, "-o", output, "-d", "995") == 0
-    check_model_output(output, example_ct, ts_model, "recorded by vfscreen_train --pretrained-seg")
+    check_model_output(output, example_ct, ts_model, "recorded by vfscreen_train --pretrained_seg")
 
 
 def test_bad_model_folders(tmp_path, example_ct, ts_model, capsys):

@@ -10,7 +10,7 @@ Stages (each is skipped, or continued, when an earlier run finished it):
                                                                            continued from checkpoint_latest.pth
   4. grader     grader of fold 0 (the loss the plans chose)                same (the trainer's --c);
                 then its fusion model + screening thresholds on fold 0's     refitted when the grader changed
-                validation predictions (vfscreen_evaluate --cv --fit-fusion)
+                validation predictions (vfscreen_evaluate --cv --fit_fusion)
   5. predict    vfscreen_predict on imagesTs -> DEMO_OUTPUT                 --continue: finished cases kept
   6. evaluate   vfscreen_evaluate against labelsTs + grades.csv            always (seconds) -> DEMO_OUTPUT/metrics.json
 
@@ -109,7 +109,7 @@ def stage_plan(run: DemoRun) -> str:
     if plans.get("preset") != PLANNING_PRESET:
         print(f"vfscreen_demo: note: the existing plans were made with preset {plans.get('preset')!r}, not "
               f"{PLANNING_PRESET!r}; timings may differ (vfscreen_plan_and_preprocess -d {DATASET_ID} --preset "
-              f"{PLANNING_PRESET} --overwrite-plans re-plans)")
+              f"{PLANNING_PRESET} --overwrite_plans re-plans)")
     return "reused" if reused else "done"
 
 
@@ -152,7 +152,7 @@ def stage_grader(run: DemoRun) -> str:
 
 def fit_screening_thresholds(plans: dict, grader_folder: Path, refit: bool) -> None:
     """The fusion model and Youden thresholds on fold 0's validation predictions (vfscreen_evaluate --cv
-    --fit-fusion): prediction flags vertebrae at this operating point instead of argmax
+    --fit_fusion): prediction flags vertebrae at this operating point instead of argmax
     (vfscreen.inference.screening)."""
 
     path = grader_folder / FUSION_FILE
@@ -266,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", type=Path, default=None,
                         help="folder for the test-set predictions and metrics.json "
                              "(default: $VFSCREEN_HOME/demo_predictions)")
-    parser.add_argument("-np", "--num-threads", type=int, default=None,
+    parser.add_argument("-np", "--num_threads", "--num-threads", type=int, default=None,
                         help="CPU threads / worker processes (default: all cores of this machine)")
     parser.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP,
                         help=f"bootstrap resamples of the evaluation's confidence intervals (default "

@@ -1,6 +1,6 @@
 """Which segmentation model a dataset's predictions use, when it is not the dataset's own nnU-Net training.
 
-``vfscreen_train D 3d F --pretrained-seg FOLDER`` records FOLDER (a trained nnU-Net v2 model folder, e.g. a
+``vfscreen_train D 3d F --pretrained_seg FOLDER`` records FOLDER (a trained nnU-Net v2 model folder, e.g. a
 TotalSegmentator or VerSe-trained vertebra model) in ``nnUNet_results/<Dataset>/pretrained_segmentation.json``;
 ``vfscreen_predict -d D`` then segments with that model (vfscreen.inference.seg_model) and names it in the JSON's
 ``model`` block. Shared by training (writes) and inference (reads); nothing else is stored there.
@@ -75,5 +75,5 @@ def recorded_pretrained_segmentation(dataset_name: str) -> dict | None:
         record = json.loads(path.read_text())
         return {"model_folder": str(record["model_folder"]), "folds": list(record["folds"])}
     except (OSError, ValueError, KeyError, TypeError):
-        raise ConfigError(f"{path} is unreadable; re-run vfscreen_train {dataset_name} ... --pretrained-seg FOLDER "
+        raise ConfigError(f"{path} is unreadable; re-run vfscreen_train {dataset_name} ... --pretrained_seg FOLDER "
                           "or delete it") from None

@@ -377,7 +377,8 @@ def converter_parser(prog: str, description: str, dataset_id_default: int | None
     """The parser of a dataset converter with the options every converter shares (output id, cervical grades,
     overwrite, verbose); the converter adds its input options."""
     parser = CommandParser(prog=prog, description=description)
-    parser.add_argument("-d", "--dataset-id", type=int, default=dataset_id_default, help=dataset_id_help)
-    parser.add_argument("--drop-cervical", action="store_true", help=drop_cervical_help)
+    parser.add_argument("-d", "--dataset_id", "--dataset-id", type=int, default=dataset_id_default,
+                        help=dataset_id_help)
+    parser.add_argument("--drop_cervical", "--drop-cervical", action="store_true", help=drop_cervical_help)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output dataset")
     return parser

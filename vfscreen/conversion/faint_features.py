@@ -15,9 +15,9 @@ Two inputs, zipped or unzipped (a zip is read with :mod:`zipfile`; the input is 
    :mod:`vfscreen.preprocessing.crops` applied to the patch and its mask, in ``vfscreen_crops_3d/`` with ``crops.csv``
    in the columns of :mod:`vfscreen.preprocessing.grader_crops`), and each tag's train/test lists become one fold of
    ``splits_final.json`` (test list = validation; ``fold`` in crops.csv = the fold whose validation set holds the
-   image, empty when none). The crop plan: ``--plans-from`` a planned dataset (its grader crop plan, and its plans
+   image, empty when none). The crop plan: ``--plans_from`` a planned dataset (its grader crop plan, and its plans
    are copied so that ``vfscreen_train 504 3d 0 --stage grader`` runs; context beyond the authors' patch, which is
-   the vertebra's box, is air), else ``--crop-plan FILE``, else fit mode, margin 0, ``--patch-size``^3.
+   the vertebra's box, is air), else ``--crop_plan FILE``, else fit mode, margin 0, ``--patch_size``^3.
 """
 from __future__ import annotations
 
@@ -182,7 +182,7 @@ def convert_original(source: Path, dataset_id: int = DEFAULT_DATASET_ID, drop_ce
             problems.skip(f"case {key}", f"{tree.describe(ct_member)}: no vertebra mask (expected seg/{key}.nii.gz "
                                          f"or {key}_seg.nii.gz)")
             continue
-        not_graded = {v: "cervical (--drop-cervical)" for v in CERVICAL_VERSE_IDS} if drop_cervical else {}
+        not_graded = {v: "cervical (--drop_cervical)" for v in CERVICAL_VERSE_IDS} if drop_cervical else {}
         if key not in grades:
             not_graded[None] = "CT not in annotation.yaml"
         sources.append(SourceCase(
@@ -245,14 +245,14 @@ def load_crop_plan(path: Path | None, patch_size: int, plans_from: str | None = 
             try:
                 planned_for = json.loads(Path(plans_from).read_text())["dataset_name"]
             except (OSError, ValueError, KeyError, TypeError) as error:
-                raise ConfigError(f"--plans-from {plans_from}: not a vfscreenPlans.json ({error})") from None
+                raise ConfigError(f"--plans_from {plans_from}: not a vfscreenPlans.json ({error})") from None
             plans = load_plans(planned_for, plans_from)
         else:
             plans = load_plans(plans_from)
         try:
             return validate_crop_plan(crop_section(plans, CONFIGURATION)), plans
         except (KeyError, TypeError):
-            raise ConfigError(f"--plans-from {plans_from}: plans without configurations.3d.grader.crop") from None
+            raise ConfigError(f"--plans_from {plans_from}: plans without configurations.3d.grader.crop") from None
     if path is None:
         return validate_crop_plan(_default_crop_plan(int(patch_size))), None
     try:
@@ -394,13 +394,13 @@ def build_parser() -> argparse.ArgumentParser:
         "original dataset: do not grade C1-C7 (they stay in the masks)")
     parser.add_argument("-i", "--input", required=True, type=Path,
                         help="original_dataset.zip or processed_dataset.zip, or the folder it unzips to")
-    parser.add_argument("--patch-size", type=int, default=128,
-                        help="patches: crop size (cube, voxels) when no --crop-plan is given (default 128)")
-    parser.add_argument("--plans-from", metavar="DATASET_OR_PLANS_JSON",
+    parser.add_argument("--patch_size", "--patch-size", type=int, default=128,
+                        help="patches: crop size (cube, voxels) when no --crop_plan is given (default 128)")
+    parser.add_argument("--plans_from", "--plans-from", metavar="DATASET_OR_PLANS_JSON",
                         help="patches: crop with the grader crop plan of this planned dataset (id/name) or "
                              "vfscreenPlans.json, and copy those plans to the patch dataset so that the grader can "
                              "be trained on it (vfscreen_train -d 504 --stage grader)")
-    parser.add_argument("--crop-plan", type=Path,
+    parser.add_argument("--crop_plan", "--crop-plan", type=Path,
                         help="patches: a JSON crop plan (grader.crop) to crop with (no plans are written)")
     return parser
 
@@ -408,9 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
 @command(build_parser)
 def main(args: argparse.Namespace) -> int:
     if args.patch_size <= 0:
-        raise ConfigError(f"--patch-size {args.patch_size} must be > 0")
+        raise ConfigError(f"--patch_size {args.patch_size} must be > 0")
     if args.plans_from and args.crop_plan:
-        raise ConfigError("give either --plans-from or --crop-plan, not both")
+        raise ConfigError("give either --plans_from or --crop_plan, not both")
     tree = InputTree(args.input)
     if any(PurePosixPath(n).name.lower() in ("annotation.yaml", "annotation.yml") for n in tree.files):
         folder, written, problems = convert_original(
@@ -422,7 +422,7 @@ def main(args: argparse.Namespace) -> int:
             args.overwrite, tree=tree, plans_from=args.plans_from)
         print(patch_summary_text(folder, table, folds, problems))
         if args.plans_from is None:
-            print("  no vfscreenPlans.json written: to train the grader on these crops, convert with --plans-from "
+            print("  no vfscreenPlans.json written: to train the grader on these crops, convert with --plans_from "
                   "<a planned dataset> (e.g. 503 after vfscreen_plan_and_preprocess -d 503)")
     else:
         raise ConfigError(f"{args.input}: neither the original Faint-Features layout (CTs, masks, annotation.yaml) "

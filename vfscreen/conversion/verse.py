@@ -256,12 +256,12 @@ def read_grade_sheet(path: Path, scans: list[VerseScan], problems: ProblemLog
 
 
 def read_exclusions(text: str | None, scans: list[VerseScan], problems: ProblemLog) -> dict[str, set[int] | None]:
-    """``--exclude-implants``: a file (one ``subject[,label]`` per line) or a comma-separated list of ``subject`` or
+    """``--exclude_implants``: a file (one ``subject[,label]`` per line) or a comma-separated list of ``subject`` or
     ``subject:label`` items. Returns case id -> excluded VerSe ids (None = the whole case)."""
     if not text:
         return {}
     if not Path(text).is_file() and re.search(r"\.(csv|txt|tsv)$", text, re.IGNORECASE):
-        raise ConfigError(f"--exclude-implants {text}: file does not exist")
+        raise ConfigError(f"--exclude_implants {text}: file does not exist")
     if Path(text).is_file():
         items = []
         for line in Path(text).read_text().splitlines():
@@ -275,7 +275,7 @@ def read_exclusions(text: str | None, scans: list[VerseScan], problems: ProblemL
     for fields in items:
         matches = aliases.get(fields[0].lower(), [])
         if not matches:
-            problems.problem(f"--exclude-implants: subject {fields[0]!r} does not exist in the VerSe folder(s)")
+            problems.problem(f"--exclude_implants: subject {fields[0]!r} does not exist in the VerSe folder(s)")
             continue
         if len(fields) < 2 or not fields[1]:
             for scan in matches:
@@ -284,7 +284,7 @@ def read_exclusions(text: str | None, scans: list[VerseScan], problems: ProblemL
         try:
             verse_id = labels.parse_vertebra(fields[1])
         except ValueError as error:
-            problems.problem(f"--exclude-implants: {fields[0]}: {error}")
+            problems.problem(f"--exclude_implants: {fields[0]}: {error}")
             continue
         for scan in matches:
             if excluded.get(scan.case_id, set()) is not None:
@@ -313,12 +313,12 @@ def convert_verse(roots: list[Path], grade_sheet: Path, dataset_id: int = DEFAUL
             continue
         not_graded: dict[int | None, str] = {}
         if drop_cervical:
-            not_graded.update({v: "cervical (--drop-cervical)" for v in CERVICAL_VERSE_IDS})
+            not_graded.update({v: "cervical (--drop_cervical)" for v in CERVICAL_VERSE_IDS})
         if scan.case_id in excluded:
             if excluded[scan.case_id] is None:
-                not_graded[None] = "implant (--exclude-implants)"
+                not_graded[None] = "implant (--exclude_implants)"
             else:
-                not_graded.update({v: "implant (--exclude-implants)" for v in excluded[scan.case_id]})
+                not_graded.update({v: "implant (--exclude_implants)" for v in excluded[scan.case_id]})
         centroid_path = scan.centroid_path
         sources.append(SourceCase(
             case_id=scan.case_id, subject=scan.subject, split=scan.split, description=scan.description,
@@ -346,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--grades", required=True, type=Path, metavar="GRADES_CSV",
                         help="CSV with columns subject,label,grade[,fracture_type]; label = VerSe id or name "
                              "(L1, T12); grade = Genant 0-3. Vertebrae without a grade are not graded.")
-    parser.add_argument("--exclude-implants", metavar="LIST",
+    parser.add_argument("--exclude_implants", "--exclude-implants", metavar="LIST",
                         help="vertebrae with implants, not graded: a file with 'subject[,label]' lines or "
                              "'subject:label,subject,...' (a subject alone = all its vertebrae)")
     return parser

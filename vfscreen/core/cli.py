@@ -1,5 +1,5 @@
 """The command-line style shared by every vfscreen command (nnU-Net's): long flags are spelled with underscores
-(``--disable_tta``, ``--num_cases``); the hyphenated spelling of older releases (``--disable-tta``) stays accepted as
+(``--disable_tta``, ``--num_cases``); the hyphenated spelling of older releases (``--disable_tta``) stays accepted as
 an alias that ``--help`` does not show. Every command (and sub-command) takes ``--verbose`` (tracebacks on errors,
 see :mod:`vfscreen.errors`).
 """

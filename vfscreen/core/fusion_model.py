@@ -67,7 +67,7 @@ def load_fusion(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: fusion model missing (fit it with vfscreen_evaluate -d DATASET -c CONFIG --cv "
-                          "--fit-fusion)")
+                          "--fit_fusion)")
     try:
         model = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:

@@ -197,7 +197,7 @@ def validate_plans(plans: dict, dataset_name: str | None = None, source: str = "
     _check_section(plans, PLANS_SCHEMA, "", source)
     if plans["schema_version"] != SCHEMA_VERSION:
         raise ConfigError(f"{source}: field 'schema_version' is {plans['schema_version']}, this vfscreen reads "
-                          f"version {SCHEMA_VERSION}; re-run vfscreen_plan_and_preprocess --overwrite-plans")
+                          f"version {SCHEMA_VERSION}; re-run vfscreen_plan_and_preprocess --overwrite_plans")
     if dataset_name is not None and plans["dataset_name"] != dataset_name:
         raise ConfigError(f"{source}: field 'dataset_name' is {plans['dataset_name']!r} but these plans are used for "
                           f"{dataset_name!r} (plans made for another dataset)")

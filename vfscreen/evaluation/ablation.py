@@ -8,7 +8,7 @@ each read out two ways: the trained head (argmax of its raw logits) and a class-
 features of the training crops (vfscreen.training.grader.readout_stage). Every model is the fold's final checkpoint
 (no checkpoint selection at all; the probe is fitted on training crops only), scored on the fold's validation
 vertebrae: nothing is chosen on the data it is scored on. Folds are trained where they have no validation
-predictions yet (``vfscreen_train D C FOLD --stage grader --loss L --plans-tag ablation[adam] --grader-override``),
+predictions yet (``vfscreen_train D C FOLD --stage grader --loss L --plans_tag ablation[adam] --grader_override``),
 so the models live apart from the plans' own. The SupCon - CE differences get *paired* patient-bootstrap intervals
 (the same patients drawn for every grader in each replicate).
 """
@@ -54,7 +54,7 @@ def trained_folds(dataset_name: str, configuration: str, plans_name: str, varian
 def train_missing_folds(dataset_name: str, configuration: str, folds, plans_name: str, device: str | None,
                         common_override: dict | None = None) -> list:
     """Train every (fold, variant) without validation predictions, fold by fold (an interrupted run leaves complete
-    sets of graders for --no-train); ``common_override``: plan values for every variant that do not change the
+    sets of graders for --no_train); ``common_override``: plan values for every variant that do not change the
     training (e.g. ``diagnostics_at_steps``, so the SGD graders give the curves too). Returns the commands run."""
     commands = []
     for fold in folds:
@@ -72,7 +72,7 @@ def evaluation_table(folder: Path, folds, readout: str) -> pd.DataFrame:
     for fold in folds:
         path = folder / f"fold_{fold}" / "validation" / f"predictions_{readout}.csv"
         if not path.is_file():
-            raise ConfigError(f"{path} not found: train the fold (drop --no-train) or choose folds with -f")
+            raise ConfigError(f"{path} not found: train the fold (drop --no_train) or choose folds with -f")
         frames.append(pd.read_csv(path, dtype={"case_id": str}))
     table = pd.concat(frames, ignore_index=True)
     return pd.DataFrame({"case_id": table["case_id"], "label": table["label"].astype(int),

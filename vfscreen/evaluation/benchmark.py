@@ -2,7 +2,7 @@
 vfscreen.evaluation.ablation); ``... curves -d 501 -f 0``: both losses as the step budget grows (see
 vfscreen.evaluation.curves); ``... morphometry -d 501``: morphometry vs the phantom's exact heights
 (see vfscreen.evaluation.morphometry_benchmark); ``... speed -i INPUT``: prediction speed, see vfscreen.evaluation.speed;
-``... speed --untrained-preset NAME``: the speed of a plan without a trained model, see vfscreen.evaluation.untrained.
+``... speed --untrained_preset NAME``: the speed of a plan without a trained model, see vfscreen.evaluation.untrained.
 
 Each writes its JSON atomically and prints its table (``--markdown``: the same rows as a README table).
 """
@@ -39,12 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     ablation.add_argument("-c", "--configuration", default=CONFIGURATION, choices=(CONFIGURATION,))
     ablation.add_argument("-p", "--plans", default=PLANS_NAME)
     ablation.add_argument("-f", "--folds", nargs="+", type=int, default=None,
-                          help="folds (default: 0-4; with --no-train: those every grader has)")
+                          help="folds (default: 0-4; with --no_train: those every grader has)")
     ablation.add_argument("--quick", action="store_true", help="smoke test: fold 0, 100 bootstrap resamples")
-    ablation.add_argument("--no-train", action="store_true", help="only evaluate folds trained already")
-    ablation.add_argument("--diagnostics-at-steps", nargs="+", type=int, default=None,
+    ablation.add_argument("--no_train", "--no-train", action="store_true", help="only evaluate folds trained already")
+    ablation.add_argument("--diagnostics_at_steps", "--diagnostics-at-steps", nargs="+", type=int, default=None,
                           help="also record the curves of every grader at these steps (training unchanged; read "
-                               "them with: curves --no-train --plans-tag ablation)")
+                               "them with: curves --no_train --plans_tag ablation)")
     ablation.add_argument("-device", "--device", choices=DEVICE_TYPES, default=None)
     ablation.add_argument("--bootstrap", type=int, default=None)
     ablation.add_argument("--seed", type=int, default=DEFAULT_SEED)
@@ -57,33 +57,35 @@ def build_parser() -> argparse.ArgumentParser:
     curves.add_argument("-f", "--fold", type=int, default=0)
     curves.add_argument("--steps", nargs="+", type=int, default=None,
                         help="budgets in SGD steps (default 100 200 400 800 1600)")
-    curves.add_argument("--grader-override", metavar="JSON", default=None,
+    curves.add_argument("--grader_override", "--grader-override", metavar="JSON", default=None,
                         help="grader plan values changed for both losses (a change tried against the curves)")
     curves.add_argument("--tag", default="", help="letters/digits naming this curves run (default: none)")
-    curves.add_argument("--plans-tag", default=None,
+    curves.add_argument("--plans_tag", "--plans-tag", default=None,
                         help="the models' plans tag (default curves<TAG>; 'ablation': the ablation's SGD graders)")
     curves.add_argument("--losses", nargs="+", choices=("supcon", "ce"), default=["supcon", "ce"],
                         help="losses to train and show (default both)")
-    curves.add_argument("--no-train", action="store_true", help="only read curves trained already")
+    curves.add_argument("--no_train", "--no-train", action="store_true", help="only read curves trained already")
     curves.add_argument("-device", "--device", choices=DEVICE_TYPES, default=None)
     curves.add_argument("-o", "--output", default=".", help="folder for curves.json and curves.png (default .)")
     curves.add_argument("--markdown", action="store_true", help="also print the table for the README")
     morphometry = commands.add_parser("morphometry", help="morphometry vs the phantom's exact heights, on ground-truth "
                                       "masks and on the same masks degraded to a coarse grid")
     morphometry.add_argument("-d", "--dataset", default="501")
-    morphometry.add_argument("-n", "--num-cases", type=int, default=20, help="first N training cases (default 20)")
-    morphometry.add_argument("--coarse-mm", type=float, default=3.0, help="degraded grid spacing (default 3)")
+    morphometry.add_argument("-n", "--num_cases", "--num-cases", type=int, default=20,
+                             help="first N training cases (default 20)")
+    morphometry.add_argument("--coarse_mm", "--coarse-mm", type=float, default=3.0,
+                             help="degraded grid spacing (default 3)")
     morphometry.add_argument("-o", "--output", default="morphometry.json", help="JSON to write")
     morphometry.add_argument("--markdown", action="store_true", help="also print the table for the README")
     speed = commands.add_parser("speed", help="seconds per case for each stage of prediction, crops/s, peak memory")
-    speed.add_argument("-i", "--input", help="input cases (as for vfscreen_predict); with --untrained-preset: "
+    speed.add_argument("-i", "--input", help="input cases (as for vfscreen_predict); with --untrained_preset: "
                        "optional (default: a generated phantom), needs --labels")
     speed.add_argument("-d", "--dataset", default="501")
     speed.add_argument("-c", "--configuration", default=CONFIGURATION, choices=(CONFIGURATION,))
     speed.add_argument("-f", "--folds", nargs="+", type=int, help="folds (default: those trained)")
     speed.add_argument("-device", "--device", choices=DEVICE_TYPES, default="cpu")
-    speed.add_argument("-n", "--num-cases", type=int, help="time only the first N cases")
-    speed.add_argument("-np", "--num-threads", type=int, help="torch CPU threads")
+    speed.add_argument("-n", "--num_cases", "--num-cases", type=int, help="time only the first N cases")
+    speed.add_argument("-np", "--num_threads", "--num-threads", type=int, help="torch CPU threads")
     speed.add_argument("--saliency", action="store_true", help="include Grad-CAM")
     speed.add_argument("-o", "--output", default="speed.json", help="JSON to write (default: ./speed.json)")
     speed.add_argument("--markdown", action="store_true", help="also print the result as a README table")
@@ -91,27 +93,33 @@ def build_parser() -> argparse.ArgumentParser:
         "untrained models", "time a plan without a trained model: the real planner plans generated phantoms with a "
         "plans preset, the networks get random (seeded) weights, segmentation runs on the image and every later "
         "stage on the ground-truth mask (see vfscreen.evaluation.untrained)")
-    untrained.add_argument("--untrained-preset", metavar="NAME|PATH|none",
+    untrained.add_argument("--untrained_preset", "--untrained-preset", metavar="NAME|PATH|none",
                            help="plans preset (a name of vfscreen/presets/ or a path; 'none': the planner's defaults)")
-    untrained.add_argument("--phantom-preset", default="full", help="phantom preset planned and timed (default full)")
-    untrained.add_argument("--slice-thickness-mm", type=float, default=1.5,
+    untrained.add_argument("--phantom_preset", "--phantom-preset", default="full",
+                           help="phantom preset planned and timed (default full)")
+    untrained.add_argument("--slice_thickness_mm", "--slice-thickness-mm", type=float, default=1.5,
                            help="slice thickness of the timed phantom (default 1.5)")
-    untrained.add_argument("--field-of-view", default="thoracolumbar",
+    untrained.add_argument("--field_of_view", "--field-of-view", default="thoracolumbar",
                            help="thoracolumbar | thoracic | cervicothoracic (default thoracolumbar)")
-    untrained.add_argument("--planning-cases", type=int, default=8, help="phantoms the planner sees (default 8)")
+    untrained.add_argument("--planning_cases", "--planning-cases", type=int, default=8,
+                           help="phantoms the planner sees (default 8)")
     untrained.add_argument("--labels", help="ground-truth masks (nnU-Net class ids) of -i: a file or a folder of "
                            "<case>.nii.gz")
-    untrained.add_argument("--tile-step-size", type=float, default=0.5, help="nnU-Net sliding window step (0.5)")
+    untrained.add_argument("--tile_step_size", "--tile-step-size", type=float, default=0.5,
+                           help="nnU-Net sliding window step (0.5)")
     untrained.add_argument("--disable_tta", "--disable-tta", dest="disable_tta", action="store_true", help="no mirroring")
     untrained.add_argument("--seed", type=int, default=0, help="phantom and weight seed (default 0)")
-    untrained.add_argument("--work-dir", help="keep the planning data, phantom and models here (default: temporary)")
+    untrained.add_argument("--work_dir", "--work-dir",
+                           help="keep the planning data, phantom and models here (default: temporary)")
     sweep = speed.add_argument_group(
         "size sweep", "input size -> seconds and peak memory per stage, each size predicted by a fresh process on a "
         "generated 0.8 x 0.8 x 1.0 mm scan (see vfscreen.evaluation.size_sweep)")
-    sweep.add_argument("--size-sweep", nargs="+", metavar="XxYxZ", help="sizes in voxels, e.g. 512x512x100 512x512x400")
-    sweep.add_argument("--sweep-content", choices=("spine", "noise"), default="spine",
+    sweep.add_argument("--size_sweep", "--size-sweep", nargs="+", metavar="XxYxZ",
+                       help="sizes in voxels, e.g. 512x512x100 512x512x400")
+    sweep.add_argument("--sweep_content", "--sweep-content", choices=("spine", "noise"), default="spine",
                        help="a phantom spine in a body (default) or noise with a bright column")
-    sweep.add_argument("--memory-budget-gb", type=float, default=None, help="as for vfscreen_predict")
+    sweep.add_argument("--memory_budget_gb", "--memory-budget-gb", type=float, default=None,
+                       help="as for vfscreen_predict")
     return parser
 
 
@@ -121,7 +129,7 @@ def sweep_scan_maker(content: str):
     if content == "noise":
         return field_of_view.noise_with_column
     if content != "spine":
-        raise ConfigError(f"--sweep-content {content!r}: spine or noise")
+        raise ConfigError(f"--sweep_content {content!r}: spine or noise")
     source = field_of_view.spine_source()
     return lambda size, spacing: field_of_view.embedded_spine(size, spacing, source)
 
@@ -147,14 +155,14 @@ def main(args: argparse.Namespace) -> int:
     if args.command == "speed":
         if args.untrained_preset is not None:
             if args.saliency:
-                raise ConfigError("--saliency is not timed with --untrained-preset")
+                raise ConfigError("--saliency is not timed with --untrained_preset")
             speed = run_untrained_speed(
                 None if args.untrained_preset.lower() == "none" else args.untrained_preset, args.input, args.labels,
                 args.work_dir, args.phantom_preset, args.slice_thickness_mm, args.field_of_view,
                 args.planning_cases, args.folds if args.folds is not None else DEFAULT_FOLDS, args.seed,
                 args.device, args.num_cases, args.num_threads, args.tile_step_size, not args.disable_tta)
         elif args.input is None:
-            raise ConfigError("speed needs -i INPUT (or --untrained-preset NAME to time a plan without a model)")
+            raise ConfigError("speed needs -i INPUT (or --untrained_preset NAME to time a plan without a model)")
         else:
             speed = run_speed(args.input, args.dataset, args.configuration, args.folds, args.device, args.num_cases,
                               args.saliency, num_threads=args.num_threads)
@@ -168,7 +176,7 @@ def main(args: argparse.Namespace) -> int:
         try:
             override = json.loads(args.grader_override) if args.grader_override else None
         except json.JSONDecodeError as error:
-            raise ConfigError(f"--grader-override is not valid JSON ({error})") from None
+            raise ConfigError(f"--grader_override is not valid JSON ({error})") from None
         result = run_curves(resolve_dataset_name(args.dataset), args.configuration, args.fold,
                             args.steps or DEFAULT_STEPS, override, args.tag, args.device, train=not args.no_train,
                             losses=tuple(args.losses), plans_tag=args.plans_tag)
@@ -185,7 +193,7 @@ def main(args: argparse.Namespace) -> int:
             set(trained_folds(dataset_name, args.configuration, args.plans, v)) for v in VARIANTS)))
         if not folds:
             raise ConfigError(f"{dataset_name}: no fold has validation predictions of every ablation grader; "
-                              "train them (drop --no-train)")
+                              "train them (drop --no_train)")
     n_resamples = args.bootstrap if args.bootstrap is not None else QUICK_RESAMPLES if args.quick else \
         DEFAULT_ABLATION_RESAMPLES
     ablation = run_ablation(dataset_name, args.configuration, folds, args.plans, train=not args.no_train,

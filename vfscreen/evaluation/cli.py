@@ -1,7 +1,7 @@
 """``vfscreen_evaluate``: metrics of prediction outputs against a reference, or of the grader's cross-validation.
 
     vfscreen_evaluate -ref REFERENCE -pred PREDICT_OUTPUT [-o metrics.json] [-d 501 -c 3d | --fusion fusion.json]
-    vfscreen_evaluate -d 501 -c 3d --cv [-f 0 1 2 3 4] [--fit-fusion] [-o cv_metrics.json]
+    vfscreen_evaluate -d 501 -c 3d --cv [-f 0 1 2 3 4] [--fit_fusion] [-o cv_metrics.json]
 
 Prints a table laid out like Table I of the paper and writes the metrics as JSON (default: PREDICT_OUTPUT/metrics.json,
 or cv_metrics.json in the grader model folder). Exit codes: see vfscreen.errors.
@@ -41,19 +41,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--loss", choices=("supcon", "ce"), default="supcon",
                         help="which grader (supcon: vfscreen_grader, ce: the cross-entropy baseline vfscreen_graderCE)")
     parser.add_argument("-f", "--folds", nargs="+", type=int, help="folds for --cv (default: all with predictions)")
-    parser.add_argument("--fit-fusion", action="store_true",
+    parser.add_argument("--fit_fusion", "--fit-fusion", action="store_true",
                         help="with --cv: fit the fusion model + validation thresholds and save fusion.json")
     parser.add_argument("--fusion", help="fusion.json giving the fused score and validation thresholds")
     parser.add_argument("--split", choices=("Tr", "Ts", "all"),
                         help="labels split of a raw dataset reference (default: Ts when present, else Tr)")
-    parser.add_argument("--include-truncated", action="store_true",
+    parser.add_argument("--include_truncated", "--include-truncated", action="store_true",
                         help="count reference vertebrae marked truncated in grades.csv that were not graded as "
                              "predicted G0 (default: exclude and list them)")
     parser.add_argument("-o", "--output", help="metrics JSON to write")
     parser.add_argument("--bootstrap", type=int, default=DEFAULT_RESAMPLES,
                         help=f"bootstrap resamples of patients (default {DEFAULT_RESAMPLES}; 0 = no intervals)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"bootstrap seed (default {DEFAULT_SEED})")
-    parser.add_argument("--max-distance-mm", type=float, default=MAX_CENTROID_DISTANCE_MM,
+    parser.add_argument("--max_distance_mm", "--max-distance-mm", type=float, default=MAX_CENTROID_DISTANCE_MM,
                         help="centroid distance for identification (default 20 mm, as VerSe)")
     parser.add_argument("--matching", choices=("label", "position"), default="label",
                         help="label: a vertebra counts when the predicted one with its name lies within the distance "
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> dict:
         if not (args.reference and args.prediction):
             raise ConfigError("give -ref REFERENCE -pred PREDICT_OUTPUT, or -d DATASET -c CONFIGURATION --cv")
         if args.fit_fusion or args.folds:
-            raise ConfigError("--fit-fusion and -f belong to --cv")
+            raise ConfigError("--fit_fusion and -f belong to --cv")
         fusion = args.fusion
         if fusion is None and args.dataset:
             candidate = fusion_path(args.dataset, args.configuration, args.plans, args.loss)

@@ -1,7 +1,7 @@
 """``vfscreen_benchmark curves -d 501 -f 0``: how the SupCon and the cross-entropy grader develop with the budget.
 
-For one fold, each loss is trained once (``vfscreen_train ... --stage grader --plans-tag curves<TAG>
---grader-override``: the plan's grader with ``num_steps`` = the largest budget and ``diagnostics_at_steps`` = the
+For one fold, each loss is trained once (``vfscreen_train ... --stage grader --plans_tag curves<TAG>
+--grader_override``: the plan's grader with ``num_steps`` = the largest budget and ``diagnostics_at_steps`` = the
 budgets), so every budget is a snapshot of one run whose learning-rate schedule spans the largest budget. At each
 budget the trainer measures (``validation/curves.json``): the training SupCon loss normalised to
 (L - log P) / (log(N - 1) - log P) (1 = chance, 0 = floor; SupCon runs only), the same normalised loss of the
@@ -33,11 +33,11 @@ COLUMNS = (("loss", "loss"), ("step", "step"), ("train_supcon_normalised", "trai
 
 def train_grader_run(dataset_name: str, configuration: str, fold: int, loss: str, plans_tag: str, override: dict,
                      device: str | None) -> str:
-    """``vfscreen_train ... --stage grader --plans-tag TAG --grader-override JSON`` in a subprocess (evaluation does
+    """``vfscreen_train ... --stage grader --plans_tag TAG --grader_override JSON`` in a subprocess (evaluation does
     not import training); ConfigError if it fails. Returns the command."""
     command = [sys.executable, "-m", "vfscreen.training.cli", dataset_name, configuration, str(fold),
-               "--stage", "grader", "--loss", loss, "--plans-tag", plans_tag,
-               "--grader-override", json.dumps(override)] + (["--device", device] if device else [])
+               "--stage", "grader", "--loss", loss, "--plans_tag", plans_tag,
+               "--grader_override", json.dumps(override)] + (["--device", device] if device else [])
     print(f"training: {' '.join(command[1:])}", flush=True)
     completed = subprocess.run(command, check=False)
     if completed.returncode != 0:
@@ -63,7 +63,7 @@ def run_curves(dataset_name: str, configuration: str, fold: int, steps, override
         if train and not (folder / f"fold_{fold}" / "checkpoint_final.pth").is_file():
             commands.append(train_grader_run(dataset_name, configuration, fold, loss, plans_tag, values, device))
         if not curves_file.is_file():
-            raise ConfigError(f"{curves_file} not found: train the curves first (drop --no-train)")
+            raise ConfigError(f"{curves_file} not found: train the curves first (drop --no_train)")
         curves[loss] = json.loads(curves_file.read_text())["rows"]
     return {"kind": "vfscreen_curves", "schema_version": 1,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

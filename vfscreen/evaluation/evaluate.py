@@ -3,7 +3,7 @@ grader folds. Python API:
 
     evaluate_predictions(reference, prediction_folder) -> dict   # vfscreen_evaluate -ref R -pred P
     evaluate_cross_validation(dataset, configuration) -> dict     # vfscreen_evaluate -d 501 -c 3d --cv
-    fit_fusion_for_model(dataset, configuration) -> Path           # ... --cv --fit-fusion
+    fit_fusion_for_model(dataset, configuration) -> Path           # ... --cv --fit_fusion
 
 The result dict (written as metrics.json by the CLI) holds the metrics with 95 % patient-bootstrap intervals
 (``metrics.classification`` - vertebra and patient level, grader / morphometry / fused -, ``metrics.segmentation``),
@@ -117,7 +117,7 @@ def evaluate_predictions(reference: str | Path, prediction_folder: str | Path, *
                          "dice_mean": float(np.mean(list(match.dice.values()))) if match.dice else None})
     grading = pd.DataFrame(grading_rows, columns=list(grading_row("x", 1, 0, None).keys()))
     reasons = apply_fusion_model(grading, fusion_model, "no fusion model (give --fusion FILE, or -d/-c of a model "
-                                  "with fusion.json; fit one with vfscreen_evaluate -d D -c C --cv --fit-fusion)")
+                                  "with fusion.json; fit one with vfscreen_evaluate -d D -c C --cv --fit_fusion)")
     missing = sorted(set(ref.masks) - set(predictions))
     header = {"mode": "test", "reference": str(reference), "prediction": str(prediction_folder),
               "cases": {"num_reference": len(ref.masks), "num_evaluated": len(common),

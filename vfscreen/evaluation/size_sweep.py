@@ -1,8 +1,8 @@
-"""``vfscreen_benchmark speed --size-sweep 512x512x100 512x512x400 ...``: input size -> seconds and peak memory
+"""``vfscreen_benchmark speed --size_sweep 512x512x100 512x512x400 ...``: input size -> seconds and peak memory
 per stage of prediction.
 
 For each size a synthetic scan (made by the caller: the benchmark passes vfscreen.phantom.field_of_view's spine in a
-body, or with ``--sweep-content noise`` its noise-and-column scan) of 0.8 x 0.8 x 1.0 mm is written to a temporary folder and predicted by a fresh process (spawned, so every size
+body, or with ``--sweep_content noise`` its noise-and-column scan) of 0.8 x 0.8 x 1.0 mm is written to a temporary folder and predicted by a fresh process (spawned, so every size
 starts from the same memory) exactly as ``vfscreen_predict`` does one case (vfscreen.inference.case_worker.run_case:
 header pre-check, read, segmentation, label consistency, morphometry, grading, report + outputs). Peak resident
 memory per stage is the process's peak during that stage (Linux VmHWM, reset at the start of each stage; the models
@@ -37,7 +37,7 @@ def parse_size(text: str) -> tuple[int, int, int]:
     except ValueError:
         size = ()
     if len(size) != 3 or min(size) < 2:
-        raise ConfigError(f"--size-sweep {text!r}: sizes are XxYxZ voxels, e.g. 512x512x400")
+        raise ConfigError(f"--size_sweep {text!r}: sizes are XxYxZ voxels, e.g. 512x512x400")
     return size
 
 

@@ -6,7 +6,7 @@ saliency when asked), the report PNG, and the crops per second of THE crop funct
 peak resident memory from model loading on (Linux: VmHWM reset first; elsewhere since process start) and peak GPU
 memory on CUDA. The machine is described in the JSON. Training throughput (samples per second of the grader and of
 nnU-Net) is not measured here: the trainers log it. A plan without a trained model is timed by
-vfscreen.evaluation.untrained (``speed --untrained-preset NAME``), which injects its models and masks through
+vfscreen.evaluation.untrained (``speed --untrained_preset NAME``), which injects its models and masks through
 ``model_loader`` and ``prepare_case``.
 """
 from __future__ import annotations

@@ -1,9 +1,9 @@
-"""Prediction speed of a plan that has no trained model yet (``vfscreen_benchmark speed --untrained-preset NAME``).
+"""Prediction speed of a plan that has no trained model yet (``vfscreen_benchmark speed --untrained_preset NAME``).
 
 Seconds per case do not depend on weight values, so the networks of a plan are timed with random (seeded) weights:
 
 1. **Plans.** A small planning dataset of the phantom preset (default ``full``, the clinical-like Dataset501) is
-   generated and the real planner (``vfscreen_plan_and_preprocess --no-preprocess --preset NAME``, in a subprocess
+   generated and the real planner (``vfscreen_plan_and_preprocess --no_preprocess --preset NAME``, in a subprocess
    with its own nnU-Net folders) plans it: nnU-Net's configuration and vfscreen's grader exactly as a user of that
    preset would get them.
 2. **Models.** For every fold, the segmentation network (the plan's nnU-Net configuration and trainer class,
@@ -66,13 +66,13 @@ def write_phantom_case(folder: Path, phantom_preset: str = "full", slice_thickne
     """First phantom of ``seed`` whose field of view is ``fov_kind``; written as ``images/<case>_0000.nii.gz`` and
     ``labels/<case>.nii.gz`` (nnU-Net class ids). Returns its description (paths, spacing, size, vertebrae)."""
     if phantom_preset not in PRESETS:
-        raise ConfigError(f"--phantom-preset {phantom_preset!r} is unknown (choose one of {', '.join(PRESETS)})")
+        raise ConfigError(f"--phantom_preset {phantom_preset!r} is unknown (choose one of {', '.join(PRESETS)})")
     if fov_kind not in FOV_KINDS:
         raise ConfigError(f"field of view {fov_kind!r} is unknown (choose one of {', '.join(FOV_KINDS)})")
     preset = PRESETS[phantom_preset]
     if slice_thickness_mm is not None:
         if slice_thickness_mm <= 0:
-            raise ConfigError(f"--slice-thickness-mm must be > 0, got {slice_thickness_mm}")
+            raise ConfigError(f"--slice_thickness_mm must be > 0, got {slice_thickness_mm}")
         preset = preset.with_changes(slice_thickness_mm=(float(slice_thickness_mm),) * 2)
     spec = next((s for s in case_specs(seed, max_draws, 0, preset) if case_anatomy(s).fov_kind == fov_kind), None)
     if spec is None:
@@ -101,7 +101,7 @@ def plan_untrained(work_folder: Path, plans_preset: str | None, phantom_preset: 
                            preset=phantom_preset, num_processes=1, dataset_id=PLANNING_DATASET_ID, progress=False,
                            overwrite=True)
     command = [sys.executable, "-m", "vfscreen.experiment_planning.cli", "-d", str(PLANNING_DATASET_ID),
-               "--no-preprocess", "--overwrite-plans", "-np", "1"]
+               "--no_preprocess", "--overwrite_plans", "-np", "1"]
     if plans_preset:
         command += ["--preset", str(plans_preset)]
     environment = {**os.environ, **{name: str(path) for name, path in folders.items()}, "VFSCREEN_QUIET": "1"}
@@ -220,7 +220,7 @@ def run_untrained_speed(plans_preset: str | None, input_path=None, labels=None, 
     if not folds or len(set(folds)) != len(folds) or min(folds) < 0:
         raise ConfigError(f"-f: give distinct fold numbers >= 0, got {folds}")
     if input_path is not None and labels is None:
-        raise ConfigError("-i with --untrained-preset needs --labels (the cases' ground-truth masks): the stages "
+        raise ConfigError("-i with --untrained_preset needs --labels (the cases' ground-truth masks): the stages "
                           "after segmentation run on them")
     if num_threads:
         torch.set_num_threads(int(num_threads))

@@ -3,7 +3,7 @@
 Everything is validated and planned in memory first; the fingerprint, nnUNetPlans.json, vfscreenPlans.json and
 splits_final.json are written (atomically) only when planning succeeded, so a bad dataset or a budget too small
 leaves no partial plan behind. An existing vfscreenPlans.json (possibly edited by hand) is reused unless
-``--overwrite-plans``; preprocessing is incremental (nnU-Net's data is rebuilt only when its configuration or the raw
+``--overwrite_plans``; preprocessing is incremental (nnU-Net's data is rebuilt only when its configuration or the raw
 files changed; crops are re-made per case by the crop module). ``--stage grader`` cuts only the grader crops (the
 grader and the loss ablation need nothing else), ``--stage seg`` only nnU-Net's data.
 """
@@ -52,11 +52,11 @@ def detect_device(requested: str | None, gpu_memory_gb: float | None, preset: di
         if device_type == "cuda" and torch.cuda.is_available():
             memory_gb = torch.cuda.get_device_properties(0).total_memory / B.GB
         elif device_type == "cuda":
-            raise ConfigError("--device cuda: no CUDA GPU here; give --gpu-memory-gb N to plan for another machine")
+            raise ConfigError("--device cuda: no CUDA GPU here; give --gpu_memory_gb N to plan for another machine")
         else:  # cpu, mps: system memory (unified memory on Apple silicon)
             memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / B.GB
     if memory_gb <= 0:
-        raise ConfigError(f"--gpu-memory-gb must be > 0, got {memory_gb}")
+        raise ConfigError(f"--gpu_memory_gb must be > 0, got {memory_gb}")
     num_threads = int(preset_device.get("num_threads") or usable_cpu_count())
     return B.DeviceBudget(device_type, float(round(memory_gb, 2)), num_threads)
 
@@ -145,12 +145,12 @@ def preprocess_segmentation(dataset_name: str, plans: dict, num_processes: int) 
     folder = preprocessed_folder(dataset_name)
     nnunet_plans_path = folder / f"{segmentation['nnunet_plans_identifier']}.json"
     if not nnunet_plans_path.is_file():
-        raise ConfigError(f"{nnunet_plans_path}: nnU-Net plans missing; re-run with --overwrite-plans")
+        raise ConfigError(f"{nnunet_plans_path}: nnU-Net plans missing; re-run with --overwrite_plans")
     try:
         configuration = PlansManager(str(nnunet_plans_path)).get_configuration(segmentation["nnunet_configuration"])
     except ValueError:
         raise ConfigError(f"{nnunet_plans_path}: configuration {segmentation['nnunet_configuration']!r} missing; "
-                          "re-run with --overwrite-plans") from None
+                          "re-run with --overwrite_plans") from None
     _check_segmentation_mirrors_nnunet(segmentation, configuration.configuration, nnunet_plans_path)
     output = folder / configuration.data_identifier
     stamp = _preprocessing_stamp(dataset_name, configuration.configuration)
@@ -183,7 +183,7 @@ def _check_segmentation_mirrors_nnunet(segmentation: dict, configuration: dict, 
             raise ConfigError(f"field 'configurations.{CONFIGURATION}.segmentation.{field}' is {segmentation[field]} "
                               f"but {nnunet_plans_path.name} ({segmentation['nnunet_configuration']}) says {value}; "
                               f"the segmentation network is defined there: edit {nnunet_plans_path} (or re-plan "
-                              "with --overwrite-plans)")
+                              "with --overwrite_plans)")
 
 
 def _preprocessing_stamp(dataset_name: str, configuration: dict) -> dict:
@@ -206,18 +206,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="dataset id or name (501 or Dataset501_SyntheticSpine); repeatable")
     parser.add_argument("--device", choices=("cpu", "cuda", "mps"), default=None,
                         help="device training will run on (default: the one present)")
-    parser.add_argument("--gpu-memory-gb", type=float, default=None,
+    parser.add_argument("--gpu_memory_gb", "--gpu-memory-gb", type=float, default=None,
                         help="memory of that device in GB (default: detected)")
     parser.add_argument("--preset", default=None, help="preset name (vfscreen/presets/<name>.json) or path to a preset JSON")
-    parser.add_argument("-np", "--num-processes", type=int, default=min(4, os.cpu_count() or 1),
+    parser.add_argument("-np", "--num_processes", "--num-processes", type=int, default=min(4, os.cpu_count() or 1),
                         help="worker processes for fingerprinting and preprocessing")
     parser.add_argument("--verify_dataset_integrity", action="store_true",
                         help="also run nnU-Net's dataset integrity check")
-    parser.add_argument("--no-preprocess", action="store_true", help="only fingerprint, plan and split")
+    parser.add_argument("--no_preprocess", "--no-preprocess", action="store_true",
+                        help="only fingerprint, plan and split")
     parser.add_argument("--stage", choices=("seg", "grader", "both"), default="both",
                         help="what to preprocess: seg = nnU-Net's data only, grader = the grader crops only (all a "
                              "grader training or the loss ablation needs), both (default)")
-    parser.add_argument("--overwrite-plans", action="store_true",
+    parser.add_argument("--overwrite_plans", "--overwrite-plans", action="store_true",
                         help="re-plan even if vfscreenPlans.json exists (default: reuse it, e.g. after hand edits)")
     parser.add_argument("--seed", type=int, default=P.DEFAULT_SEED, help="seed of the splits")
     return parser
@@ -233,10 +234,10 @@ def run(argv: list[str] | None = None) -> int:
         existing = plans_file(dataset_name)
         if existing.is_file() and not args.overwrite_plans:
             plans = load_plans(dataset_name)
-            print(f"{dataset_name}: using existing {existing} (--overwrite-plans to re-plan)")
+            print(f"{dataset_name}: using existing {existing} (--overwrite_plans to re-plan)")
             if not (preprocessed_folder(dataset_name) / SPLITS_FILE_NAME).is_file():
                 raise ConfigError(f"{preprocessed_folder(dataset_name) / SPLITS_FILE_NAME}: splits missing; re-run "
-                                  "with --overwrite-plans")
+                                  "with --overwrite_plans")
         else:
             device = detect_device(args.device, args.gpu_memory_gb, preset)
             print(f"{dataset_name}: planning for {device.type} ({device.memory_gb} GB, {device.num_threads} threads)"

@@ -113,7 +113,7 @@ def plan_grader(fingerprint: dict, device: B.DeviceBudget, targets: B.PlanningTa
         raise ConfigError(f"device budget too small for any grader network ({device.type}, {device.memory_gb} GB, "
                           f"{device.num_threads} threads): even the smallest backbone at "
                           f"{2 * B.total_stride(GRADER_NETWORKS['se_resnet_tiny']['strides'])}^3 does not fit; "
-                          "raise --gpu-memory-gb or use a larger device")
+                          "raise --gpu_memory_gb or use a larger device")
     name, edge, cost, memory_gb = choice
     network = GRADER_NETWORKS[name]
     spacing_mm = round(max(base_spacing, field_mm / edge), 3)

@@ -42,30 +42,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-np", dest="num_threads", type=int, default=None,
                         help="CPU threads for the networks [torch's default]")
     parser.add_argument("--saliency", action="store_true", help="also write <case>_gradcam.nii.gz (3D Grad-CAM)")
-    parser.add_argument("--save-probabilities", dest="save_probabilities", action="store_true",
+    parser.add_argument("--save_probabilities", "--save-probabilities", dest="save_probabilities", action="store_true",
                         help="also write <case>_probabilities.npz (segmentation softmax, float16)")
     mirroring = parser.add_mutually_exclusive_group()
     mirroring.add_argument("--disable_tta", dest="use_mirroring", action="store_const", const=False, default=None,
-                           help="no test-time mirroring in segmentation (nnU-Net's flag; mirroring runs the network once "
-                                "per mirrored copy of every patch) [default: the plans' choice, off in CPU plans, on in "
-                                "GPU plans]")
+                           help="no test-time mirroring in segmentation (nnU-Net's flag; mirroring runs the network "
+                                "once per mirrored copy of every patch) [default: the plans' choice, off in CPU plans, "
+                                "on in GPU plans]")
     mirroring.add_argument("--enable_tta", dest="use_mirroring", action="store_const", const=True,
                            help="test-time mirroring even where the plans turn it off")
     parser.add_argument("--masks", default=None, metavar="MASKS",
                         help="vertebra masks instead of segmentation: one file (when -i is one scan) or a folder with "
                              "<case>.nii.gz, <case>_seg.nii.gz or a TotalSegmentator per-structure folder "
                              "<case>/vertebrae_L1.nii.gz ...; cases without a mask are segmented as usual")
-    parser.add_argument("--mask-labels", dest="mask_labels", default=None, metavar="CONVENTION", type=_mask_labels,
+    parser.add_argument("--mask_labels", "--mask-labels", dest="mask_labels", default=None, metavar="CONVENTION",
+                        type=_mask_labels,
                         help="label convention of --masks: verse | totalseg (TotalSegmentator v2) | totalseg_v1 | "
                              "PATH_TO_dataset.json [detected: embedded label table, dataset.json next to the masks, "
                              "then the ids]")
-    parser.add_argument("--seg-model", dest="seg_model", default=None, metavar="FOLDER",
+    parser.add_argument("--seg_model", "--seg-model", dest="seg_model", default=None, metavar="FOLDER",
                         help="a trained nnU-Net v2 model folder (dataset.json, plans.json, fold_X/"
                              "checkpoint_final.pth; e.g. a TotalSegmentator vertebra model) as the segmentation "
                              "stage; its dataset.json names the labels")
-    parser.add_argument("--no-grader", dest="no_grader", action="store_true",
+    parser.add_argument("--no_grader", "--no-grader", dest="no_grader", action="store_true",
                         help="no learned grade: morphometry, morphometric Genant grade and the report only")
-    parser.add_argument("--memory-budget-gb", dest="memory_budget_gb", type=float, default=None,
+    parser.add_argument("--memory_budget_gb", "--memory-budget-gb", dest="memory_budget_gb", type=float, default=None,
                         help="memory a case may use; a case that would need more fails (errors.csv) [the plans' "
                              "device memory or the machine's, whichever is smaller, minus headroom]")
     return parser

@@ -12,7 +12,7 @@ into a VerSe vertebra id, a landmark (sacrum, S1, coccyx, ribs) or "another stru
   table into a header extension of every multilabel output), read with nibabel;
 - the ``labels`` of an nnU-Net ``dataset.json`` (a model's, or one next to the masks as ``nnUNetv2_predict`` leaves it).
 
-Which one (:func:`choose_convention`): a forced one (``--mask-labels``) > the embedded table > a ``dataset.json``
+Which one (:func:`choose_convention`): a forced one (``--mask_labels``) > the embedded table > a ``dataset.json``
 next to the masks > the id tables, tried in the order totalseg, totalseg_v1, verse. An id table is a candidate when
 it knows every value of the mask and names at least one vertebra; among candidates, the first whose vertebra names
 run in the anatomical order along the patient's head-feet axis wins (VerSe counts head -> feet, TotalSegmentator
@@ -158,14 +158,14 @@ def choose_convention(values, superior_mm: dict[int, float], source: str, forced
                              f"{convention.name} label table)")
         raise InputError(f"{source}: label values {values[:12]} fit no known convention (VerSe 1-28, "
                          "TotalSegmentator v2 1-117 with vertebrae 26-50, v1 1-104 with vertebrae 18-41) or name no "
-                         "vertebra; pass --mask-labels verse|totalseg|totalseg_v1|PATH_TO_dataset.json")
+                         "vertebra; pass --mask_labels verse|totalseg|totalseg_v1|PATH_TO_dataset.json")
     ordered = [c for c in fitting if _order_agrees(named_vertebrae(c, values), superior_mm)]
     warnings = []
     if not ordered:
         ordered = fitting
         warnings.append(f"{source}: under the {fitting[0].name} convention the vertebra labels are not in anatomical "
-                        "order along the head-feet axis; check the labels (or force one with --mask-labels)")
+                        "order along the head-feet axis; check the labels (or force one with --mask_labels)")
     if len(ordered) > 1:
         warnings.append(f"{source}: label values {values[:12]} also fit {', '.join(c.name for c in ordered[1:])}; "
-                        f"read as {ordered[0].name} (force another with --mask-labels)")
+                        f"read as {ordered[0].name} (force another with --mask_labels)")
     return ordered[0], warnings

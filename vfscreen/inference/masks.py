@@ -173,7 +173,7 @@ def read_case_mask(source: MaskSource, image: sitk.Image, forced_labels: str | N
         label_map, table = _structure_label_map(source.path, image, warnings)
         convention, notes = table_convention("totalseg_structure_files", table), []
         if forced_labels:
-            notes.append("--mask-labels does not apply to a per-structure folder (the file names are the labels)")
+            notes.append("--mask_labels does not apply to a per-structure folder (the file names are the labels)")
     else:
         mask = _read_label_image(source.path)
         label_map = sitk.GetArrayFromImage(_on_ct_grid(mask, image, name, warnings))

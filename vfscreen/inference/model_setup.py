@@ -1,6 +1,6 @@
 """Which models a prediction run loads: the segmentation stage (vfscreen's own nnU-Net, another nnU-Net model named
-by ``--seg-model`` or recorded by ``vfscreen_train --pretrained-seg``, or none when every case has a mask) and the
-grader (none with ``--no-grader``, or - with a warning in every case's JSON - when the dataset has no trained grader
+by ``--seg_model`` or recorded by ``vfscreen_train --pretrained_seg``, or none when every case has a mask) and the
+grader (none with ``--no_grader``, or - with a warning in every case's JSON - when the dataset has no trained grader
 and the cases can still be measured)."""
 from __future__ import annotations
 
@@ -29,17 +29,17 @@ def load_prediction_models(dataset, configuration: str = "3d", folds=None, devic
     recorded = recorded_pretrained_segmentation(dataset_name) if dataset_name and seg_model is None else None
     named = None
     if need_segmenter and (seg_model is not None or recorded is not None):
-        folder, model_folds, how = (seg_model, None, "--seg-model") if seg_model is not None else \
-            (recorded["model_folder"], recorded["folds"], f"recorded by vfscreen_train --pretrained-seg for "
+        folder, model_folds, how = (seg_model, None, "--seg_model") if seg_model is not None else \
+            (recorded["model_folder"], recorded["folds"], f"recorded by vfscreen_train --pretrained_seg for "
                                                           f"{dataset_name}")
         named = NamedModelSegmenter(folder, model_folds, device, checkpoint, use_mirroring, how=how)
     own_segmentation = need_segmenter and named is None
     use_grader = not no_grader
-    grader_note = "--no-grader" if no_grader else None
+    grader_note = "--no_grader" if no_grader else None
     unavailable = None
     if own_segmentation and dataset_name is None:
         unavailable = (f"dataset {dataset!r} not found: no trained model to segment the cases without a mask "
-                       "(give --masks for every case, or --seg-model FOLDER)")
+                       "(give --masks for every case, or --seg_model FOLDER)")
         if not some_masks:
             raise ConfigError(unavailable)
         own_segmentation = False

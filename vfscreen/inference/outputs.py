@@ -4,7 +4,7 @@ OUTPUT/<case>_seg.nii.gz      vertebra labels (VerSe ids) in the input's exact g
 OUTPUT/<case>.json            per-vertebra and per-patient results (schema below); written last = the case is complete
 OUTPUT/<case>_report.png      sagittal reformat with every vertebra outlined and coloured by grade
 OUTPUT/<case>_gradcam.nii.gz  (--saliency) Grad-CAM of the grader in the input geometry
-OUTPUT/<case>_probabilities.npz (--save-probabilities) segmentation softmax (float16, (C, Z, Y, X)) + component table
+OUTPUT/<case>_probabilities.npz (--save_probabilities) segmentation softmax (float16, (C, Z, Y, X)) + component table
 OUTPUT/summary.csv            one row per vertebra of every finished case
 OUTPUT/errors.csv             case_id, input, error - cases that failed (nothing else is written for them)
 """

@@ -73,7 +73,7 @@ def predict(input, output, dataset=501, configuration: str = "3d", folds=None, d
                and outputs.case_is_complete(output_folder, case.case_id, saliency, save_probabilities)]
     todo = [case for case in cases if case.case_id not in skipped]
     if mask_labels is not None and masks is None:
-        raise ConfigError("--mask-labels needs --masks (it names the label convention of the given masks)")
+        raise ConfigError("--mask_labels needs --masks (it names the label convention of the given masks)")
     mask_sources = {}
     if masks is not None and todo:
         mask_sources = find_masks(masks, [case.case_id for case in todo])

@@ -1,12 +1,12 @@
 """Memory and time of prediction: the memory budget, its pre-checks, per-stage peaks, and the worker watchdog.
 
 Budget: the plans' device memory (``device.memory_gb``) or the machine's physical memory, whichever is smaller, minus
-headroom for the rest of the system (``HEADROOM_FRACTION``, at least ``MIN_HEADROOM_GB``); ``--memory-budget-gb``
+headroom for the rest of the system (``HEADROOM_FRACTION``, at least ``MIN_HEADROOM_GB``); ``--memory_budget_gb``
 overrides it. A case whose estimated need exceeds it fails with :class:`MemoryBudgetError` before the stage
 allocates; a worker process that grows past it anyway is stopped by :class:`RssWatchdog` and reported.
 
 Estimates (bytes per voxel, ``*_BYTES_PER_VOXEL``) are upper bounds of the per-stage peaks measured by
-``vfscreen_benchmark speed --size-sweep`` (resident memory of the stage minus that of the loaded models).
+``vfscreen_benchmark speed --size_sweep`` (resident memory of the stage minus that of the loaded models).
 """
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def check_estimate(stage: str, estimate: int, budget: int | None, baseline: int 
     if budget is not None and baseline + estimate > budget:
         raise MemoryBudgetError(
             f"{stage} would need ~{(baseline + estimate) / GB:.1f} GB{' for ' + what if what else ''}, over the memory "
-            f"budget of {budget / GB:.1f} GB (--memory-budget-gb; default: machine or plans' device memory minus "
+            f"budget of {budget / GB:.1f} GB (--memory_budget_gb; default: machine or plans' device memory minus "
             "headroom)")
 
 

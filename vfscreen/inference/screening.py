@@ -5,7 +5,7 @@ is a poor screening rule when fractures are rarer than at training time or the g
 vertebra with P(fracture) = 0.4 is then "G0" although it deserves a look. So prediction flags a vertebra as
 *suspected* with the operating point chosen on validation data when the model has one:
 
-1. ``fusion.json`` next to the grader folds (``vfscreen_evaluate -d D -c C --cv --fit-fusion``; the demo fits it) has
+1. ``fusion.json`` next to the grader folds (``vfscreen_evaluate -d D -c C --cv --fit_fusion``; the demo fits it) has
    a fused score (logistic model of the grader's P(fracture) and the measured Genant ratio, see
    :mod:`vfscreen.evaluation.fusion`, applied with vfscreen.core.fusion_model) and Youden thresholds: suspected = fused P >= threshold_fused (the grader's P
    against threshold_grader where the ratio was not measured or lies outside the range the model was fitted on -

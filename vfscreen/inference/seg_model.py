@@ -1,4 +1,4 @@
-"""Any trained nnU-Net v2 model folder as vfscreen's segmentation stage (``--seg-model``, ``--pretrained-seg``).
+"""Any trained nnU-Net v2 model folder as vfscreen's segmentation stage (``--seg_model``, ``--pretrained_seg``).
 
 The folder is what nnU-Net writes and TotalSegmentator ships (e.g. ``~/.totalsegmentator/nnunet/results/
 Dataset292_.../nnUNetTrainer...__nnUNetPlans__3d_fullres``): ``dataset.json``, ``plans.json``,
@@ -23,7 +23,7 @@ class NamedModelSegmenter:
     """Callable: sitk.Image -> SpineLabels, from another nnU-Net model whose dataset.json names its classes."""
 
     def __init__(self, folder, folds=None, device="cpu", checkpoint: str = "final", use_mirroring: bool | None = None,
-                 how: str = "--seg-model"):
+                 how: str = "--seg_model"):
         self.folder, self.folds = check_model_folder(folder, folds, checkpoint)
         self.convention = table_convention(f"dataset.json:{self.folder / 'dataset.json'}",
                                            dataset_json_table(self.folder / "dataset.json"))

@@ -41,7 +41,7 @@ Segmenter = Callable[[sitk.Image], tuple[np.ndarray, np.ndarray | None]]
 @dataclass
 class Models:
     segmenter: Segmenter | None  # vfscreen's own network (class ids + chain model); None: masks / named_segmenter
-    grader: Grader | None  # None: no learned grade (--no-grader or none trained); morphometry still runs
+    grader: Grader | None  # None: no learned grade (--no_grader or none trained); morphometry still runs
     info: dict = field(default_factory=dict)  # goes to the JSON's "model"
     saliency: Callable | None = None  # (image, crops, grader) -> sitk.Image Grad-CAM in the image's geometry
     fusion: dict | None = None  # fusion.json of the grader (vfscreen.inference.screening); None: argmax decides

@@ -21,9 +21,9 @@ def _patient_mix(text: str) -> tuple[float, ...]:
     try:
         weights = tuple(float(part) for part in text.split(":"))
     except ValueError:
-        raise ConfigError(f"--patient-mix {text!r} is not four numbers like 1:3:3:3 (G0:G1:G2:G3)") from None
+        raise ConfigError(f"--patient_mix {text!r} is not four numbers like 1:3:3:3 (G0:G1:G2:G3)") from None
     if len(weights) != 4:
-        raise ConfigError(f"--patient-mix {text!r} must have four weights G0:G1:G2:G3, e.g. 1:3:3:3")
+        raise ConfigError(f"--patient_mix {text!r} must have four weights G0:G1:G2:G3, e.g. 1:3:3:3")
     return weights
 
 
@@ -36,13 +36,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", default="demo",
                         help="demo: ~2 mm, small fields of view, 48+12 cases; "
                              "full: ~0.6-0.9 mm in-plane, clinical-like, 160+40 cases (default demo)")
-    parser.add_argument("--num-cases", type=int, default=None, help="training cases (default: the preset's)")
-    parser.add_argument("--num-test-cases", type=int, default=None, help="test cases (default: the preset's)")
-    parser.add_argument("--patient-mix", default=":".join(f"{w:g}" for w in DEFAULT_PATIENT_MIX),
+    parser.add_argument("--num_cases", "--num-cases", type=int, default=None,
+                        help="training cases (default: the preset's)")
+    parser.add_argument("--num_test_cases", "--num-test-cases", type=int, default=None,
+                        help="test cases (default: the preset's)")
+    parser.add_argument("--patient_mix", "--patient-mix", default=":".join(f"{w:g}" for w in DEFAULT_PATIENT_MIX),
                         help="patients by worst grade G0:G1:G2:G3 (default 1:3:3:3 like the paper's dataset)")
-    parser.add_argument("-d", "--dataset-id", type=int, default=501, help="dataset id (default 501)")
-    parser.add_argument("-np", "--num-processes", type=int, default=None, help="worker processes (default: all cores)")
-    parser.add_argument("-o", "--output-root", type=Path, default=None,
+    parser.add_argument("-d", "--dataset_id", "--dataset-id", type=int, default=501, help="dataset id (default 501)")
+    parser.add_argument("-np", "--num_processes", "--num-processes", type=int, default=None,
+                        help="worker processes (default: all cores)")
+    parser.add_argument("-o", "--output_root", "--output-root", type=Path, default=None,
                         help="parent folder of the dataset (default: $nnUNet_raw)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
     return parser

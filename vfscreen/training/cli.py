@@ -53,19 +53,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-device", "--device", choices=DEVICE_TYPES, default=None,
                         help="default: the device the plans were made for")
     parser.add_argument("--c", "--continue", dest="c", action="store_true", help="continue from the latest checkpoints")
-    parser.add_argument("--pretrained-seg", metavar="MODEL_FOLDER", default=None,
+    parser.add_argument("--pretrained_seg", "--pretrained-seg", metavar="MODEL_FOLDER", default=None,
                         help="a trained nnU-Net v2 vertebra model folder (dataset.json, plans.json, "
                              "fold_X/checkpoint_final.pth; e.g. TotalSegmentator's) instead of training segmentation: "
                              "recorded for the dataset, so every later vfscreen_predict -d DATASET segments with it")
     parser.add_argument("--npz", action="store_true", help="segmentation: also save validation softmax (nnU-Net)")
-    parser.add_argument("--num-workers", type=int, default=None,
+    parser.add_argument("--num_workers", "--num-workers", type=int, default=None,
                         help="grader data-augmentation worker processes (default: the plans')")
-    parser.add_argument("--grader-override", metavar="JSON", default=None,
+    parser.add_argument("--grader_override", "--grader-override", metavar="JSON", default=None,
                         help="grader stage: plan values to change for this run, as a JSON object merged into "
                              "configurations.<config>.grader (e.g. '{\"optimizer\": {\"name\": \"adam\"}}'); "
-                             "needs --plans-tag")
-    parser.add_argument("--plans-tag", default=None,
-                        help="with --grader-override: the model goes to <trainer>__<plans>_<TAG>__<config>, so it "
+                             "needs --plans_tag")
+    parser.add_argument("--plans_tag", "--plans-tag", default=None,
+                        help="with --grader_override: the model goes to <trainer>__<plans>_<TAG>__<config>, so it "
                              "never overwrites the plans' own model")
     return parser
 
@@ -75,18 +75,18 @@ def apply_grader_override(plans: dict, configuration: str, override: str | None,
     if override is None and tag is None:
         return plans
     if override is None or not tag or not re.fullmatch(r"[A-Za-z0-9]+", tag):
-        raise ConfigError("--grader-override and --plans-tag go together; the tag is letters and digits only")
+        raise ConfigError("--grader_override and --plans_tag go together; the tag is letters and digits only")
     try:
         values = json.loads(override)
     except json.JSONDecodeError as error:
-        raise ConfigError(f"--grader-override is not valid JSON ({error})") from None
+        raise ConfigError(f"--grader_override is not valid JSON ({error})") from None
     if not isinstance(values, dict):
-        raise ConfigError("--grader-override must be a JSON object")
+        raise ConfigError("--grader_override must be a JSON object")
     grader = deep_merge(grader_section(plans, configuration), values)
     plans = deep_merge(plans, {"plans_name": f"{plans.get('plans_name', 'vfscreenPlans')}_{tag}",
                                "grader_override": values})
     plans["configurations"][configuration]["grader"] = grader
-    validate_plans(plans, plans.get("dataset_name"), source="plans with --grader-override")
+    validate_plans(plans, plans.get("dataset_name"), source="plans with --grader_override")
     return plans
 
 

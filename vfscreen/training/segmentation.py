@@ -74,7 +74,7 @@ def build_trainer(dataset_name: str, segmentation_plan: dict, fold, device,
     configuration = segmentation_plan["nnunet_configuration"]
     if configuration not in nnunet_plans["configurations"]:
         raise ConfigError(f"{nnunet_plans_file}: configuration {configuration!r} missing; re-run "
-                          "vfscreen_plan_and_preprocess --overwrite-plans")
+                          "vfscreen_plan_and_preprocess --overwrite_plans")
     dataset_json = json.loads((preprocessed / "dataset.json").read_text())
     fold = fold if fold == "all" else int(fold)
     return trainer_class(segmentation_plan["trainer"])(plans=nnunet_plans, configuration=configuration, fold=fold,
