@@ -387,18 +387,26 @@ def test_a_ratio_outside_the_fitted_range_is_not_extrapolated():
     assert vertebrae[1]["p_fracture_fused"] is not None and vertebrae[1]["note"] == ""
 
 
-def test_two_parts_at_once_into_one_folder_keep_every_row(input_folder, tmp_path, monkeypatch):
-    """-num_parts 2, both parts running at the same time into one folder: summary.csv and errors.csv end up with every
-    case (the rewrite of the two tables is serialised; a slow table write here makes the parts overlap)."""
+def _two_parts_at_once(input_folder, out, monkeypatch) -> None:
+    """-num_parts 2, both parts running at the same time into one folder, each with a failed case. The rewrite of
+    errors.csv waits until both parts are about to write it: without a lock both have read the old table by then (the
+    race, made certain), with the folder lock the other part waits outside and the wait times out."""
+    import contextlib
     import threading
-    import time
 
     # sorted cases: broken caseA caseB caseBb caseC -> part 0: broken, caseB, caseC; part 1: caseA, caseBb
     (input_folder / "broken.nii.gz").write_text("not an image")
     (input_folder / "caseBb.nii.gz").write_text("not an image")  # each part has a failure
     original = outputs.atomic_write_csv
-    monkeypatch.setattr(outputs, "atomic_write_csv", lambda path, table: (time.sleep(1.0), original(path, table)))
-    out = tmp_path / "out"
+    both_writing = threading.Barrier(2)
+
+    def write(path, table):
+        if path.name == "errors.csv":
+            with contextlib.suppress(threading.BrokenBarrierError):
+                both_writing.wait(timeout=2.0)
+        original(path, table)
+
+    monkeypatch.setattr(outputs, "atomic_write_csv", write)
     start = threading.Barrier(2)
 
     def run(part):
@@ -410,6 +418,24 @@ def test_two_parts_at_once_into_one_folder_keep_every_row(input_folder, tmp_path
         thread.start()
     for thread in threads:
         thread.join()
+
+
+def test_two_parts_at_once_into_one_folder_keep_every_row(input_folder, tmp_path, monkeypatch):
+    """The rewrites of summary.csv and errors.csv are serialised by the folder lock: every case and both failures
+    are kept."""
+    out = tmp_path / "out"
+    _two_parts_at_once(input_folder, out, monkeypatch)
     summary = pd.read_csv(out / "summary.csv")
     assert sorted(summary["case_id"].unique()) == ["caseA", "caseB", "caseC"]
     assert sorted(pd.read_csv(out / "errors.csv")["case_id"]) == ["broken", "caseBb"]
+
+
+def test_without_the_folder_lock_the_parts_race(input_folder, tmp_path, monkeypatch):
+    """The scenario above is a real race: with the folder lock disabled one part's failure is lost from errors.csv
+    (the later writer never saw it), so the test above fails without the lock."""
+    import contextlib
+
+    monkeypatch.setattr(outputs, "folder_lock", lambda folder: contextlib.nullcontext())
+    out = tmp_path / "out"
+    _two_parts_at_once(input_folder, out, monkeypatch)
+    assert len(pd.read_csv(out / "errors.csv")) == 1
