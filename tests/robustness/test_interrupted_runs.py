@@ -42,7 +42,9 @@ def test_kill_9_during_prediction_then_continue(trained_models, tmp_path, capsys
     interrupted, uninterrupted = tmp_path / "interrupted", tmp_path / "uninterrupted"
     argv = ["-d", PREDICT_DATASET, "-np", "1"]
 
-    # killed while writing case_b: its segmentation is on disk, its report half-written, its JSON (last) missing
+    # killed while writing case_b: its segmentation is on disk, its report half-written, its JSON (last) missing.
+    # The cases run in this process (isolate_cases=False), so the process killed is the one writing: the whole run
+    # dies, as a kill -9 of vfscreen_predict does (a killed case worker is tests/test_case_isolation.py's subject).
     run_killed(f"""
         import os, signal, sys
         import vfscreen.inference.report as report
@@ -54,9 +56,9 @@ def test_kill_9_during_prediction_then_continue(trained_models, tmp_path, capsys
                 os.kill(os.getpid(), signal.SIGKILL)
             return original(path, image, verse_map, case_json, morphometry)
         report.render_report = render_report
-        from vfscreen.inference.cli import main
-        sys.argv = ["vfscreen_predict"]
-        main(["-i", {str(inputs)!r}, "-o", {str(interrupted)!r}] + {argv!r})
+        from vfscreen.inference.predict import predict
+        predict({str(inputs)!r}, {str(interrupted)!r}, dataset={PREDICT_DATASET!r}, num_threads=1,
+                isolate_cases=False)
     """)
     assert case_is_complete(interrupted, "case_a")
     assert (interrupted / "case_b_seg.nii.gz").is_file() and not case_is_complete(interrupted, "case_b")

@@ -13,6 +13,7 @@ from vfscreen import paths
 from vfscreen.errors import EXIT_OK
 from vfscreen.inference.cli import main as predict_main
 from vfscreen.inference.outputs import case_is_complete
+from vfscreen.inference.predict import predict
 from vfscreen.training.cli import main as train_main
 
 
@@ -47,3 +48,8 @@ def test_prediction_offline(trained_models, tmp_path, capsys, monkeypatch):
                                                 "-np", "1"], capsys, monkeypatch)
     assert code == EXIT_OK, out + err
     assert case_is_complete(tmp_path / "out", "case")
+    # the cases ran in a spawned worker (a fresh interpreter, outside this patch): run the pipeline in-process too
+    with no_network():
+        predict(tmp_path / "in", tmp_path / "out_in_process", dataset=PREDICT_DATASET, num_threads=1,
+                isolate_cases=False)
+    assert case_is_complete(tmp_path / "out_in_process", "case")

@@ -135,6 +135,23 @@ def _remove_partial_outputs(output_folder: Path, case_id: str) -> None:
             path.unlink(missing_ok=True)
 
 
+class _Channel:
+    """One end of the parent-worker link: receives on one one-way pipe and sends on the other."""
+
+    def __init__(self, inbox, outbox):
+        self.inbox, self.outbox = inbox, outbox
+
+    def send(self, message) -> None:
+        self.outbox.send(message)
+
+    def recv(self):
+        return self.inbox.recv()
+
+    def close(self) -> None:
+        self.inbox.close()
+        self.outbox.close()
+
+
 class CaseWorker:
     """A worker process (spawned: no threads or locks inherited) that holds the models and runs cases one by one;
     one that dies is replaced (models loaded again) for the next case.
@@ -170,12 +187,16 @@ class CaseWorker:
 
     def start(self) -> None:
         """Start a worker and wait until its models are built (their errors are raised here)."""
-        parent_end, child_end = self.context.Pipe(duplex=True)
+        # two one-way pipes (os.pipe), not a duplex one (a socket pair): the worker needs no socket of any kind
+        worker_inbox, parent_outbox = self.context.Pipe(duplex=False)
+        parent_inbox, worker_outbox = self.context.Pipe(duplex=False)
         self.process = self.context.Process(target=_worker_main, daemon=True,
-                                            args=(child_end, self.model_source, self.num_threads, self.verbose))
+                                            args=(_Channel(worker_inbox, worker_outbox), self.model_source,
+                                                  self.num_threads, self.verbose))
         self.process.start()
-        child_end.close()
-        self.connection = parent_end
+        worker_inbox.close()
+        worker_outbox.close()
+        self.connection = _Channel(parent_inbox, parent_outbox)
         try:
             status, detail = self.connection.recv()
         except EOFError:
