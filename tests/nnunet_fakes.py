@@ -1,5 +1,9 @@
-"""Hand-made nnU-Net v2 plans for tiny test model folders (a 2-stage PlainConvUNet, CT normalisation)."""
+"""Hand-made nnU-Net v2 plans for tiny test model folders (a 2-stage PlainConvUNet, CT normalisation), and such a
+model folder with random weights."""
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 
 def tiny_nnunet_plans(dataset_name: str, patch_size=(16, 16, 16), spacing_mm: float = 3.0) -> dict:
@@ -31,3 +35,36 @@ def tiny_nnunet_plans(dataset_name: str, patch_size=(16, 16, 16), spacing_mm: fl
                                 "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
                                 "nonlin_kwargs": {"inplace": True}},
                 "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}}}}
+
+
+def write_tiny_nnunet_model(parent: Path, folds=(0, 1), dataset_name: str = "Dataset990_Tiny") -> Path:
+    """``parent/nnUNetTrainer__nnUNetPlans__3d_fullres`` with a random 2-stage U-Net per fold, in nnU-Net's checkpoint
+    format (numpy scalars in its training log, a torch.device in init_args)."""
+    import numpy as np
+    import torch
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from vfscreen.labels import NUM_CLASSES, nnunet_labels_dict
+
+    folder = Path(parent) / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    folder.mkdir(parents=True)
+    plans = tiny_nnunet_plans(dataset_name)
+    dataset_json = {"channel_names": {"0": "CT"}, "labels": nnunet_labels_dict(), "numTraining": 1,
+                    "file_ending": ".nii.gz"}
+    (folder / "plans.json").write_text(json.dumps(plans))
+    (folder / "dataset.json").write_text(json.dumps(dataset_json))
+    manager = PlansManager(plans)
+    for fold in folds:
+        torch.manual_seed(fold)
+        network = nnUNetTrainer.build_network_architecture(
+            manager, manager.get_configuration("3d_fullres"), 1, NUM_CLASSES, enable_deep_supervision=False)
+        (folder / f"fold_{fold}").mkdir()
+        torch.save({"network_weights": network.state_dict(), "trainer_name": "nnUNetTrainer",
+                    "init_args": {"plans": plans, "configuration": "3d_fullres", "fold": fold,
+                                  "dataset_json": dataset_json, "device": torch.device("cpu")},
+                    "inference_allowed_mirroring_axes": (0, 1, 2), "current_epoch": 1,
+                    "_best_ema": np.float64(0.5), "logging": {"mean_fg_dice": [np.float64(0.4)],
+                                                              "train_losses": [np.float32(1.0)]}},
+                   folder / f"fold_{fold}" / "checkpoint_final.pth")
+    return folder

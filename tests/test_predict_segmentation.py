@@ -8,42 +8,13 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from nnunet_fakes import tiny_nnunet_plans
-from vfscreen.labels import NUM_CLASSES, nnunet_labels_dict
-
-
-def tiny_plans() -> dict:
-    return tiny_nnunet_plans("Dataset990_Tiny")
+from nnunet_fakes import write_tiny_nnunet_model
+from vfscreen.labels import NUM_CLASSES
 
 
 @pytest.fixture
 def model_folder(tmp_path):
-    import json
-
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    folder = tmp_path / "nnUNetTrainer__nnUNetPlans__3d_fullres"
-    folder.mkdir()
-    plans = tiny_plans()
-    dataset_json = {"channel_names": {"0": "CT"}, "labels": nnunet_labels_dict(), "numTraining": 1,
-                    "file_ending": ".nii.gz"}
-    (folder / "plans.json").write_text(json.dumps(plans))
-    (folder / "dataset.json").write_text(json.dumps(dataset_json))
-    manager = PlansManager(plans)
-    for fold in (0, 1):
-        torch.manual_seed(fold)
-        network = nnUNetTrainer.build_network_architecture(
-            manager, manager.get_configuration("3d_fullres"), 1, NUM_CLASSES, enable_deep_supervision=False)
-        (folder / f"fold_{fold}").mkdir()
-        torch.save({"network_weights": network.state_dict(), "trainer_name": "nnUNetTrainer",
-                    "init_args": {"plans": plans, "configuration": "3d_fullres", "fold": fold,
-                                  "dataset_json": dataset_json, "device": torch.device("cpu")},
-                    "inference_allowed_mirroring_axes": (0, 1, 2), "current_epoch": 1,
-                    "_best_ema": np.float64(0.5), "logging": {"mean_fg_dice": [np.float64(0.4)],
-                                                              "train_losses": [np.float32(1.0)]}},
-                   folder / f"fold_{fold}" / "checkpoint_final.pth")
-    return folder
+    return write_tiny_nnunet_model(tmp_path)
 
 
 @pytest.mark.parametrize("orientation", [None, "LPS"])

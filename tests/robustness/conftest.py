@@ -8,7 +8,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
@@ -37,32 +36,9 @@ def error_lines(text: str) -> list[str]:
 
 def write_segmentation_model(results_dataset: Path, folds=(0, 1)) -> Path:
     """nnU-Net model folder (nnU-Net's checkpoint format, numpy scalars in its log) with a random 2-stage U-Net."""
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-    from test_predict_segmentation import tiny_plans
+    from nnunet_fakes import write_tiny_nnunet_model
 
-    from vfscreen.labels import NUM_CLASSES, nnunet_labels_dict
-
-    folder = results_dataset / "nnUNetTrainer__nnUNetPlans__3d_fullres"
-    folder.mkdir(parents=True)
-    plans = tiny_plans()
-    dataset_json = {"channel_names": {"0": "CT"}, "labels": nnunet_labels_dict(), "numTraining": 1,
-                    "file_ending": ".nii.gz"}
-    (folder / "plans.json").write_text(json.dumps(plans))
-    (folder / "dataset.json").write_text(json.dumps(dataset_json))
-    manager = PlansManager(plans)
-    for fold in folds:
-        torch.manual_seed(fold)
-        network = nnUNetTrainer.build_network_architecture(
-            manager, manager.get_configuration("3d_fullres"), 1, NUM_CLASSES, enable_deep_supervision=False)
-        (folder / f"fold_{fold}").mkdir()
-        torch.save({"network_weights": network.state_dict(), "trainer_name": "nnUNetTrainer",
-                    "init_args": {"plans": plans, "configuration": "3d_fullres", "fold": fold,
-                                  "dataset_json": dataset_json, "device": torch.device("cpu")},
-                    "inference_allowed_mirroring_axes": (0, 1, 2), "current_epoch": 1,
-                    "_best_ema": np.float64(0.5), "logging": {"mean_fg_dice": [np.float64(0.4)]}},
-                   folder / f"fold_{fold}" / "checkpoint_final.pth")
-    return folder
+    return write_tiny_nnunet_model(results_dataset, folds)
 
 
 def write_trained_models(dataset_name: str, folds=(0, 1)) -> Path:
