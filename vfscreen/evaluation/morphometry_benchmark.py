@@ -1,8 +1,10 @@
 """``vfscreen_benchmark morphometry -d 501``: vfscreen's morphometry against the phantom's exact heights.
 
 For the first ``num_cases`` training cases of a raw dataset with a ``grades.csv`` holding heights (the phantom), the
-ground-truth masks are measured twice: on their own grid, and degraded to a coarse isotropic grid (nearest-neighbour
-labels, linear CT; e.g. 3 mm like TotalSegmentator's fast model). Per mask quality: how many whole vertebrae were
+ground-truth masks are measured three ways: on their own grid, degraded to a coarse isotropic grid (nearest-neighbour
+labels, linear CT; e.g. 3 mm like TotalSegmentator's fast model), and the coarse mask alone brought back onto the CT's
+own grid with nearest neighbour (as ``vfscreen_predict --masks`` does with a TotalSegmentator 3 mm mask of a finer
+CT), the CT untouched. Per mask quality: how many whole vertebrae were
 measured, height error (MAE, 95th percentile, mm), how often the true height lies inside the stated 95 % interval,
 ratio error, the morphometric grade's macro-F1 and AUROC (score 1 - ratio) against the true grade, and the share of
 borderline grades. Vertebrae cut by the field of view are left out, as prediction leaves them out.
@@ -27,10 +29,14 @@ def _degraded(image: sitk.Image, spacing_mm: float, interpolator) -> sitk.Image:
                          image.GetPixelID())
 
 
-def _measure_case(ct: sitk.Image, class_image: sitk.Image, coarse_mm: float | None):
+def _measure_case(ct: sitk.Image, class_image: sitk.Image, coarse_mm: float | None, coarse_ct: bool = True):
     if coarse_mm is not None:
-        class_image = _degraded(class_image, coarse_mm, sitk.sitkNearestNeighbor)
-        ct = _degraded(ct, coarse_mm, sitk.sitkLinear)
+        coarse_mask = _degraded(class_image, coarse_mm, sitk.sitkNearestNeighbor)
+        if coarse_ct:
+            class_image, ct = coarse_mask, _degraded(ct, coarse_mm, sitk.sitkLinear)
+        else:  # back onto the CT's grid with nearest neighbour, as vfscreen_predict --masks does
+            class_image = sitk.Resample(coarse_mask, class_image, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
+                                        class_image.GetPixelID())
     verse_map = labels.class_to_verse(sitk.GetArrayFromImage(class_image))
     return measure_vertebrae(verse_map, class_image, ct=ct)
 
@@ -42,14 +48,15 @@ def run_morphometry_benchmark(dataset_name: str, num_cases: int = 20, coarse_mm:
         raise ConfigError(f"{folder}/grades.csv has no heights (anterior_mm, ...): nothing to compare with")
     cases = dataset.list_cases(folder, "Tr")[:num_cases]
     whole = grades[(grades["case_id"].isin(cases)) & ~grades["truncated"].astype(bool)]
-    qualities = {"ground truth": None, f"ground truth at {coarse_mm:g} mm": coarse_mm}
+    qualities = {"ground truth": (None, True), f"ground truth at {coarse_mm:g} mm": (coarse_mm, True),
+                 f"{coarse_mm:g} mm mask on the native CT": (coarse_mm, False)}
     rows = {name: [] for name in qualities}
     for case_id in cases:
         ct = sitk.ReadImage(str(dataset.image_path(folder, case_id)))
         class_image = sitk.ReadImage(str(dataset.label_path(folder, case_id)))
         truth = whole[whole["case_id"] == case_id]
-        for name, coarse in qualities.items():
-            measured = _measure_case(ct, class_image, coarse)
+        for name, (coarse, coarse_ct) in qualities.items():
+            measured = _measure_case(ct, class_image, coarse, coarse_ct)
             for row in truth.itertuples():
                 result = measured.get(int(row.label))
                 rows[name].append((row, result))
@@ -70,6 +77,10 @@ def _summarise(pairs) -> dict:
     return {
         "measured": len(measured), "of": len(pairs),
         "height_mae_mm": float(errors.mean()), "height_p95_mm": float(np.percentile(errors, 95)),
+        "height_mae_by_name_mm": {name: float(errors[:, index].mean()) for index, name in enumerate(HEIGHT_NAMES)},
+        "height_bias_by_name_mm": {name: float((found - truth)[:, index].mean())
+                                   for index, name in enumerate(HEIGHT_NAMES)},
+        "edges_from_ct": float(np.mean([result.extra.get("edges_from_ct", 0.0) for _, result in measured])),
         "inside_95_interval": float((errors <= margin).mean()),
         "ratio_mae": float(np.abs(ratio - true_ratio).mean()),
         "macro_f1": four_grade_metrics(true_grade, morph_grade)["macro_f1"].get("value"),

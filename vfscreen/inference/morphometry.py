@@ -14,8 +14,12 @@ Per vertebra:
    the body (``vfscreen.genant.ENDPLATE_FIT_DEPTH_FRACTIONS``), each fitted by a quadratic along the depth and evaluated at the walls; the
    middle height is its column's own. A column's extent along ``u`` is estimated by a lattice ratio:
    (mask voxels in the column prism) / (all grid voxels in the prism) x (length of the prism), which averages the
-   voxel staircase of any grid orientation instead of quantising to one voxel. Each height carries a standard
-   deviation (voxel quantisation along ``u`` of both end points + the endplate fit's scatter);
+   voxel staircase of any grid orientation instead of quantising to one voxel. With a CT (Hounsfield units), each
+   column's two end points are then moved to the CT's own endplate edges (:mod:`vfscreen.inference.endplates`;
+   a profile without a clear edge keeps the mask's end point). Each height carries a standard deviation: per end
+   point the edge's (profile noise, a share of the CT voxel and of the edge's blur) or, on the mask, the voxel
+   quantisation along ``u``; for the wall heights also the endplate fit's scatter and how much the extrapolation to
+   the wall depends on the fit's form (quadratic vs a straight line through the columns nearest the wall);
 5. G = min / max and the Genant grade via :mod:`vfscreen.genant`. Vertebrae whose mask touches the border of the
    image are ``truncated`` and not measured.
 """
@@ -28,7 +32,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from vfscreen.genant import ENDPLATE_FIT_DEPTH_FRACTIONS, genant_ratio, grade_from_heights
-from vfscreen.inference import deformity
+from vfscreen.inference import deformity, endplates
 from vfscreen.inference.geometry import (WORLD_ANTERIOR, WORLD_SUPERIOR, array_indices_to_local_affine,
                                          array_indices_to_world, touches_border, voxel_shadow_mm)
 from vfscreen.labels import MAX_VERSE_ID, is_vertebra, spine_position
@@ -163,28 +167,36 @@ def _trabecular_density(ct_array: np.ndarray, body_indices: np.ndarray, box: tup
     return round(median, 1), ""
 
 
-def _fit_and_evaluate(positions: np.ndarray, values: np.ndarray, at: float, quantisation_sd: float
-                      ) -> tuple[float, float]:
-    """Quadratic least-squares fit of an endplate (u over the anterior coordinate), evaluated at ``at``.
-
-    Returns (value, standard deviation): the fit's prediction uncertainty (residual scatter propagated through the
-    design matrix) combined with the voxel quantisation of the end point, which all columns share on a grid aligned
-    with the body and which therefore does not average out."""
-    design = np.vander(positions, 3)
+def _polynomial_at(positions: np.ndarray, values: np.ndarray, at: float, degree: int) -> tuple[float, float]:
+    """Least-squares polynomial of ``degree`` evaluated at ``at``: (value, prediction variance from the residual
+    scatter propagated through the design matrix)."""
+    design = np.vander(positions, degree + 1)
     coefficients, *_ = np.linalg.lstsq(design, values, rcond=None)
     residual = values - design @ coefficients
-    dof = max(len(values) - 3, 1)
-    scatter = float(residual @ residual) / dof
-    point = np.vander(np.array([at]), 3)[0]
-    leverage = float(point @ np.linalg.pinv(design.T @ design) @ point)
-    return float(point @ coefficients), float(np.sqrt(scatter * leverage + quantisation_sd ** 2))
+    scatter = float(residual @ residual) / max(len(values) - degree - 1, 1)
+    point = np.vander(np.array([at]), degree + 1)[0]
+    return float(point @ coefficients), scatter * float(point @ np.linalg.pinv(design.T @ design) @ point)
+
+
+def _fit_and_evaluate(positions: np.ndarray, values: np.ndarray, at: float, shared_sd: float
+                      ) -> tuple[float, float]:
+    """Quadratic least-squares fit of an endplate (u over the anterior coordinate), evaluated at the wall ``at``.
+
+    Returns (value, standard deviation): the fit's prediction uncertainty, the end points' shared (systematic)
+    uncertainty, which does not average out over the columns, and the extrapolation's dependence on the fit's form:
+    half the difference to a straight line fitted to the half of the columns nearest the wall (a rim that curves
+    more than a parabola makes the two disagree)."""
+    value, variance = _polynomial_at(positions, values, at, 2)
+    near = np.abs(positions - at) <= np.ptp(positions) / 2 + 1e-9
+    straight, _ = _polynomial_at(positions[near], values[near], at, 1)
+    return value, float(np.sqrt(variance + shared_sd ** 2 + (0.5 * (value - straight)) ** 2))
 
 
 def measure_vertebra(verse_map: np.ndarray, reference: sitk.Image, label: int, bbox: tuple[slice, ...],
                      centroid_mm: np.ndarray, spine_axis: np.ndarray, min_canal_gap_mm: float = 4.0,
                      ct_array: np.ndarray | None = None) -> VertebraMorphometry:
     """Measure one vertebra (see the module docstring). ``bbox``: numpy slices of the label in ``verse_map``;
-    ``ct_array``: the CT in HU on the same grid (trabecular density), None = no density."""
+    ``ct_array``: the CT in HU on the same grid (endplate edges and trabecular density), None = the mask alone."""
     truncated = touches_border(verse_map.shape, bbox)
     try:
         anterior_axis = _anterior_direction(spine_axis)
@@ -254,22 +266,35 @@ def measure_vertebra(verse_map: np.ndarray, reference: sitk.Image, label: int, b
     if middle is None or len(samples) < MIN_FIT_COLUMNS:
         result.note = "too few body columns to fit the endplates"
         return result
-    positions = np.array([position for position, _ in samples])
-    cranial = np.array([centre - height / 2 for _, (height, centre) in samples])  # u grows head -> feet
-    caudal = np.array([centre + height / 2 for _, (height, centre) in samples])
-    quantisation_sd = shadows[0] / np.sqrt(12.0)  # one end point: uniform within a voxel shadow along u
+    positions = np.array([position for position, _ in samples] + [(front + back) / 2])  # columns, then middle
+    columns = [found for _, found in samples] + [middle]
+    cranial = np.array([centre - height / 2 for height, centre in columns])  # u grows head -> feet
+    caudal = np.array([centre + height / 2 for height, centre in columns])
+    quantisation_sd = shadows[0] / np.sqrt(12.0)  # one mask end point: uniform within a voxel shadow along u
+    cranial_sd, caudal_sd = np.full(len(columns), quantisation_sd), np.full(len(columns), quantisation_sd)
+    if ct_array is not None:  # the CT's own endplate edges (vfscreen.inference.endplates)
+        lines = [frame @ np.array([0.0, da, dl]) for da in (-0.5 * half_width, 0.0, 0.5 * half_width)
+                 for dl in np.linspace(-0.8 * half_thickness, 0.8 * half_thickness, 5)]
+        refined = 0
+        for ends, sds, outward in ((cranial, cranial_sd, -spine_axis), (caudal, caudal_sd, spine_axis)):
+            world = centroid_mm + np.stack([ends, positions, np.full(len(ends), lateral_centre)], 1) @ frame.T
+            shift, edge_sd, found = endplates.refine_edges(ct_array, reference, world, outward, np.array(lines))
+            ends += np.where(found, shift, 0.0) * float(outward @ spine_axis)
+            sds[found] = edge_sd[found]
+            refined += int(np.count_nonzero(found))
+        result.extra["edges_from_ct"] = round(refined / (2 * len(columns)), 2)
     walls = {"anterior": front, "posterior": back}
     heights, sds, endpoints = {}, {}, []
     for name in HEIGHT_NAMES:
         if name == "middle":
-            height, centre_u = middle
-            ends = (centre_u - height / 2, centre_u + height / 2)
-            end_sds = (quantisation_sd, quantisation_sd)
+            ends = (cranial[-1], caudal[-1])
+            end_sds = (cranial_sd[-1], caudal_sd[-1])
             position = (front + back) / 2
         else:
             position = walls[name]
-            fitted = [_fit_and_evaluate(positions, values, position, quantisation_sd)
-                      for values in (cranial, caudal)]
+            # the shared (systematic) part of the end points' uncertainty does not average out over the columns
+            fitted = [_fit_and_evaluate(positions[:-1], values[:-1], position, float(np.sqrt(np.mean(sd[:-1] ** 2))))
+                      for values, sd in ((cranial, cranial_sd), (caudal, caudal_sd))]
             ends = (fitted[0][0], fitted[1][0])
             end_sds = (fitted[0][1], fitted[1][1])
         heights[name] = round(float(ends[1] - ends[0]), 2)
@@ -290,8 +315,8 @@ def measure_vertebra(verse_map: np.ndarray, reference: sitk.Image, label: int, b
 def measure_vertebrae(verse_map: np.ndarray, reference: sitk.Image, min_canal_gap_mm: float = 4.0,
                       ct: sitk.Image | None = None) -> dict[int, VertebraMorphometry]:
     """Morphometry of every vertebra in a VerSe-id label array (Z, Y, X) on ``reference``'s grid, graded by
-    :func:`vfscreen.inference.deformity.assess`. ``ct``: the CT in HU on that grid, for the trabecular density
-    (None, or intensities that are not CT-like: no density)."""
+    :func:`vfscreen.inference.deformity.assess`. ``ct``: the CT in HU on that grid, for the endplate edges and the
+    trabecular density (None, or intensities that are not CT-like: heights from the mask alone, no density)."""
     boxes = ndimage.find_objects(verse_map.astype(np.int32), max_label=MAX_VERSE_ID)
     centroids, points = {}, {}
     for label, bbox in enumerate(boxes, start=1):
