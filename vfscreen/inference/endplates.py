@@ -25,10 +25,10 @@ EDGE_WINDOW_MM = 3.0  # search this far either side of the mask's end point (at 
 EDGE_WINDOW_VOXELS = 1.5
 MIN_EDGE_CONTRAST_HU = 75.0  # cortical peak minus the outside level below this: no clear edge, keep the mask point
 # Systematic part of an edge position's uncertainty: a quarter of the CT voxel's extent along the profile (sampling),
-# or half the edge's own blur (the sd of its gradient lobe), whichever is larger - a cortex thinner than the blur
-# pulls the steepest fall outwards by up to most of the blur, which no single profile can tell apart.
+# or three quarters of the edge's own blur (the sd of its gradient lobe), whichever is larger - a cortex thinner than
+# the blur pulls the steepest fall outwards by up to most of the blur, which no single profile can tell apart.
 EDGE_SYSTEMATIC_VOXEL_FRACTION = 0.25
-EDGE_SYSTEMATIC_BLUR_FRACTION = 0.5
+EDGE_SYSTEMATIC_BLUR_FRACTION = 0.75
 
 
 def profile_step_mm(image: sitk.Image, direction: np.ndarray) -> float:
@@ -101,7 +101,12 @@ def _steepest_fall(profile: np.ndarray, offsets: np.ndarray, step: float) -> tup
     if not np.all(np.isfinite(profile)):
         return None
     gradient = np.gradient(profile, step)
-    edge = int(np.argmin(gradient))  # strongest fall going outwards: cortex -> disc
+    # strongest fall going outwards (cortex -> disc), falls far from the mask's end point weighted down: across a thin
+    # disc the next vertebra's cortex -> cancellous fall can be as strong
+    prior = np.exp(-0.5 * (offsets / (0.5 * offsets[-1])) ** 2)
+    edge = int(np.argmin(gradient * prior))
+    while 0 < edge < len(profile) - 1 and min(gradient[edge - 1], gradient[edge + 1]) < gradient[edge]:
+        edge += 1 if gradient[edge + 1] < gradient[edge - 1] else -1  # to the fall's own steepest sample
     if gradient[edge] >= 0 or edge == 0 or edge == len(profile) - 1:
         return None
     peak = int(np.argmax(profile[: edge + 1]))
