@@ -12,6 +12,7 @@ a clear edge (contrast below ``MIN_EDGE_CONTRAST_HU``, its peak at the window's 
 mask's end point, and says so.
 
 Works for any grid orientation and spacing: the profile is a world-space line mapped to continuous voxel indices.
+:func:`combine_with_mask` then weighs each edge against the mask's end point by their uncertainties.
 """
 from __future__ import annotations
 
@@ -80,6 +81,31 @@ def refine_edges(ct: np.ndarray, image: sitk.Image, points_mm: np.ndarray, outwa
                                    max(systematic, EDGE_SYSTEMATIC_BLUR_FRACTION * blur)))
         found[index] = True
     return shift, sd, found
+
+
+def combine_with_mask(columns_mm: np.ndarray, mask_ends_mm: np.ndarray, shift_mm: np.ndarray, edge_sd_mm: np.ndarray,
+                      found: np.ndarray, quantisation_sd_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """Weigh one endplate's mask end points against its CT edges by their uncertainties.
+
+    columns_mm: (C,) anterior positions of the fit columns (their end points come first in ``mask_ends_mm``, any
+    further ones, e.g. the mid-depth column, after them); mask_ends_mm, shift_mm, edge_sd_mm, found: (N,) as
+    :func:`refine_edges` returns them. The mask's sd is the largest of its voxel quantisation, the scatter of its fit
+    columns' end points about a quadratic (a coarse mask's staircase) and the median distance to the CT's edges
+    (a mask that is off by a constant, e.g. a coarse mask resampled to a finer CT, shows no scatter; the CT's edge,
+    pulled outwards by a thin cortex, may be the one that is off - the disagreement makes both uncertain).
+    Returns (how far each end point moves along the edge's outward direction (N,), its sd (N,): the weighted mean's,
+    plus the spread between the two readings taken as alternatives with the same weights)."""
+    count = len(columns_mm)
+    fit = np.polyval(np.polyfit(columns_mm, mask_ends_mm[:count], 2), columns_mm)
+    scatter = float(np.sqrt(np.sum((mask_ends_mm[:count] - fit) ** 2) / max(count - 3, 1)))
+    disagreement = float(np.median(np.abs(shift_mm[found]))) if found.any() else 0.0
+    mask_sd = max(quantisation_sd_mm, scatter, disagreement)
+    edge_sd = np.where(found, np.nan_to_num(edge_sd_mm, nan=np.inf), np.inf)
+    weight = mask_sd ** 2 / (mask_sd ** 2 + edge_sd ** 2)  # 0 where no edge was found
+    shift = np.where(found, shift_mm, 0.0)
+    # the weighted mean's variance, plus that of the two readings as alternatives (mask right / CT right)
+    variance = 1.0 / (1.0 / mask_sd ** 2 + 1.0 / edge_sd ** 2) + weight * (1.0 - weight) * shift ** 2
+    return weight * shift, np.sqrt(variance)
 
 
 def _cubic_samples(ct: np.ndarray, indices: np.ndarray) -> np.ndarray:

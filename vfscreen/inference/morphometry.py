@@ -15,10 +15,10 @@ Per vertebra:
    middle height is its column's own. A column's extent along ``u`` is estimated by a lattice ratio:
    (mask voxels in the column prism) / (all grid voxels in the prism) x (length of the prism), which averages the
    voxel staircase of any grid orientation instead of quantising to one voxel. With a CT (Hounsfield units), each
-   column's two end points are then moved to the CT's own endplate edges (:mod:`vfscreen.inference.endplates`;
-   a profile without a clear edge keeps the mask's end point). Each height carries a standard deviation: per end
-   point the edge's (profile noise, a share of the CT voxel and of the edge's blur) or, on the mask, the voxel
-   quantisation along ``u``; for the wall heights also the endplate fit's scatter and how much the extrapolation to
+   column's two end points are then moved towards the CT's own endplate edges (:mod:`vfscreen.inference.endplates`:
+   mask and edge weighted by their uncertainties; a profile without a clear edge keeps the mask's end point). Each
+   height carries a standard deviation: per end point that of the weighted mean (or of the mask alone); for the wall
+   heights also the endplate fit's scatter and how much the extrapolation to
    the wall depends on the fit's form (quadratic vs a straight line through the columns nearest the wall);
 5. G = min / max and the Genant grade via :mod:`vfscreen.genant`. Vertebrae whose mask touches the border of the
    image are ``truncated`` and not measured.
@@ -279,8 +279,8 @@ def measure_vertebra(verse_map: np.ndarray, reference: sitk.Image, label: int, b
         for ends, sds, outward in ((cranial, cranial_sd, -spine_axis), (caudal, caudal_sd, spine_axis)):
             world = centroid_mm + np.stack([ends, positions, np.full(len(ends), lateral_centre)], 1) @ frame.T
             shift, edge_sd, found = endplates.refine_edges(ct_array, reference, world, outward, np.array(lines))
-            ends += np.where(found, shift, 0.0) * float(outward @ spine_axis)
-            sds[found] = edge_sd[found]
+            moved, sds[:] = endplates.combine_with_mask(positions[:-1], ends, shift, edge_sd, found, quantisation_sd)
+            ends += moved * float(outward @ spine_axis)
             refined += int(np.count_nonzero(found))
         result.extra["edges_from_ct"] = round(refined / (2 * len(columns)), 2)
     walls = {"anterior": front, "posterior": back}
