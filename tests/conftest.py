@@ -12,6 +12,8 @@ for _variable, _sub in (("nnUNet_raw", "raw"), ("nnUNet_preprocessed", "preproce
 os.environ.setdefault("nnUNet_compile", "f")
 os.environ.setdefault("nnUNet_n_proc_DA", "0")
 os.environ["VFSCREEN_QUIET"] = "1"
+os.environ.setdefault("VFSCREEN_MEASURE_SPEED", "0")  # plans from the speed model (deterministic, fast); tests of the
+# measured path ask for it explicitly
 
 import pytest  # noqa: E402
 

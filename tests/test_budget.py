@@ -3,8 +3,9 @@ import sys
 
 import pytest
 
+from vfscreen import labels
 from vfscreen.experiment_planning import budget as B
-from vfscreen.experiment_planning.benchmark_budget import measure_peak_memory_gb, typical_cpu_plan
+from vfscreen.experiment_planning.benchmark_budget import measure_peak_memory_gb, typical_cpu_plan, typical_segmentation
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak RSS via /proc is Linux-only")
 
@@ -23,10 +24,12 @@ def test_training_step_memory_within_model_estimate(cpu_plan):
         network["n_blocks_per_stage"], block=network["block"]).training_memory_gb(
         B.grader_views_per_batch(grader["sampler"]["samples_per_class"], grader["sampler"]["views"]), 4)
     arch = seg["architecture"]["arch_kwargs"]
+    group_labels, regions = labels.grouped_labels_dict(seg["vfscreen"]["label_grouping"])  # the network's outputs
+    heads = len(regions) if regions else len(group_labels)
     seg_estimate = B.unet_cost(seg["patch_size"], arch["features_per_stage"], arch["strides"], arch["kernel_sizes"],
-                               arch["n_conv_per_stage"], arch["n_conv_per_stage_decoder"], 27).training_memory_gb(
+                               arch["n_conv_per_stage"], arch["n_conv_per_stage_decoder"], heads).training_memory_gb(
         seg["batch_size"], 4)
-    measured = measure_peak_memory_gb({"grader": grader, "seg": seg})
+    measured = measure_peak_memory_gb({"grader": grader, "seg": typical_segmentation(seg)})
     assert 0.5 * grader_estimate <= measured["grader"] <= 1.5 * grader_estimate, (measured, grader_estimate)
     assert 0.5 * seg_estimate <= measured["seg"] <= 1.5 * seg_estimate, (measured, seg_estimate)
 

@@ -14,7 +14,7 @@ TARGETS = B.PlanningTargets()
 
 
 def _size(grader):
-    cost = P.grader_cost(grader)
+    cost = B.grader_cost(grader)
     return cost.forward_flops
 
 
@@ -81,7 +81,7 @@ def test_cpu_grader_meets_the_speed_target():
     device = B.DeviceBudget("cpu", 16, 2)
     grader = P.plan_grader(synthetic_fingerprint(p95_extent_mm=50, min_spacing_mm=1.0), device, TARGETS, 5)
     views = B.grader_views_per_batch(grader["sampler"]["samples_per_class"], grader["sampler"]["views"])
-    seconds = P.grader_cost(grader).training_seconds(views, 2)
+    seconds = B.grader_cost(grader).training_seconds(views, 2)
     assert views / 2 / seconds >= TARGETS.grader_samples_per_second
     slower = B.PlanningTargets(cpu_gelements_per_thread=TARGETS.cpu_gelements_per_thread / 4)
     smaller = P.plan_grader(synthetic_fingerprint(p95_extent_mm=50, min_spacing_mm=1.0), device, slower, 5)

@@ -102,6 +102,11 @@ DEFAULT_GRADER_LOSS = "supcon"
 DEFAULT_USE_TRUNCATED = False  # the planner's value: vertebrae cut by the field of view are neither trained nor graded
 DEFAULT_TEST_TIME_MIRRORING = True  # nnU-Net's default
 DEFAULT_ORIENTATION = None  # None: the network sees the image in its stored orientation
+SPEED_SOURCES = ("measured", "model")
+DEFAULT_SPEED_SOURCE = "model"  # plans without a speed record were sized by the speed model (or are GPU plans)
+SPEED_STAGES = ("segmentation", "grader")
+_SPEED_NUMBERS = ("modelled_seconds_per_step", "measured_seconds_per_step", "measured_steps", "measured_threads",
+                  "measured_over_modelled", "loop_seconds_per_step", "planned_minutes")
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,48 @@ class SegmentationSettings:
     orientation: str | None
     test_time_mirroring: bool
     section: dict  # the whole section (for the model-folder name and the schedule)
+
+
+@dataclass(frozen=True)
+class PlannedSpeed:
+    """A stage's ``speed`` record: which speed sized its epochs (``source``: measured on the planning machine, or
+    the speed model), seconds per training step modelled and measured, the loop's seconds per step the schedule
+    assumed and the minutes it planned. Fields the record lacks are None."""
+    source: str = DEFAULT_SPEED_SOURCE
+    modelled_seconds_per_step: float | None = None
+    measured_seconds_per_step: float | None = None
+    measured_steps: int | None = None
+    measured_threads: int | None = None
+    measured_over_modelled: float | None = None
+    loop_seconds_per_step: float | None = None
+    planned_minutes: float | None = None
+    note: str | None = None
+
+
+def planned_speed(plans: dict, stage: str, configuration: str = CONFIGURATION) -> PlannedSpeed:
+    """The speed record of ``stage`` ('segmentation' | 'grader'); the defaults (source 'model', no numbers) for
+    plans that have none."""
+    if stage not in SPEED_STAGES:
+        raise ConfigError(f"no speed record for stage {stage!r} (choose from {', '.join(SPEED_STAGES)})")
+    record = _stage_section(plans, configuration, stage).get("speed") or {}
+    return PlannedSpeed(source=record.get("source", DEFAULT_SPEED_SOURCE), note=record.get("note"),
+                        **{key: record.get(key) for key in _SPEED_NUMBERS})
+
+
+def _check_speed_records(plans: dict, source: str) -> None:
+    for stage in SPEED_STAGES:
+        record = plans["configurations"][CONFIGURATION][stage].get("speed")
+        if record is None:
+            continue
+        field = f"configurations.{CONFIGURATION}.{stage}.speed"
+        if not isinstance(record, dict):
+            raise ConfigError(f"{source}: field '{field}' must be an object")
+        if record.get("source", DEFAULT_SPEED_SOURCE) not in SPEED_SOURCES:
+            raise ConfigError(f"{source}: field '{field}.source' is {record.get('source')!r}; allowed: "
+                              f"{', '.join(SPEED_SOURCES)}")
+        for key in _SPEED_NUMBERS:
+            if key in record and (isinstance(record[key], bool) or not isinstance(record[key], _NUMBER)):
+                raise ConfigError(f"{source}: field '{field}.{key}' must be a number, got {record[key]!r}")
 
 
 def configuration_section(plans: dict, configuration: str = CONFIGURATION, wanted: str = "") -> dict:
@@ -208,6 +255,7 @@ def validate_plans(plans: dict, dataset_name: str | None = None, source: str = "
     if plans["num_folds"] < 2:
         raise ConfigError(f"{source}: field 'num_folds' must be >= 2, got {plans['num_folds']}")
     _check_grader_consistency(plans["configurations"][CONFIGURATION]["grader"], source)
+    _check_speed_records(plans, source)
     seg = plans["configurations"][CONFIGURATION]["segmentation"]
     if len(seg["patch_size"]) != 3 or len(seg["target_spacing_mm"]) != 3:
         raise ConfigError(f"{source}: fields 'configurations.3d.segmentation.patch_size' and 'target_spacing_mm' "

@@ -40,7 +40,7 @@ from vfscreen.core.plans import (CONFIGURATION, PLANS_FILE_NAME, PLANS_NAME, con
                                  segmentation_settings)
 from vfscreen.errors import ConfigError
 from vfscreen.evaluation.speed import run_speed
-from vfscreen.experiment_planning.planner import grader_cost
+from vfscreen.experiment_planning.budget import grader_cost
 from vfscreen.inference.grading import FoldEnsembleGrader
 from vfscreen.inference.cases import list_cases
 from vfscreen.inference.segmentation import Models, NnunetSegmenter

@@ -16,13 +16,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 from vfscreen.core.cli import CommandParser
-from vfscreen import paths
-from vfscreen.core.grader_network import build_grader
+from vfscreen import labels, paths
 from vfscreen.errors import cli_entry
 from vfscreen.experiment_planning import budget as B
+from vfscreen.experiment_planning.calibration import grader_step, segmentation_step, time_steps
 from vfscreen.experiment_planning import planner as P
 from vfscreen.experiment_planning.presets import load_preset
 
@@ -39,7 +38,8 @@ TYPICAL_FULLRES = {"spacing": [1.0, 1.0, 1.0], "median_image_size_in_voxels": [2
                                                     "dropout_op": None, "dropout_op_kwargs": None,
                                                     "nonlin": "torch.nn.LeakyReLU",
                                                     "nonlin_kwargs": {"inplace": True}},
-                                    "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}}
+                                    "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]},
+                   "batch_dice": False}
 
 
 def typical_cpu_plan(preset_name: str = "cpu_demo") -> tuple[dict, dict, B.DeviceBudget, B.PlanningTargets]:
@@ -53,80 +53,30 @@ def typical_cpu_plan(preset_name: str = "cpu_demo") -> tuple[dict, dict, B.Devic
     return seg, grader, device, targets
 
 
-def build_segmentation_network(seg_configuration: dict):
-    """PlainConvUNet with deep supervision from an nnU-Net configuration dict (nnunetv2's own builder)."""
-    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-
-    architecture = seg_configuration["architecture"]
-    return get_network_from_plans(architecture["network_class_name"], architecture["arch_kwargs"],
-                                  architecture["_kw_requires_import"], 1, 27, allow_init=True,
-                                  deep_supervision=True)
-
-
-def segmentation_step(seg_configuration: dict):
-    """A closure running one nnU-Net training step (forward, DC+CE deep-supervision loss, backward, SGD)."""
-    import torch
-    from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
-    from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
-    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
-
-    network = build_segmentation_network(seg_configuration)
-    optimizer = torch.optim.SGD(network.parameters(), lr=0.01, momentum=0.99, nesterov=True)
-    strides = seg_configuration["architecture"]["arch_kwargs"]["strides"]
-    loss = DeepSupervisionWrapper(DC_and_CE_loss({"batch_dice": False, "smooth": 1e-5, "do_bg": False, "ddp": False},
-                                                 {}, weight_ce=1, weight_dice=1, ignore_label=None,
-                                                 dice_class=MemoryEfficientSoftDiceLoss),
-                                  [1 / 2 ** i for i in range(len(strides) - 1)])
-    batch, patch = seg_configuration["batch_size"], seg_configuration["patch_size"]
-    images = torch.randn(batch, 1, *patch)  # (B, 1, X, Y, Z)
-    targets, shape = [], list(patch)
-    for stride in strides[:-1]:
-        shape = [s // st for s, st in zip(shape, stride)]
-        targets.append(torch.randint(0, 27, (batch, 1, *shape)).float())  # (B, 1, *scale) per output
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        output = network(images)
-        loss(output, targets).backward()
-        optimizer.step()
-    return step
+def typical_segmentation(seg_configuration: dict) -> dict:
+    """What calibration.segmentation_step needs for the typical plan: nnU-Net plans holding 3d_fullres and the
+    planned configuration, and a dataset.json with one CT channel and vfscreen's labels."""
+    nnunet_plans = {"dataset_name": "Dataset000_Typical", "plans_name": P.NNUNET_PLANS_IDENTIFIER,
+                    "original_median_spacing_after_transp": TYPICAL_FULLRES["spacing"],
+                    "original_median_shape_after_transp": TYPICAL_FULLRES["median_image_size_in_voxels"],
+                    "image_reader_writer": "SimpleITKIO", "transpose_forward": [0, 1, 2],
+                    "transpose_backward": [0, 1, 2], "label_manager": "LabelManager",
+                    "foreground_intensity_properties_per_channel": {},
+                    "configurations": {"3d_fullres": TYPICAL_FULLRES, P.VFSCREEN_SEG_CONFIGURATION: seg_configuration}}
+    dataset_json = {"channel_names": {"0": "CT"}, "labels": labels.nnunet_labels_dict(), "numTraining": 1,
+                    "file_ending": ".nii.gz"}
+    return {"nnunet_plans": nnunet_plans, "configuration": P.VFSCREEN_SEG_CONFIGURATION, "dataset_json": dataset_json}
 
 
-def grader_step(grader_plan: dict):
-    """A closure running one grader step on batch = samples_per_class x 4 grades x views crops (SupCon + CE)."""
-    import torch
-    import torch.nn.functional as F
-
-    network = build_grader(grader_plan["network"], "supcon")
-    optimizer = torch.optim.SGD(network.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
-    views = B.grader_views_per_batch(grader_plan["sampler"]["samples_per_class"], grader_plan["sampler"]["views"])
-    crops = torch.randn(views, 3, *grader_plan["crop"]["patch_size"])  # (B*views, 3, D, H, W)
-    grades = torch.arange(views) % 4
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        _, logits, projection = network(crops)
-        similarity = projection @ projection.T / grader_plan["loss"]["temperature"]  # SupCon-like cost, (V, V)
-        (F.cross_entropy(similarity, torch.arange(views)) + F.cross_entropy(logits, grades)).backward()
-        optimizer.step()
-    return step
-
-
-def time_steps(step, steps: int) -> float:
-    """Median seconds of ``steps`` steps after one warm-up step."""
-    step()
-    durations = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        durations.append(time.perf_counter() - start)
-    return sorted(durations)[len(durations) // 2]
+def _segmentation_step(segmentation: dict):
+    return segmentation_step(segmentation["nnunet_plans"], segmentation["configuration"], segmentation["dataset_json"])
 
 
 def measure_peak_memory_gb(configurations: dict[str, dict], threads: int = 1) -> dict[str, float]:
     """Peak RSS increase (GB) of one training step per network, in one fresh process.
 
-    ``configurations``: {"seg": nnU-Net configuration, "grader": grader section} (either may be left out). glibc is
+    ``configurations``: {"seg": typical_segmentation(...) or segmentation_from_plans(...)[0], "grader": grader
+    section} (either may be left out). glibc is
     told to serve every allocation >= 128 kB by mmap, so memory freed after one net's step goes back to the system
     before the next net is measured.
     """
@@ -157,7 +107,7 @@ def _peak_memory_child(configurations: dict, threads: int) -> dict[str, float]:
     torch.set_num_threads(threads)
     measured = {}
     for which, plan in configurations.items():
-        step = segmentation_step(plan) if which == "seg" else grader_step(plan)
+        step = _segmentation_step(plan) if which == "seg" else grader_step(plan)
         baseline_kb = _read_status_kb("VmRSS")
         with open("/proc/self/clear_refs", "w") as handle:
             handle.write("5")  # reset the peak (VmHWM) to the current RSS
@@ -181,21 +131,24 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     if args.plans:
-        seg, grader = _configurations_from_plans(args.plans)
+        segmentation, grader = segmentation_from_plans(args.plans)
         targets = B.PlanningTargets()
     else:
         seg, grader, _, targets = typical_cpu_plan(args.preset)
+        segmentation = typical_segmentation(seg)
+    seg = segmentation["nnunet_plans"]["configurations"][segmentation["configuration"]]
+    seg = {**segmentation["nnunet_plans"]["configurations"].get(seg.get("inherits_from"), {}), **seg}
     arch = seg["architecture"]["arch_kwargs"]
     seg_cost = B.unet_cost(seg["patch_size"], arch["features_per_stage"], arch["strides"], arch["kernel_sizes"],
-                           arch["n_conv_per_stage"], arch["n_conv_per_stage_decoder"], 27)
+                           arch["n_conv_per_stage"], arch["n_conv_per_stage_decoder"], P.NNUNET_NUM_CLASSES)
     network = grader["network"]
-    grader_cost = B.residual_encoder_cost(grader["crop"]["patch_size"], network["features_per_stage"],
-                                          network["strides"], network["n_blocks_per_stage"], block=network["block"],
-                                          bottleneck_channels=network.get("bottleneck_channels"))
+    grader_cost = B.grader_cost(grader)
     views = B.grader_views_per_batch(grader["sampler"]["samples_per_class"], grader["sampler"]["views"])
     crops = views // grader["sampler"]["views"]
-    seg_seconds = time_steps(segmentation_step(seg), args.steps)
-    grader_seconds = time_steps(grader_step(grader), args.steps)
+    seg_seconds = time_steps(_segmentation_step(segmentation), args.steps, max_seconds=float("inf"),
+                             min_steps=args.steps).seconds_per_step
+    grader_seconds = time_steps(grader_step(grader), args.steps, max_seconds=float("inf"),
+                                min_steps=args.steps).seconds_per_step
     report = {
         "threads": args.threads,
         "segmentation": {"patch_size": seg["patch_size"], "batch_size": seg["batch_size"],
@@ -211,7 +164,7 @@ def main(argv=None) -> int:
                        views, args.threads, targets.cpu_gflops_per_thread, targets.cpu_gelements_per_thread), 2)},
     }
     if args.memory:
-        measured = measure_peak_memory_gb({"seg": seg, "grader": grader})
+        measured = measure_peak_memory_gb({"seg": segmentation, "grader": grader})
         for name, key, cost, batch in (("segmentation", "seg", seg_cost, seg["batch_size"]),
                                        ("grader", "grader", grader_cost, views)):
             report[name]["measured_peak_memory_gb"] = round(measured[key], 3)
@@ -220,17 +173,18 @@ def main(argv=None) -> int:
     return 0
 
 
-def _configurations_from_plans(path) -> tuple[dict, dict]:
+def segmentation_from_plans(path) -> tuple[dict, dict]:
+    """(segmentation as typical_segmentation returns it, grader section) of a vfscreenPlans.json, with the
+    nnUNetPlans.json and dataset.json beside it."""
     from pathlib import Path
-
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     plans = json.loads(Path(path).read_text())
     section = plans["configurations"]["3d"]
-    nnunet_plans = Path(path).with_name(section["segmentation"]["nnunet_plans_identifier"] + ".json")
-    configuration = PlansManager(str(nnunet_plans)).get_configuration(
-        section["segmentation"]["nnunet_configuration"]).configuration
-    return configuration, section["grader"]
+    folder = Path(path).parent
+    nnunet_plans = json.loads((folder / (section["segmentation"]["nnunet_plans_identifier"] + ".json")).read_text())
+    dataset_json = json.loads((folder / "dataset.json").read_text())
+    return ({"nnunet_plans": nnunet_plans, "configuration": section["segmentation"]["nnunet_configuration"],
+             "dataset_json": dataset_json}, section["grader"])
 
 
 if __name__ == "__main__":

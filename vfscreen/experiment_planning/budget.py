@@ -29,7 +29,9 @@ the real rates of a plan; a preset can override the constants (``budget.cpu_gflo
 ``budget.cpu_gelements_per_thread``).
 
 On a GPU the memory model binds (the plan must fit ``memory_gb``), on a CPU the speed model binds (the plan must train
-at the target rate: >= 1 segmentation iteration/s, >= 4 grader samples/s with headroom for data loading).
+at the target rate: >= 1 segmentation iteration/s, >= 4 grader samples/s with headroom for data loading). The speed
+model chooses the networks; the number of epochs is then sized from a measured training step of the chosen networks
+on the planning machine (.calibration, .schedule) unless planning is told not to measure (then from this model).
 """
 from __future__ import annotations
 
@@ -196,6 +198,14 @@ def residual_encoder_cost(patch_size, features_per_stage, strides, n_blocks_per_
                 cost.conv(c_in, features, 1, voxels)  # skip projection (after average pooling)
             c_in = features
     return cost
+
+
+def grader_cost(grader: dict) -> NetworkCost:
+    """The cost of the network of a plan's ``grader`` section at its crop size, one sample."""
+    network = grader["network"]
+    return residual_encoder_cost(grader["crop"]["patch_size"], network["features_per_stage"], network["strides"],
+                                 network["n_blocks_per_stage"], block=network["block"],
+                                 bottleneck_channels=network.get("bottleneck_channels"))
 
 
 def total_stride(strides) -> int:

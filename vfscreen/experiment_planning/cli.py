@@ -21,11 +21,13 @@ from pathlib import Path
 from vfscreen.core.cli import CommandParser, RawDescriptionHelpFormatter
 from vfscreen import paths
 from vfscreen.core.devices import usable_cpu_count
-from vfscreen.core.plans import (CONFIGURATION, fingerprint_file, load_plans, plans_file, preprocessed_folder,
-                                 save_plans, validate_plans)
+from vfscreen.core.plans import (CONFIGURATION, fingerprint_file, load_plans, planned_speed, plans_file,
+                                 preprocessed_folder, read_json, save_plans, validate_plans)
 from vfscreen.errors import ConfigError, InputError, cli_entry
 from vfscreen.experiment_planning import budget as B
+from vfscreen.experiment_planning import calibration
 from vfscreen.experiment_planning import planner as P
+from vfscreen.experiment_planning import schedule as S
 from vfscreen.experiment_planning.fingerprint import compute_fingerprint, ensure_dataset_name, run_nnunet_extractor
 from vfscreen.experiment_planning.presets import load_preset
 from vfscreen.experiment_planning.splits import SPLITS_FILE_NAME, splits_from_fingerprint, write_splits
@@ -116,16 +118,30 @@ def write_nnunet_plans(dataset_name: str, nnunet_plans: dict) -> Path:
 
 
 def plan_dataset(dataset_name: str, device: B.DeviceBudget, preset: dict | None, num_processes: int,
-                 verify_integrity: bool, seed: int = P.DEFAULT_SEED) -> dict:
-    """Fingerprint and plan; write fingerprint, nnU-Net plans, vfscreen plans and splits. Returns the plans."""
+                 verify_integrity: bool, seed: int = P.DEFAULT_SEED, measure_speed: bool = True) -> dict:
+    """Fingerprint and plan; write fingerprint, nnU-Net plans, vfscreen plans and splits. Returns the plans.
+
+    ``measure_speed`` (CPU plans): time a few training steps of both planned networks on this machine and size
+    their epochs from the measured seconds per step instead of the speed model (see calibration, schedule)."""
     targets = B.PlanningTargets.from_preset((preset or {}).get("budget"))
     fingerprint = compute_fingerprint(dataset_name, num_processes, with_nnunet_fingerprint=False,
                                       verify_dataset_integrity=verify_integrity)
     P.plan_grader(fingerprint, device, targets, P.DEFAULT_NUM_FOLDS)  # fails early on a budget too small
     fingerprint["nnunet_fingerprint"] = run_nnunet_extractor(dataset_name, num_processes)
     nnunet_plans, seg_configuration = run_nnunet_planner(dataset_name, device, targets)
+    measure = measure_speed and device.type == "cpu"
+    if measure and seg_configuration == P.VFSCREEN_SEG_CONFIGURATION:
+        dataset_json = read_json(paths.nnUNet_raw / dataset_name / "dataset.json", "dataset.json")
+        timing = calibration.measure_segmentation_step(nnunet_plans, seg_configuration, dataset_json,
+                                                       device.num_threads)
+        P.apply_segmentation_speed(nnunet_plans["configurations"][seg_configuration], timing, targets)
     plans = P.assemble_plans(dataset_name, fingerprint, nnunet_plans, seg_configuration, device, targets, preset,
                              seed=seed)
+    if measure:
+        grader = plans["configurations"][CONFIGURATION]["grader"]
+        timing = calibration.measure_grader_step(grader, device.num_threads)
+        fixed = (preset or {}).get("configurations", {}).get(CONFIGURATION, {}).get("grader", {})
+        S.apply_grader_speed(grader, fingerprint, device, targets, plans["num_folds"], timing, fixed)
     validate_plans(plans, dataset_name, source=f"plans for {dataset_name}")
     splits = splits_from_fingerprint(fingerprint, plans["num_folds"], plans["seed"])
     folder = preprocessed_folder(dataset_name)
@@ -221,6 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite_plans", "--overwrite-plans", action="store_true",
                         help="re-plan even if vfscreenPlans.json exists (default: reuse it, e.g. after hand edits)")
     parser.add_argument("--seed", type=int, default=P.DEFAULT_SEED, help="seed of the splits")
+    parser.add_argument("--no_measure_speed", "--no-measure-speed", dest="measure_speed", action="store_false",
+                        default=os.environ.get("VFSCREEN_MEASURE_SPEED", "1") != "0",
+                        help="CPU plans: size the training epochs from the speed model only (deterministic plans, "
+                             "tests; also VFSCREEN_MEASURE_SPEED=0). Default: time a few seconds of real training "
+                             "steps of both planned networks on this machine and size the epochs from them")
     return parser
 
 
@@ -243,7 +264,7 @@ def run(argv: list[str] | None = None) -> int:
             print(f"{dataset_name}: planning for {device.type} ({device.memory_gb} GB, {device.num_threads} threads)"
                   + (f", preset {preset['name']}" if preset else ""))
             plans = plan_dataset(dataset_name, device, preset, args.num_processes, args.verify_dataset_integrity,
-                                 seed=args.seed)
+                                 seed=args.seed, measure_speed=args.measure_speed)
         _print_summary(dataset_name, plans)
         if args.no_preprocess:
             continue
@@ -267,6 +288,17 @@ def _print_summary(dataset_name: str, plans: dict) -> None:
           f"{grader['crop']['patch_size']} ({grader['crop']['mode']}, {grader['crop']['spacing_mm']} mm), "
           f"{grader['sampler']['samples_per_class']} per grade x {grader['sampler']['views']} views, "
           f"{grader['num_epochs']} epochs, ~{grader['estimated_memory_gb']:.2f} GB")
+    for stage in ("segmentation", "grader"):
+        speed = planned_speed(plans, stage)
+        if speed.modelled_seconds_per_step is None:
+            continue
+        measured = ("" if speed.measured_seconds_per_step is None else
+                    f"measured {speed.measured_seconds_per_step:.3f} s (x{speed.measured_over_modelled:.2f} the "
+                    f"model, median of {speed.measured_steps} steps at {speed.measured_threads} threads), ")
+        sized = "measured" if speed.source == "measured" else "modelled"
+        print(f"{dataset_name}: {stage} epochs sized from the {sized} speed: {measured}modelled "
+              f"{speed.modelled_seconds_per_step:.3f} s per training step; planned ~{speed.planned_minutes:.1f} min"
+              + (f" ({speed.note})" if speed.note else ""))
 
 
 @cli_entry

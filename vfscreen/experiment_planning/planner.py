@@ -9,12 +9,13 @@ plans and trained by ``vfscreenSegTrainer``:
     ``max_seg_spacing_mm``) and base width (16, then 8 features) the patch is shrunk like nnU-Net does (the axis with
     the largest patch / median-image ratio first, topology from nnunetv2's ``get_pool_and_conv_props``) until one
     training step fits the time budget; the first combination whose patch covers >= 1/4 of the median image wins.
-  Iterations per epoch and epochs follow from the time budget (``seg_minutes``).
+  Iterations per epoch and epochs follow from the time budget (``seg_minutes``): from the speed model here, from a
+  measured training step when planning measured one (``apply_segmentation_speed``; .calibration, .schedule).
 Grader: crop spacing = the median finest voxel spacing; margin = 10% of the 95th-percentile vertebra extent (2-10 mm);
 patch = (p95 extent + 2 margins) / spacing rounded up to the backbone's total stride, then the largest backbone of
 the device's tier (SE-ResNet50-like on >= 24 GB GPUs, narrower below, small on CPU) and the largest patch <= that
-which fit the memory (GPU) or speed (CPU) budget are chosen. Epochs follow from the time budget on CPU; 1000 (the
-paper) on a GPU.
+which fit the memory (GPU) or speed (CPU) budget are chosen. Epochs follow from the time budget on CPU (speed model,
+or a measured step: .schedule.apply_grader_speed); 1000 (the paper) on a GPU.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import numpy as np
 from vfscreen import __version__, labels, paths
 from vfscreen.errors import ConfigError
 from vfscreen.experiment_planning import budget as B
+from vfscreen.experiment_planning import schedule as S
 from vfscreen.core.nnunet_models import VFSCREEN_SEG_TRAINER
 from vfscreen.core.plans import CONFIGURATION, PLANS_NAME, SCHEMA_VERSION
 from vfscreen.experiment_planning.presets import deep_merge
@@ -117,7 +119,11 @@ def plan_grader(fingerprint: dict, device: B.DeviceBudget, targets: B.PlanningTa
     name, edge, cost, memory_gb = choice
     network = GRADER_NETWORKS[name]
     spacing_mm = round(max(base_spacing, field_mm / edge), 3)
-    num_epochs = _grader_epochs(fingerprint, device, targets, cost, samples_per_class, views, num_folds)
+    num_epochs = (S.epochs_for_steps(fingerprint, samples_per_class, num_folds, targets) if targets.grader_steps
+                  else PAPER_EPOCHS if device.type != "cpu"
+                  else S.grader_epochs_for_budget(fingerprint, samples_per_class, views, cost.training_seconds(
+                      batch_views, device.num_threads, targets.cpu_gflops_per_thread,
+                      targets.cpu_gelements_per_thread), num_folds, targets))
     return {
         "crop": {"mode": "fit", "spacing_mm": spacing_mm, "patch_size": [edge] * 3, "margin_mm": margin_mm,
                  "windows": [{"name": "bone", "width": 1500, "level": 400},
@@ -134,7 +140,7 @@ def plan_grader(fingerprint: dict, device: B.DeviceBudget, targets: B.PlanningTa
                       "lr_decay_factor": 0.1},
         "prior_correction": "none",
         "num_epochs": num_epochs,
-        "validate_every": max(1, num_epochs // 50),
+        "validate_every": S.grader_validate_every(num_epochs),
         "num_workers": 1 if device.type == "cpu" else 6,
         "augmentation": grader_augmentation(edge),
         "estimated_memory_gb": round(memory_gb, 3),
@@ -160,34 +166,6 @@ def _samples_per_class(fingerprint: dict, num_folds: int) -> int:
                           "the grader needs every Genant grade 0-3 (add graded cases)")
     per_training_fold = math.floor(smallest * (num_folds - 1) / num_folds)
     return int(max(1, min(PAPER_SAMPLES_PER_CLASS, per_training_fold)))
-
-
-def _grader_epochs(fingerprint, device, targets, cost, samples_per_class, views, num_folds) -> int:
-    """Passes over the rarest grade: the budget's grader_steps / batches per pass when set (the same number of SGD
-    steps whatever the dataset's size), else the paper's 1,000 on a GPU, else what fits grader_minutes on the CPU."""
-    if targets.grader_steps:
-        return _epochs_for_steps(fingerprint, samples_per_class, num_folds, targets)
-    if device.type != "cpu":
-        return PAPER_EPOCHS
-    batches = _batches_per_pass(fingerprint, samples_per_class, num_folds)
-    batch_views = B.grader_views_per_batch(samples_per_class, views)
-    step = cost.training_seconds(batch_views, device.num_threads, targets.cpu_gflops_per_thread,
-                                 targets.cpu_gelements_per_thread)
-    validation_crops = sum(fingerprint["grade_histogram_vertebrae"].values()) / num_folds
-    validation = step / batch_views / 3 * validation_crops  # forward only
-    epochs = targets.grader_minutes * 60 / (batches * step + validation)
-    return int(np.clip(round(epochs), targets.min_grader_epochs, targets.max_grader_epochs))
-
-
-def _batches_per_pass(fingerprint: dict, samples_per_class: int, num_folds: int) -> int:
-    """Balanced batches in one pass over the rarest grade of a training fold (the sampler's epoch)."""
-    smallest = min(fingerprint["grade_histogram_vertebrae"].values()) * (num_folds - 1) / num_folds
-    return max(1, math.floor(smallest / samples_per_class))
-
-
-def _epochs_for_steps(fingerprint: dict, samples_per_class: int, num_folds: int, targets: B.PlanningTargets) -> int:
-    batches = _batches_per_pass(fingerprint, samples_per_class, num_folds)
-    return int(np.clip(round(targets.grader_steps / batches), targets.min_grader_epochs, targets.max_grader_epochs))
 
 
 # --------------------------------------------------------------------------------------------------- segmentation
@@ -248,11 +226,7 @@ def _nnunet_configuration(found: dict, fullres: dict, device, targets) -> dict:
                  "n_conv_per_stage_decoder": [2] * (n_stages - 1)})
     iterations = int(targets.seg_iterations_per_epoch)
     val_iterations = int(targets.seg_val_iterations_per_epoch)
-    # compute x 2 for data loading, loss and logging on the same cores; 0.2 s at least
-    seconds_per_iteration = max(found["seconds"] * 2, 0.2)
-    epoch_seconds = iterations * seconds_per_iteration + val_iterations * seconds_per_iteration / 3
-    num_epochs = int(np.clip(round(targets.seg_minutes * 60 / epoch_seconds), targets.min_seg_epochs,
-                             targets.max_seg_epochs))
+    num_epochs, loop_seconds, minutes = S.segmentation_epochs(found["seconds"], targets)
     return {
         "inherits_from": "3d_fullres",
         "data_identifier": f"{NNUNET_PLANS_IDENTIFIER}_{VFSCREEN_SEG_CONFIGURATION}",
@@ -263,8 +237,21 @@ def _nnunet_configuration(found: dict, fullres: dict, device, targets) -> dict:
                      "num_epochs": num_epochs, "label_grouping": label_grouping_for(num_epochs * iterations),
                      "estimated_memory_gb": round(found["memory_gb"], 3),
                      "estimated_seconds_per_iteration": round(found["seconds"], 3),
+                     "speed": S.speed_entry("model", found["seconds"], None, loop_seconds, minutes),
                      "device": device.as_plan_entry()},
     }
+
+
+def apply_segmentation_speed(configuration: dict, measured, targets: B.PlanningTargets) -> dict:
+    """Re-size a CPU ``3d_vfscreen`` configuration's epochs (and label grouping) from a measured training step
+    (calibration.StepTiming) and record measured vs modelled speed in its ``vfscreen`` entry. Returns it."""
+    extra = configuration["vfscreen"]
+    modelled = float(extra.get("speed", {}).get("modelled_seconds_per_step", extra["estimated_seconds_per_iteration"]))
+    num_epochs, loop_seconds, minutes = S.segmentation_epochs(measured.seconds_per_step, targets, measured=True)
+    extra.update({"num_epochs": num_epochs,
+                  "label_grouping": label_grouping_for(num_epochs * int(extra["iterations_per_epoch"])),
+                  "speed": S.speed_entry("measured", modelled, measured, loop_seconds, minutes)})
+    return configuration
 
 
 def plan_segmentation_small_gpu(planner, fullres: dict, device: B.DeviceBudget, targets: B.PlanningTargets) -> dict:
@@ -315,6 +302,7 @@ def segmentation_section(nnunet_plans: dict, configuration_name: str, device: B.
             "val_iterations_per_epoch": int(extra.get("val_iterations_per_epoch", 50)),
             "num_epochs": int(extra.get("num_epochs", 1000)), "estimated_memory_gb": float(memory),
             "label_grouping": extra.get("label_grouping", "vertebrae"),
+            **({"speed": extra["speed"]} if "speed" in extra else {}),
             # nnU-Net's test-time mirroring runs the network once per mirrored copy of every patch, which a CPU
             # cannot afford (README Results has the timing), so CPU plans predict without it
             "test_time_mirroring": device.type != "cpu",
@@ -351,6 +339,8 @@ def assemble_plans(dataset_name: str, fingerprint: dict, nnunet_plans: dict, seg
         _refresh_after_preset(plans["configurations"][CONFIGURATION]["grader"],
                               preset["configurations"].get(CONFIGURATION, {}).get("grader", {}),
                               fingerprint, device, targets, num_folds)
+    S.apply_grader_speed(plans["configurations"][CONFIGURATION]["grader"], fingerprint, device, targets, num_folds,
+                       fixed=(preset or {}).get("configurations", {}).get(CONFIGURATION, {}).get("grader", {}))
     return plans
 
 
@@ -365,19 +355,12 @@ def _refresh_after_preset(grader: dict, fixed: dict, fingerprint: dict, device: 
         grader["augmentation"].update({key: scaled[key] for key in ("mask_box_size", "shift_voxels")
                                        if key not in own})
     if targets.grader_steps and "num_epochs" not in fixed:
-        grader["num_epochs"] = _epochs_for_steps(fingerprint, grader["sampler"]["samples_per_class"], num_folds,
+        grader["num_epochs"] = S.epochs_for_steps(fingerprint, grader["sampler"]["samples_per_class"], num_folds,
                                                  targets)
         if "validate_every" not in fixed:
-            grader["validate_every"] = max(1, grader["num_epochs"] // 50)
+            grader["validate_every"] = S.grader_validate_every(grader["num_epochs"])
     views = B.grader_views_per_batch(grader["sampler"]["samples_per_class"], grader["sampler"]["views"])
-    grader["estimated_memory_gb"] = round(grader_cost(grader).training_memory_gb(views, device.bytes_per_activation), 3)
-
-
-def grader_cost(grader: dict) -> B.NetworkCost:
-    network = grader["network"]
-    return B.residual_encoder_cost(grader["crop"]["patch_size"], network["features_per_stage"], network["strides"],
-                                   network["n_blocks_per_stage"], block=network["block"],
-                                   bottleneck_channels=network.get("bottleneck_channels"))
+    grader["estimated_memory_gb"] = round(B.grader_cost(grader).training_memory_gb(views, device.bytes_per_activation), 3)
 
 
 def _round_up(value: float, multiple: int) -> int:
