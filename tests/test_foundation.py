@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -151,6 +152,13 @@ def test_intensity_checks():
         image_io.check_ct_intensities(np.linspace(0, 1000, 1000))
     ct_like = np.concatenate([np.full(500, -1000.0), np.linspace(-100, 1200, 500)])
     image_io.check_ct_intensities(ct_like)  # no warning, no error
+    # a spine in a large field of view: bone in 0.2 % of the voxels is still CT, a scan without any bone is not
+    whole_body = np.concatenate([np.full(5000, -1000.0), np.full(4980, 40.0), np.full(20, 700.0)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        image_io.check_ct_intensities(whole_body)
+    with pytest.warns(UserWarning, match="MR"):
+        image_io.check_ct_intensities(np.concatenate([np.full(5000, -1000.0), np.full(5000, 40.0)]))
 
 
 def test_geometry_and_case_ids():

@@ -91,7 +91,9 @@ def check_ct_intensities(array: np.ndarray, source="image") -> None:
     low, high = np.percentile(array, [0.5, 99.5]) if array.size else (0, 0)
     if array.size == 0 or array.min() == array.max():
         raise InputError(f"{source}: all voxels have the same value; this is not a CT scan")
-    if low > -500 or high < 200 or high > 5000:
+    # bone may fill far less than 0.5 % of a large field of view (a spine in a whole-body scan): "no bone" is
+    # judged on the brightest voxel, the other bounds on the robust range
+    if low > -500 or array.max() < 200 or high > 5000:
         warnings.warn(f"{source}: intensity range [{low:.0f}, {high:.0f}] does not look like CT Hounsfield units "
                       "(is this MR?); vfscreen's models expect CT HU", stacklevel=2)
 
