@@ -205,7 +205,13 @@ def test_split_parts_cover_the_component_exactly():
     probability[10] = probability[20] = 0.65  # three cores separated by two discs
     parts = split_touching(mask, probability, (1.0, 1.0, 1.0), min_seed_voxels=100)
     assert len(parts) == 3
-    assert np.array_equal(np.sum(parts, axis=0), mask.astype(int))  # disjoint and covering
+    covered = np.zeros(mask.shape, int)
+    for box, piece in parts:
+        assert piece.shape == tuple(s.stop - s.start for s in box) and piece.all(axis=(1, 2)).any()
+        covered[box] += piece
+    assert np.array_equal(covered, mask.astype(int))  # disjoint and covering
+    heights = [box[0].stop - box[0].start for box, _ in parts]
+    assert sum(heights) == 28 and max(heights) <= 11  # each part in its own box, not the component's 28 slices
 
 
 def test_hundreds_of_noise_fragments_are_capped_with_a_warning():

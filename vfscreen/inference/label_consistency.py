@@ -195,33 +195,44 @@ def _class_evidence(channel_means: np.ndarray | None, class_id: int, grouping: s
 
 
 def split_touching(mask: np.ndarray, foreground_probability: np.ndarray, spacing_zyx, min_seed_voxels: int,
-                   levels=SPLIT_LEVELS) -> list[np.ndarray]:
+                   levels=SPLIT_LEVELS) -> list[tuple[tuple[slice, ...], np.ndarray]]:
     """Split one connected component into the vertebrae it holds (neighbours touching across a disc).
 
     mask: (z, y, x) bool; foreground_probability: same shape. At the lowest level of ``levels`` where the voxels with
     P(vertebra) > level form two or more cores of at least ``min_seed_voxels`` each, every voxel of the mask goes to
-    its nearest core (Euclidean, in mm) and each part is split again the same way; otherwise the mask is one
-    vertebra. The network is least sure between vertebrae, so the cores are the vertebrae and the valleys the discs.
-    Returns the parts (bool masks of ``mask``'s shape, covering it exactly).
+    its nearest core (Euclidean, in mm) and each part is split again the same way, inside its own bounding box;
+    otherwise the mask is one vertebra. The network is least sure between vertebrae, so the cores are the vertebrae
+    and the valleys the discs. Returns the parts as (box within ``mask``, bool mask of that box); together they
+    cover ``mask`` exactly. Work and memory follow each part's box, not the first component's.
     """
     structure = np.ones((3, 3, 3), dtype=bool)
+    whole = tuple(slice(0, n) for n in mask.shape)
     for level in levels:
         cores, count = ndimage.label(mask & (foreground_probability > level), structure=structure)
         if count < 2:
             continue
         sizes = np.bincount(cores.ravel(), minlength=count + 1)
-        big = [core for core in range(1, count + 1) if sizes[core] >= min_seed_voxels]
+        big = np.nonzero(sizes[1:] >= min_seed_voxels)[0] + 1
         if len(big) < 2:
             continue
-        seeds = np.zeros(mask.shape, np.int32)
-        for number, core in enumerate(big, start=1):
-            seeds[cores == core] = number
-        _, nearest_index = ndimage.distance_transform_edt(seeds == 0, sampling=spacing_zyx, return_indices=True)
-        nearest = seeds[tuple(nearest_index)]
-        parts = [mask & (nearest == number) for number in range(1, len(big) + 1)]
-        return [piece for part in parts
-                for piece in split_touching(part, foreground_probability, spacing_zyx, min_seed_voxels, levels)]
-    return [mask]
+        seed_of_core = np.zeros(count + 1, np.int32)
+        seed_of_core[big] = np.arange(1, len(big) + 1, dtype=np.int32)
+        seeds = seed_of_core[cores]
+        del cores
+        nearest_index = ndimage.distance_transform_edt(seeds == 0, sampling=spacing_zyx, return_distances=False,
+                                                       return_indices=True)
+        nearest = np.where(mask, seeds[tuple(nearest_index)], 0)
+        del nearest_index, seeds
+        parts = []
+        for number, box in enumerate(ndimage.find_objects(nearest), start=1):
+            if box is None:
+                continue
+            part = nearest[box] == number
+            for inner, piece in split_touching(part, foreground_probability[box], spacing_zyx, min_seed_voxels,
+                                               levels):
+                parts.append((tuple(slice(b.start + i.start, b.start + i.stop) for b, i in zip(box, inner)), piece))
+        return parts
+    return [(whole, mask)]
 
 
 def find_components(class_map: np.ndarray, reference: sitk.Image, probabilities: np.ndarray | None = None,
@@ -260,12 +271,15 @@ def find_components(class_map: np.ndarray, reference: sitk.Image, probabilities:
                 continue
             local = tuple(slice(outer.start + inner.start, outer.start + inner.stop)
                           for outer, inner in zip(bbox, piece_bbox))
-            parts = [pieces[piece_bbox] == piece]
+            piece_mask = pieces[piece_bbox] == piece
+            parts = [(tuple(slice(0, n) for n in piece_mask.shape), piece_mask)]
             if grouping != "vertebrae" and probabilities is not None and min_core_mm3 is not None:
                 vertebra_probability = probabilities[(0,) + local].astype(np.float32)  # the 'vertebra' region
-                parts = split_touching(parts[0], vertebra_probability, spacing_zyx,
+                parts = split_touching(piece_mask, vertebra_probability, spacing_zyx,
                                        max(1, int(round(min_core_mm3 / voxel_mm3))))
-            candidates.extend((class_id, local, part) for part in parts)
+            candidates.extend((class_id, tuple(slice(outer.start + inner.start, outer.start + inner.stop)
+                                               for outer, inner in zip(local, part_box)), part)
+                              for part_box, part in parts)
     if not candidates:
         return np.zeros(class_map.shape, np.int32), []
     volumes = np.array([mask.sum() * voxel_mm3 for _, _, mask in candidates])
