@@ -8,9 +8,10 @@ from :mod:`.calibration`. A step's compute is not the whole loop:
     worker (``SEG_MEASURED_LOOP_FACTOR``, from nnU-Net's epoch times on the demo plan next to a measured step of
     the same network, notes of issue 16). The speed model's figure is doubled (``SEG_MODEL_LOOP_FACTOR``, the
     planner's factor since session 1). At least ``MIN_SEG_SECONDS_PER_ITERATION`` either way;
-  * grader: its augmentation worker likewise (``GRADER_MEASURED_LOOP_FACTOR`` on a measured step; the speed model's
-    figure is used as it is, as the planner did before it measured); every ``validate_every`` epochs a forward pass
-    over the fold's validation crops.
+  * grader: its augmentation worker likewise (``GRADER_MEASURED_LOOP_FACTOR`` on a measured step, from the grader
+    log's epoch times next to a measured step of the same network, notes of issue 16; the speed model's figure is
+    used as it is, as the planner did before it measured); every ``validate_every`` epochs a forward pass over the
+    fold's validation crops.
 The speed record (``speed_entry``) goes into the plans: which figure sized the schedule, the modelled and the measured
 seconds per step, the loop's seconds per step the schedule assumed and the minutes it plans.
 """
@@ -23,9 +24,9 @@ import numpy as np
 from vfscreen.experiment_planning import budget as B
 
 SEG_MODEL_LOOP_FACTOR = 2.0
-SEG_MEASURED_LOOP_FACTOR = 1.8
+SEG_MEASURED_LOOP_FACTOR = 1.5
 MIN_SEG_SECONDS_PER_ITERATION = 0.2
-GRADER_MEASURED_LOOP_FACTOR = 1.25
+GRADER_MEASURED_LOOP_FACTOR = 1.05
 FORWARD_SHARE = 1 / 3  # a forward pass costs about a third of forward + backward
 
 
