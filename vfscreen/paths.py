@@ -15,6 +15,8 @@ import os
 import sys
 from pathlib import Path
 
+from vfscreen.utils.cpus import usable_cpu_count
+
 FOLDERS = {"nnUNet_raw": "raw", "nnUNet_preprocessed": "preprocessed", "nnUNet_results": "results"}
 
 
@@ -28,6 +30,10 @@ def folder(variable: str) -> Path:
     return Path(value) if value else home() / FOLDERS[variable]
 
 
+NNUNET_PROCESSES_VARIABLE = "nnUNet_def_n_proc"  # read by nnunetv2.configuration at import
+NNUNET_DEFAULT_PROCESSES = 8  # nnunetv2.configuration's default_num_processes
+
+
 def export_for_nnunet() -> list[str]:
     """Set the unset nnU-Net folder variables to vfscreen's defaults (before nnunetv2 is imported); returns their
     names. Raises RuntimeError when nnunetv2 was imported already without them (it would use no folders at all)."""
@@ -37,6 +43,10 @@ def export_for_nnunet() -> list[str]:
                            "set nnU-Net's variables")
     for variable in unset:
         os.environ[variable] = str(folder(variable))
+    if not os.environ.get(NNUNET_PROCESSES_VARIABLE):
+        # nnU-Net's own default is 8 worker processes (validation export, preprocessing); on fewer cores they only
+        # compete (each spawned worker imports torch), so vfscreen caps the default at the usable cores
+        os.environ[NNUNET_PROCESSES_VARIABLE] = str(min(NNUNET_DEFAULT_PROCESSES, usable_cpu_count()))
     return unset
 
 

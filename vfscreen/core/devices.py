@@ -6,16 +6,11 @@ import os
 import torch
 
 from vfscreen.errors import ConfigError
+from vfscreen.utils.cpus import usable_cpu_count
+
+__all__ = ["DEVICE_TYPES", "resolve_device", "usable_cpu_count"]
 
 DEVICE_TYPES = ("cpu", "cuda", "mps")
-
-
-def usable_cpu_count() -> int:
-    """The CPU cores this process may run on (its affinity on Linux; all cores where the OS has no affinity call,
-    e.g. macOS and Windows)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
 
 
 def resolve_device(name, local_rank: int = 0) -> torch.device:
