@@ -7,29 +7,14 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
+from analytic_bodies import (ANTERIOR, CENTRE, DEPTH, LATERAL, SPINE_AXIS, WALLS, WIDTH, biconcave_height,
+                             box_height, wedge_height)
 from vfscreen.inference import endplates
 from vfscreen.inference.morphometry import measure_vertebrae
 
-DEPTH, WIDTH, SHELL = 30.0, 40.0, 1.5  # body depth, width, cortical shell thickness (mm)
-SPINE_AXIS = np.array([0.0, -0.34, -0.94]) / np.linalg.norm([0.0, -0.34, -0.94])  # head -> feet, tilted forward
-ANTERIOR = np.array([0.0, -1.0, 0.0]) - (np.array([0.0, -1.0, 0.0]) @ SPINE_AXIS) * SPINE_AXIS
-ANTERIOR /= np.linalg.norm(ANTERIOR)
-LATERAL = np.cross(SPINE_AXIS, ANTERIOR)
-CENTRE = np.array([10.0, -20.0, 300.0])
-WALLS = {"anterior": DEPTH / 2, "middle": 0.0, "posterior": -DEPTH / 2}
+SHELL = 1.5  # cortical shell thickness (mm)
 CORTEX_HU, CANCELLOUS_HU, DISC_HU, AIR_HU = 800.0, 200.0, 80.0, -1000.0
-
-
-def box(a, l):
-    return np.full(np.shape(a), 25.0)
-
-
-def wedge(a, l):  # anterior wall 15 mm, posterior wall 25 mm
-    return 25.0 + (15.0 - 25.0) * (np.asarray(a) + DEPTH / 2) / DEPTH
-
-
-def biconcave(a, l):  # both endplates dip 5 mm at the centre (parabolic bowls)
-    return 26.0 - 2 * 5.0 * (1 - (np.asarray(a) ** 2 + np.asarray(l) ** 2) / 25.0 ** 2)
+box, wedge, biconcave = box_height, wedge_height, biconcave_height
 
 
 def crush(a, l):  # all three heights down together
