@@ -326,3 +326,8 @@ def _get(data: dict, dotted: str):
     for key in dotted.split("."):
         data = data[key]
     return data
+
+
+def crop_num_channels(crop_plan: dict) -> int:
+    """Channels of a grader crop: one per CT window, plus the mask channel unless mask_channel is "none"."""
+    return len(crop_plan["windows"]) + (crop_plan.get("mask_channel", "label_modulated") != "none")

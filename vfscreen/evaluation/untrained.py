@@ -36,8 +36,8 @@ from vfscreen.core.grader_checkpoint import PLANS_COPY, checkpoint_path, save_ch
 from vfscreen.core.grader_network import build_grader
 from vfscreen.core.model_folders import GRADER_TRAINER_NAMES
 from vfscreen.core.nnunet_models import build_segmentation_network, dataset_json_for_grouping, label_grouping
-from vfscreen.core.plans import (CONFIGURATION, PLANS_FILE_NAME, PLANS_NAME, configuration_section, grader_section,
-                                 segmentation_settings)
+from vfscreen.core.plans import (CONFIGURATION, PLANS_FILE_NAME, PLANS_NAME, configuration_section, crop_num_channels,
+                                 grader_section, segmentation_settings)
 from vfscreen.errors import ConfigError
 from vfscreen.evaluation.speed import run_speed
 from vfscreen.experiment_planning.budget import grader_cost
@@ -147,7 +147,7 @@ def write_untrained_models(results_folder: Path, planned: dict, folds=DEFAULT_FO
             torch.save(checkpoint, temporary)
 
     grader = grader_section(plans, CONFIGURATION)
-    input_channels = len(grader["crop"]["windows"]) + (grader["crop"].get("mask_channel") != "none")
+    input_channels = crop_num_channels(grader["crop"])
     grader_folder = Path(results_folder) / f"{GRADER_TRAINER_NAMES['supcon']}__{PLANS_NAME}__{CONFIGURATION}"
     for fold in folds:
         torch.manual_seed(seed + 1000 + fold)

@@ -29,6 +29,7 @@ from vfscreen import paths
 from vfscreen.core.grader_network import build_grader
 from vfscreen.core.nnunet_models import (VFSCREEN_SEG_TRAINER, build_segmentation_network, dataset_json_for_grouping,
                                          label_grouping)
+from vfscreen.core.plans import crop_num_channels
 
 paths.export_for_nnunet()  # nnunetv2 reads its folders once, at import
 from nnunetv2.training.loss.compound_losses import DC_and_BCE_loss, DC_and_CE_loss  # noqa: E402
@@ -141,22 +142,16 @@ def measure_segmentation_step(nnunet_plans: dict, configuration_name: str, datas
 
 
 # --------------------------------------------------------------------------------------------------------- grader
-def grader_input_channels(grader_plan: dict) -> int:
-    """CT windows + the mask channel unless the crop plan's mask_channel is 'none'."""
-    crop = grader_plan["crop"]
-    return len(crop["windows"]) + (crop.get("mask_channel") != "none")
-
-
 def grader_step(grader_plan: dict):
     """A closure running one grader step on one balanced batch = samples_per_class x 4 grades x views crops
     (SupCon-like cost of the projections + CE of the head, backward, SGD)."""
     network = build_grader(grader_plan["network"], grader_plan.get("loss", {}).get("name", "supcon"),
-                           grader_input_channels(grader_plan)).to(memory_format=GRADER_MEMORY_FORMAT)
+                           crop_num_channels(grader_plan["crop"])).to(memory_format=GRADER_MEMORY_FORMAT)
     network.train()
     optimizer = torch.optim.SGD(network.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
     sampler = grader_plan["sampler"]
     views = int(sampler["samples_per_class"]) * 4 * int(sampler["views"])
-    crops = torch.randn(views, grader_input_channels(grader_plan), *grader_plan["crop"]["patch_size"]
+    crops = torch.randn(views, crop_num_channels(grader_plan["crop"]), *grader_plan["crop"]["patch_size"]
                         ).contiguous(memory_format=GRADER_MEMORY_FORMAT)  # (V, C, *patch)
     grades = torch.arange(views) % 4
     temperature = float(grader_plan.get("loss", {}).get("temperature", 0.07))

@@ -34,6 +34,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from vfscreen import labels as vertebra_labels
+from vfscreen.core.plans import crop_num_channels as num_channels  # noqa: F401 - part of the crop API
 from vfscreen.errors import ConfigError, InputError
 from vfscreen.utils.image_io import check_same_geometry
 
@@ -98,11 +99,6 @@ def apply_window(hounsfield: np.ndarray, width: float, level: float) -> np.ndarr
 def patch_shape(crop_plan: dict) -> tuple[int, int, int]:
     """The plan's patch_size [x, y, z] as an array shape (D, H, W) = (z, y, x)."""
     return tuple(int(p) for p in reversed(crop_plan["patch_size"]))
-
-
-def num_channels(crop_plan: dict) -> int:
-    """Channels of a crop: one per window, plus the mask channel unless mask_channel is "none"."""
-    return len(crop_plan["windows"]) + (crop_plan.get("mask_channel", "label_modulated") != "none")
 
 
 # --------------------------------------------------------------------------------------------------- the crop

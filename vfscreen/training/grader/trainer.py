@@ -26,7 +26,7 @@ from vfscreen.core.grader_checkpoint import CHECKPOINT_NAMES, PLANS_COPY, checkp
     restore_rng_state, save_checkpoint
 from vfscreen.core.grader_network import LOSS_NAMES, build_grader
 from vfscreen.core.model_folders import grader_model_folder
-from vfscreen.core.plans import grader_loss, grader_section, includes_truncated
+from vfscreen.core.plans import crop_num_channels, grader_loss, grader_section, includes_truncated
 from vfscreen.dataset import dataset_id
 from vfscreen.errors import ConfigError
 from vfscreen.preprocessing.crops import patch_shape
@@ -108,7 +108,7 @@ class GraderTrainer:
         crop_plan = self.plan["crop"]
         self.patch_size = patch_shape(crop_plan)  # array order (D, H, W)
         self.num_image_channels = len(crop_plan["windows"])
-        self.input_channels = self.num_image_channels + (crop_plan.get("mask_channel", "label_modulated") != "none")
+        self.input_channels = crop_num_channels(crop_plan)
         self.num_workers = int(self.plan.get("num_workers", 0) if num_workers is None else num_workers)
         self.use_amp = self.device.type == "cuda"
 
