@@ -41,7 +41,8 @@ from scipy import ndimage
 from scipy.special import logsumexp
 
 from vfscreen.inference.geometry import array_indices_to_world, voxel_volume_mm3
-from vfscreen.inference.landmarks import LandmarkEvidence, find_landmarks, landmark_log_factors, no_landmarks
+from vfscreen.inference.landmarks import (MIN_RIB_MM3, LandmarkEvidence, find_landmarks, landmark_log_factors,
+                                         no_landmarks)
 from vfscreen.labels import (CLASS_TO_VERSE, LANDMARK_CLASSES, NUM_VERTEBRA_CLASSES, SPINE_REGION_GROUP_IDS,
                              VERSE_TO_CLASS, VERTEBRA_GROUP_IDS, region_evidence)
 
@@ -343,10 +344,12 @@ def name_components(components: list[Component], landmarks: LandmarkEvidence, mo
 
 def make_labels_consistent(class_map: np.ndarray, reference: sitk.Image, probabilities: np.ndarray | None = None,
                            model: ChainModel | None = None, grouping: str = "vertebrae", has_landmarks: bool = False,
-                           **fragment_options) -> tuple[np.ndarray, list[Component], LandmarkEvidence]:
+                           ct_ribs=None, **fragment_options) -> tuple[np.ndarray, list[Component], LandmarkEvidence]:
     """Unique, anatomically ordered vertebra labels.
 
     ``has_landmarks``: the network also outputs ribs and sacrum (their components anchor the names).
+    ``ct_ribs``: ``f(component_map, centroids_mm, sacrum_mask) -> (rib mask or None, note)`` that reads the ribs off
+    the CT (vfscreen.inference.ct_ribs.rib_mask_from_ct over the case's image), used where the network shows no rib.
     Returns (verse_map (Z, Y, X) uint8 in **VerSe ids**, 0 = background / dropped; the components with
     ``new_class_id``, ``label_confidence`` and ``level_uncertain`` filled in, head -> feet; the landmark evidence).
     """
@@ -357,11 +360,26 @@ def make_labels_consistent(class_map: np.ndarray, reference: sitk.Image, probabi
         return np.zeros(class_map.shape, np.uint8), [], find_landmarks(component_map, np.zeros((0, 3)), rib_mask,
                                                                         sacrum_mask, reference)
     centroids = np.stack([component.centroid_mm for component in components])
-    landmarks = find_landmarks(component_map, centroids, rib_mask, sacrum_mask, reference) if has_landmarks \
-        else no_landmarks(len(components))
+    rib_mask, rib_note = _ribs(rib_mask, ct_ribs, component_map, centroids, sacrum_mask, reference)
+    landmarks = find_landmarks(component_map, centroids, rib_mask, sacrum_mask, reference) \
+        if rib_mask is not None or sacrum_mask is not None else no_landmarks(len(components))
+    if rib_note:
+        landmarks.notes.insert(0, rib_note)
     name_components(components, landmarks, model)
     component_to_verse = np.zeros(len(components) + 1, dtype=np.uint8)
     for component in components:
         class_id = component.new_class_id
         component_to_verse[component.index] = CLASS_TO_VERSE[class_id] if class_id > 0 else 0
     return component_to_verse[component_map], components, landmarks
+
+
+def _ribs(network_ribs, ct_ribs, component_map, centroids, sacrum_mask, reference):
+    """(rib mask, note): the network's ribs where it shows a rib of plausible size, else the CT's rib-like bone."""
+    if network_ribs is not None and network_ribs.sum() * voxel_volume_mm3(reference) >= MIN_RIB_MM3:
+        return network_ribs, None
+    if ct_ribs is None:
+        return network_ribs, None
+    ct_mask, why_not = ct_ribs(component_map, centroids, sacrum_mask)
+    if ct_mask is None:
+        return network_ribs, f"ribs not read off the CT: {why_not}"
+    return ct_mask, "ribs read off the CT (rib-like bone touching the vertebrae)"

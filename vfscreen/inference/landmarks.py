@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from vfscreen.inference import ct_ribs, spine_region
 from vfscreen.inference.geometry import array_indices_to_world, voxel_volume_mm3
 from vfscreen.inference.spine_labels import label_centroids_mm
 from vfscreen.labels import (LANDMARK_NAMES, NAME_TO_VERSE, NUM_VERTEBRA_CLASSES, VERSE_NAMES, VERSE_TO_CLASS,
@@ -44,7 +45,7 @@ class LandmarkLikelihoods:
     sacrum_on_l4: float = 0.05  # the vertebra on the sacrum is L4 (L5 sacralised and labelled sacrum)
     sacrum_on_other: float = 0.005  # any other class on the sacrum
     l6_not_on_sacrum: float = 0.02  # an L6 that does not sit on a sacrum in view
-    below_sacrum: float = 0.01  # a vertebra component below the sacrum's top (a sacral segment): all classes
+    below_sacrum: float = 0.01  # a vertebra component below the sacrum's centre (a sacral segment): all classes
 
 
 @dataclass
@@ -56,7 +57,7 @@ class LandmarkEvidence:
     ribs_in_view: bool = False  # any rib found (then a vertebra without one is informative)
     sacrum_in_view: bool = False
     sacrum_component: int | None = None  # row of the vertebra that sits on the sacrum
-    below_sacrum: list[int] = field(default_factory=list)  # rows below the sacrum's top
+    below_sacrum: list[int] = field(default_factory=list)  # rows below the sacrum's centre
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -164,7 +165,8 @@ def _rib_evidence(evidence, component_map, centroids_mm, rib_mask, spacing_zyx, 
 
 def _sacrum_evidence(evidence, component_map, centroids_mm, sacrum_mask, spacing_zyx, reference) -> None:
     evidence.sacrum_in_view = True
-    sacrum_top = float(array_indices_to_world(reference, np.argwhere(sacrum_mask).astype(float))[:, 2].max())
+    # a vertebra below the sacrum's centre (not its top: the alae and a tilted promontory reach above L5's centre)
+    sacrum_centre = float(array_indices_to_world(reference, np.argwhere(sacrum_mask).mean(axis=0, keepdims=True))[0, 2])
     margin = np.ceil(SACRUM_CONTACT_MM / spacing_zyx).astype(int) + 1
     box = _box(sacrum_mask, margin)
     distance = ndimage.distance_transform_edt(~sacrum_mask[box], sampling=spacing_zyx)
@@ -172,8 +174,8 @@ def _sacrum_evidence(evidence, component_map, centroids_mm, sacrum_mask, spacing
     closest = np.full(evidence.num_components, np.inf)
     if local.any():
         np.minimum.at(closest, local[local > 0] - 1, distance[local > 0])
-    above = [row for row in range(evidence.num_components) if centroids_mm[row][2] > sacrum_top]
-    evidence.below_sacrum = [row for row in range(evidence.num_components) if centroids_mm[row][2] <= sacrum_top]
+    above = [row for row in range(evidence.num_components) if centroids_mm[row][2] > sacrum_centre]
+    evidence.below_sacrum = [row for row in range(evidence.num_components) if centroids_mm[row][2] <= sacrum_centre]
     touching = [row for row in above if closest[row] <= SACRUM_CONTACT_MM]
     if touching:
         evidence.sacrum_component = max(touching)  # the most caudal vertebra above the sacrum that touches it
@@ -182,7 +184,7 @@ def _sacrum_evidence(evidence, component_map, centroids_mm, sacrum_mask, spacing
     else:
         evidence.notes.append("sacrum in view but no vertebra sits on it (L5 missed?)")
     if evidence.below_sacrum:
-        evidence.notes.append(f"{len(evidence.below_sacrum)} component(s) below the sacrum's top: not lumbar")
+        evidence.notes.append(f"{len(evidence.below_sacrum)} component(s) below the sacrum's centre: not lumbar")
 
 
 def landmark_log_factors(evidence: LandmarkEvidence, likelihoods: LandmarkLikelihoods | None = None) -> np.ndarray:
@@ -210,11 +212,12 @@ def landmark_log_factors(evidence: LandmarkEvidence, likelihoods: LandmarkLikeli
     return factors
 
 
-def naming_of_given_labels(spine, reference) -> dict:
+def naming_of_given_labels(spine, reference, ct=None) -> dict:
     """Landmark evidence of a labelled spine from elsewhere (vfscreen.inference.spine_labels.SpineLabels: a user's
     or TotalSegmentator's mask), and where its names contradict it (its names are never changed): a rib on a
     vertebra not named thoracic, a vertebra named thoracic below the lowest rib-bearing one, a vertebra on the
-    sacrum not named L5/L6. JSON-ready: the summary plus ``contradictions`` and ``anchored``."""
+    sacrum not named L5/L6. ``ct``: the case's CT (SimpleITK, on the mask's grid); where the mask has no ribs, they
+    are read off it (vfscreen.inference.ct_ribs). JSON-ready: the summary plus ``contradictions`` and ``anchored``."""
     centroids = label_centroids_mm(spine.verse_map, reference)
     order = sorted(centroids, key=spine_position)
     to_row = np.zeros(max(order, default=0) + 1, dtype=np.int32)
@@ -228,8 +231,13 @@ def naming_of_given_labels(spine, reference) -> dict:
     sacrum_names = [name for name in ("sacrum", "S1") if name in present]
     sacrum_mask = np.isin(spine.landmarks.label_map, [LANDMARK_NAMES.index(n) + 1 for n in sacrum_names]) \
         if sacrum_names else None
-    evidence = find_landmarks(component_map, np.array([centroids[v] for v in order]).reshape(-1, 3), rib_mask,
-                              sacrum_mask, reference)
+    centroid_rows = np.array([centroids[v] for v in order]).reshape(-1, 3)
+    rib_note = None
+    if rib_mask is None and ct is not None and order:
+        rib_mask, rib_note = _ribs_from_ct(ct, component_map, centroid_rows, sacrum_mask)
+    evidence = find_landmarks(component_map, centroid_rows, rib_mask, sacrum_mask, reference)
+    if rib_note:
+        evidence.notes.insert(0, rib_note)
     names = [VERSE_NAMES[v] for v in order]
     contradictions = [f"{names[row]} carries a rib but is not named thoracic" for row in evidence.rib_bearing
                       if not names[row].startswith("T")]
@@ -240,3 +248,15 @@ def naming_of_given_labels(spine, reference) -> dict:
     if evidence.sacrum_component is not None and names[evidence.sacrum_component] not in ("L5", "L6"):
         contradictions.append(f"{names[evidence.sacrum_component]} sits on the sacrum but is not named L5 or L6")
     return {**evidence.summary(names), "anchored": evidence.any_landmark, "contradictions": contradictions}
+
+
+def _ribs_from_ct(ct, component_map, centroids_mm, sacrum_mask):
+    """(rib mask on component_map's grid or None, note): vfscreen.inference.ct_ribs inside the vertebrae's box."""
+    box = spine_region.foreground_region(component_map)
+    local_sacrum = sacrum_mask[box] if sacrum_mask is not None else None
+    local, why_not = ct_ribs.rib_mask_from_ct(ct, box, component_map[box], centroids_mm, local_sacrum)
+    if local is None:
+        return None, f"ribs not read off the CT: {why_not}"
+    rib_mask = np.zeros(component_map.shape, bool)
+    rib_mask[box] = local
+    return rib_mask, "ribs read off the CT (the mask has none): rib-like bone touching the vertebrae"

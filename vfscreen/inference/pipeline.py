@@ -6,6 +6,8 @@ Grad-CAM. :func:`vfscreen.inference.predict.predict` runs it over the cases of a
 """
 from __future__ import annotations
 
+import functools
+
 import inspect
 import warnings
 
@@ -17,6 +19,7 @@ from vfscreen.core.plans import includes_truncated
 from vfscreen.errors import ConfigError
 from vfscreen.inference import deformity, outputs, resources, spine_region
 from vfscreen.inference.grading import grade_crops
+from vfscreen.inference.ct_ribs import rib_mask_from_ct
 from vfscreen.inference.label_consistency import make_labels_consistent
 from vfscreen.inference.landmarks import naming_of_given_labels
 from vfscreen.inference.morphometry import measure_vertebrae
@@ -97,7 +100,8 @@ def predict_case(image: sitk.Image, case_id: str, models: Models, saliency: bool
             verse_region, components, naming = make_labels_consistent(
                 segmentation.class_map, spine_region.region_image(image, box), probabilities,
                 grouping=getattr(models.segmenter, "label_grouping", "vertebrae"),
-                has_landmarks=getattr(models.segmenter, "has_landmarks", False))
+                has_landmarks=getattr(models.segmenter, "has_landmarks", False),
+                ct_ribs=functools.partial(rib_mask_from_ct, image, box))
             del segmentation
             verse_map = spine_region.paste(verse_region, box, shape)
             kept = {CLASS_TO_VERSE[c.new_class_id]: c for c in components if c.new_class_id > 0}
@@ -108,7 +112,7 @@ def predict_case(image: sitk.Image, case_id: str, models: Models, saliency: bool
         else:
             verse_map, segmentation_info, landmarks = spine.verse_map, spine.segmentation, spine.landmarks
             box = spine_region.foreground_region(verse_map)
-            kept, naming_json = {}, naming_of_given_labels(spine, image)
+            kept, naming_json = {}, naming_of_given_labels(spine, image, ct=image)
             case_warnings += [f"the mask's names contradict its landmarks: {text}"
                               for text in naming_json["contradictions"]]
             case_warnings += spine.warnings

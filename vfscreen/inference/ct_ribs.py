@@ -1,0 +1,110 @@
+"""Ribs read off the CT itself, for naming when no network or mask shows them.
+
+A rib is bone outside the vertebrae that starts at a vertebra (its head at the costovertebral joint, within
+``vfscreen.inference.landmarks.RIB_CONTACT_MM``) and runs far laterally; that is all the chain model needs to know
+which vertebrae are thoracic (:mod:`vfscreen.inference.landmarks`). A segmentation network trained at a CPU budget does
+not learn ribs (the demo model's rib pseudo-Dice stays near 0), but the CT shows them plainly: bone is the brightest
+tissue. Here:
+
+1. *Bone* is every voxel at or above a threshold set on this scan, half-way between the soft tissue around the
+   vertebrae (median HU of a shell 3-10 mm outside them, HU in [-200, 200]) and the vertebrae's bright bone (90th
+   percentile HU inside them) - so it follows the scanner, the patient's bone density and the voxel size instead of a
+   fixed HU value; the vertebrae themselves (and 1 voxel around them) are left out.
+2. A connected bone component is *rib-like* when it reaches ``LATERAL_REACH_MM`` away from the spine's midline in the
+   patient's left-right direction (or the lateral edge of the image, when that is nearer: a narrow field of view cuts
+   the ribs), and is thin: its volume per mm of its longest extent is at most ``MAX_CROSS_SECTION_MM2`` (a rib, not
+   the iliac wing), and it does not touch the sacrum (iliac bones do).
+
+Left-right reach excludes what also lies next to a vertebral body but stays near the midline: the aorta and vena cava
+with contrast, calcified discs, osteophytes. These are modelling choices (checked on the phantom's ribs and on the
+real example CT, see ``tests/test_ct_ribs.py``), not anatomical measurements. Which rib-like component touches which
+vertebra is decided in :func:`vfscreen.inference.landmarks.find_landmarks`, the same as for a network's rib mask.
+"""
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from vfscreen.inference import spine_region
+from vfscreen.inference.geometry import array_indices_to_world, voxel_volume_mm3
+
+LATERAL_REACH_MM = 45.0  # a rib-like component reaches this far from the spine's midline (left-right)
+MIN_LATERAL_ROOM_MM = 25.0  # a field of view narrower than this around the spine cannot show ribs
+MAX_CROSS_SECTION_MM2 = 400.0  # volume / longest extent of a rib-like component (a rib's section is ~1 cm2)
+SEARCH_MARGIN_MM = 60.0  # how far beyond the vertebrae's box the ribs are followed
+SHELL_MM = (3.0, 10.0)  # soft-tissue shell around the vertebrae that sets the bone threshold
+
+
+def bone_threshold(ct: np.ndarray, vertebrae: np.ndarray, spacing_zyx: np.ndarray) -> float | None:
+    """Half-way between the soft tissue around the vertebrae and their bright bone (HU); None without either."""
+    if not vertebrae.any():
+        return None
+    distance = ndimage.distance_transform_edt(~vertebrae, sampling=spacing_zyx)
+    shell = (distance >= SHELL_MM[0]) & (distance <= SHELL_MM[1]) & (ct > -200) & (ct < 200)
+    if shell.sum() < 10:
+        return None
+    soft_tissue, bright_bone = float(np.median(ct[shell])), float(np.percentile(ct[vertebrae], 90))
+    if bright_bone <= soft_tissue:
+        return None
+    return soft_tissue + 0.5 * (bright_bone - soft_tissue)
+
+
+def rib_mask_from_ct(image: sitk.Image, box, component_map: np.ndarray, centroids_mm: np.ndarray,
+                     sacrum_mask: np.ndarray | None = None) -> tuple[np.ndarray | None, str | None]:
+    """(rib-like bone on ``box``'s grid, None) or (None, why not).
+
+    image: the whole CT; box: array slices (z, y, x) of ``component_map`` inside it; component_map: (Z, Y, X) int,
+    vertebra components 1..N (0 = none); centroids_mm: (N, 3) world LPS; sacrum_mask: bool on box's grid or None.
+    """
+    if len(centroids_mm) == 0:
+        return None, "no vertebra"
+    spacing_zyx = np.array(image.GetSpacing())[::-1]
+    margin = np.ceil(SEARCH_MARGIN_MM / spacing_zyx).astype(int)
+    wide = spine_region.grow(box, margin, sitk.GetArrayViewFromImage(image).shape)
+    inner = tuple(slice(b.start - w.start, b.stop - w.start) for b, w in zip(box, wide))
+    ct = sitk.GetArrayViewFromImage(image)[wide].astype(np.float32)
+    vertebrae = np.zeros(ct.shape, bool)
+    vertebrae[inner] = component_map > 0
+    threshold = bone_threshold(ct, vertebrae, spacing_zyx)
+    if threshold is None:
+        return None, "no soft tissue or bone contrast around the vertebrae"
+    bone = (ct >= threshold) & ~ndimage.binary_dilation(vertebrae)
+    components, count = ndimage.label(bone, structure=np.ones((3, 3, 3), bool))
+    if count == 0:
+        return np.zeros(component_map.shape, bool), None
+    wide_image = spine_region.region_image(image, wide)
+    # the spine's midline (x, LPS) at every voxel's height, from the vertebra centroids
+    order = np.argsort(centroids_mm[:, 2])
+    indices = np.argwhere(components > 0)
+    world = array_indices_to_world(wide_image, indices.astype(float))
+    midline_x = np.interp(world[:, 2], centroids_mm[order, 2], centroids_mm[order, 0])
+    ids = components[tuple(indices.T)]
+    reach = np.zeros(count + 1)
+    np.maximum.at(reach, ids, np.abs(world[:, 0] - midline_x))
+    corners = _lateral_extent(wide_image)
+    room = min(abs(corners[0] - centroids_mm[:, 0].mean()), abs(corners[1] - centroids_mm[:, 0].mean())) \
+        - 2 * spacing_zyx.max()
+    if room < MIN_LATERAL_ROOM_MM:
+        return None, f"the field of view reaches only {room:.0f} mm beside the spine: ribs cannot be told"
+    low = np.full((count + 1, 3), np.inf)
+    high = np.full((count + 1, 3), -np.inf)
+    np.minimum.at(low, ids, world)
+    np.maximum.at(high, ids, world)
+    longest = np.linalg.norm(high - low, axis=1) + spacing_zyx.min()
+    volume = np.bincount(ids, minlength=count + 1) * voxel_volume_mm3(image)
+    rib_like = (reach >= min(LATERAL_REACH_MM, room)) & (volume / longest <= MAX_CROSS_SECTION_MM2)
+    if sacrum_mask is not None and sacrum_mask.any():
+        near_sacrum = np.zeros(ct.shape, bool)
+        near_sacrum[inner] = ndimage.binary_dilation(sacrum_mask, iterations=2)
+        rib_like[np.unique(components[near_sacrum])] = False
+    rib_like[0] = False
+    return rib_like[components][inner], None
+
+
+def _lateral_extent(image: sitk.Image) -> np.ndarray:
+    """World x (LPS) of the image's two extreme corners along x."""
+    size = np.array(image.GetSize()) - 1
+    corners = np.array([[i, j, k] for i in (0, size[0]) for j in (0, size[1]) for k in (0, size[2])], float)
+    x = np.array([image.TransformContinuousIndexToPhysicalPoint(tuple(c))[0] for c in corners])
+    return np.array([x.min(), x.max()])
