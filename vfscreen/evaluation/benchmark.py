@@ -20,7 +20,8 @@ from vfscreen.errors import ConfigError
 from vfscreen.evaluation.ablation import VARIANTS, format_ablation, run_ablation, trained_folds, variant_folder
 from vfscreen.evaluation.bootstrap import DEFAULT_SEED
 from vfscreen.evaluation.curves import DEFAULT_STEPS, format_curves, run_curves, write_curves
-from vfscreen.evaluation.morphometry_benchmark import format_morphometry, run_morphometry_benchmark
+from vfscreen.evaluation.morphometry_benchmark import (format_example, format_morphometry, run_example_comparison,
+                                                        run_morphometry_benchmark)
 from vfscreen.evaluation.size_sweep import format_size_sweep, parse_size, run_size_sweep
 from vfscreen.evaluation.speed import format_speed, machine_description, run_speed
 from vfscreen.evaluation.untrained import DEFAULT_FOLDS, run_untrained_speed
@@ -75,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
                              help="first N training cases (default 20)")
     morphometry.add_argument("--coarse_mm", "--coarse-mm", type=float, default=3.0,
                              help="degraded grid spacing (default 3)")
+    morphometry.add_argument("--example", nargs=2, metavar=("CT", "MASK"), default=None,
+                             help="instead: both tools' heights on one real CT with its vertebra mask, side by side "
+                                  "(no ground truth)")
+    morphometry.add_argument("--no_totalsegmentator", "--no-totalsegmentator", action="store_true",
+                             help="do not run TotalSegmentator's height measurement side by side")
     morphometry.add_argument("-o", "--output", default="morphometry.json", help="JSON to write")
     morphometry.add_argument("--markdown", action="store_true", help="also print the table for the README")
     speed = commands.add_parser("speed", help="seconds per case for each stage of prediction, crops/s, peak memory")
@@ -168,7 +174,14 @@ def main(args: argparse.Namespace) -> int:
                               args.saliency, num_threads=args.num_threads)
         return _report(speed, format_speed, args.markdown, args.output, "speed")
     if args.command == "morphometry":
-        result = run_morphometry_benchmark(resolve_dataset_name(args.dataset), args.num_cases, args.coarse_mm)
+        if args.example:
+            for path in args.example:
+                if not Path(path).is_file():
+                    raise ConfigError(f"--example: {path} does not exist")
+            result = run_example_comparison(*args.example)
+            return _report(result, format_example, args.markdown, args.output, "morphometry comparison")
+        result = run_morphometry_benchmark(resolve_dataset_name(args.dataset), args.num_cases, args.coarse_mm,
+                                           totalsegmentator=not args.no_totalsegmentator)
         return _report(result, format_morphometry, args.markdown, args.output, "morphometry benchmark")
     if args.command == "curves":
         if args.tag and not args.tag.isalnum():

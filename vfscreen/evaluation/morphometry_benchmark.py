@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from vfscreen import dataset, labels
+from vfscreen import dataset, genant, labels
 from vfscreen.errors import ConfigError
+from vfscreen.evaluation import totalseg_heights
 from vfscreen.evaluation.metrics import auroc, four_grade_metrics
 from vfscreen.inference.morphometry import HEIGHT_NAMES, measure_vertebrae
 
@@ -29,7 +30,8 @@ def _degraded(image: sitk.Image, spacing_mm: float, interpolator) -> sitk.Image:
                          image.GetPixelID())
 
 
-def _measure_case(ct: sitk.Image, class_image: sitk.Image, coarse_mm: float | None, coarse_ct: bool = True):
+def _masks_of_quality(ct: sitk.Image, class_image: sitk.Image, coarse_mm: float | None, coarse_ct: bool = True):
+    """(CT, VerSe map on the CT's grid) of one mask quality."""
     if coarse_mm is not None:
         coarse_mask = _degraded(class_image, coarse_mm, sitk.sitkNearestNeighbor)
         if coarse_ct:
@@ -37,11 +39,13 @@ def _measure_case(ct: sitk.Image, class_image: sitk.Image, coarse_mm: float | No
         else:  # back onto the CT's grid with nearest neighbour, as vfscreen_predict --masks does
             class_image = sitk.Resample(coarse_mask, class_image, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
                                         class_image.GetPixelID())
-    verse_map = labels.class_to_verse(sitk.GetArrayFromImage(class_image))
-    return measure_vertebrae(verse_map, class_image, ct=ct)
+    return ct, labels.class_to_verse(sitk.GetArrayFromImage(class_image))
 
 
-def run_morphometry_benchmark(dataset_name: str, num_cases: int = 20, coarse_mm: float = 3.0) -> dict:
+def run_morphometry_benchmark(dataset_name: str, num_cases: int = 20, coarse_mm: float = 3.0,
+                              totalsegmentator: bool = True) -> dict:
+    """``totalsegmentator``: also run TotalSegmentator's height measurement on the same masks where it is
+    installed (vfscreen.evaluation.totalseg_heights); the result says which version ran or why it did not."""
     folder = dataset.raw_dataset_folder(dataset_name)
     grades = dataset.read_grades(folder / "grades.csv")
     if "anterior_mm" not in grades.columns:
@@ -50,18 +54,49 @@ def run_morphometry_benchmark(dataset_name: str, num_cases: int = 20, coarse_mm:
     whole = grades[(grades["case_id"].isin(cases)) & ~grades["truncated"].astype(bool)]
     qualities = {"ground truth": (None, True), f"ground truth at {coarse_mm:g} mm": (coarse_mm, True),
                  f"{coarse_mm:g} mm mask on the native CT": (coarse_mm, False)}
+    version = totalseg_heights.totalsegmentator_version() if totalsegmentator else None
     rows = {name: [] for name in qualities}
+    totalseg_rows = {name: [] for name in qualities}
     for case_id in cases:
         ct = sitk.ReadImage(str(dataset.image_path(folder, case_id)))
         class_image = sitk.ReadImage(str(dataset.label_path(folder, case_id)))
         truth = whole[whole["case_id"] == case_id]
         for name, (coarse, coarse_ct) in qualities.items():
-            measured = _measure_case(ct, class_image, coarse, coarse_ct)
+            case_ct, verse_map = _masks_of_quality(ct, class_image, coarse, coarse_ct)
+            measured = measure_vertebrae(verse_map, case_ct, ct=case_ct)
+            theirs = totalseg_heights.totalsegmentator_heights(case_ct, verse_map) if version else {}
             for row in truth.itertuples():
-                result = measured.get(int(row.label))
-                rows[name].append((row, result))
-    return {"dataset": dataset_name, "num_cases": len(cases), "num_whole_vertebrae": len(whole),
-            "qualities": {name: _summarise(pairs) for name, pairs in rows.items()}}
+                rows[name].append((row, measured.get(int(row.label))))
+                totalseg_rows[name].append((row, theirs.get(int(row.label))))
+    result = {"dataset": dataset_name, "num_cases": len(cases), "num_whole_vertebrae": len(whole),
+              "qualities": {name: _summarise(pairs) for name, pairs in rows.items()}}
+    if version:
+        result["totalsegmentator"] = {"version": version,
+                                      "qualities": {name: _summarise_heights(pairs)
+                                                    for name, pairs in totalseg_rows.items()}}
+    else:
+        result["totalsegmentator"] = {"version": None, "why_not": "not run" if not totalsegmentator else
+                                      f"TotalSegmentator is not installed ({totalseg_heights.INSTALL_HINT})"}
+    return result
+
+
+def _summarise_heights(pairs) -> dict:
+    """Height, ratio and grade errors of another tool's three heights per vertebra (None: not measured)."""
+    measured = [(row, heights) for row, heights in pairs
+                if heights is not None and all(heights.get(name) for name in HEIGHT_NAMES)]
+    if not measured:
+        return {"measured": 0, "of": len(pairs)}
+    truth = np.array([[getattr(row, f"{name}_mm") for name in HEIGHT_NAMES] for row, _ in measured])
+    found = np.array([[heights[name] for name in HEIGHT_NAMES] for _, heights in measured])
+    errors = np.abs(found - truth)
+    true_grade = np.array([int(row.grade) for row, _ in measured])
+    ratio = found.min(axis=1) / found.max(axis=1)
+    return {"measured": len(measured), "of": len(pairs), "height_mae_mm": float(errors.mean()),
+            "height_p95_mm": float(np.percentile(errors, 95)),
+            "ratio_mae": float(np.abs(ratio - truth.min(axis=1) / truth.max(axis=1)).mean()),
+            "macro_f1": four_grade_metrics(true_grade, np.array([genant.grade_from_heights(*h) for h in found])
+                                           )["macro_f1"].get("value"),
+            "auroc": auroc(true_grade > 0, 1.0 - ratio).get("value")}
 
 
 def _summarise(pairs) -> dict:
@@ -93,14 +128,24 @@ def _summarise(pairs) -> dict:
 def format_morphometry(result: dict, markdown: bool = False) -> str:
     columns = ["masks", "measured", "height MAE (mm)", "height P95 (mm)", "inside 95 % interval", "ratio MAE",
                "macro-F1", "AUROC", "borderline", "by neighbour rule"]
+    columns.insert(1, "tool")
     lines = []
+    theirs = result.get("totalsegmentator", {})
     for name, values in result["qualities"].items():
-        lines.append([name, f"{values['measured']}/{values['of']}", f"{values['height_mae_mm']:.2f}",
+        lines.append([name, "vfscreen", f"{values['measured']}/{values['of']}", f"{values['height_mae_mm']:.2f}",
                       f"{values['height_p95_mm']:.2f}", f"{values['inside_95_interval']:.2f}",
                       f"{values['ratio_mae']:.3f}", _fmt(values["macro_f1"]), _fmt(values["auroc"]),
                       f"{values['borderline']:.2f}", str(values["decided_by_neighbours"])])
+        other = theirs.get("qualities", {}).get(name)
+        if other is not None:
+            lines.append([name, f"TotalSegmentator {theirs['version']}", f"{other['measured']}/{other['of']}"]
+                         + ([f"{other['height_mae_mm']:.2f}", f"{other['height_p95_mm']:.2f}", "-",
+                             f"{other['ratio_mae']:.3f}", _fmt(other["macro_f1"]), _fmt(other["auroc"])]
+                            if other["measured"] else ["-"] * 6) + ["-", "-"])
     title = (f"Morphometry vs the exact heights: {result['dataset']}, {result['num_cases']} cases, "
              f"{result['num_whole_vertebrae']} whole vertebrae")
+    if theirs.get("why_not"):
+        title += f"; TotalSegmentator side by side: {theirs['why_not']}"
     if markdown:
         table = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         table += ["| " + " | ".join(line) + " |" for line in lines]
@@ -112,3 +157,68 @@ def format_morphometry(result: dict, markdown: bool = False) -> str:
 
 def _fmt(value) -> str:
     return "-" if value is None else f"{value:.2f}"
+
+
+def run_example_comparison(ct_path: str | Path, mask_path: str | Path) -> dict:
+    """Both tools' heights on one real CT with a vertebra mask (e.g. TotalSegmentator's), vertebra by vertebra.
+    There is no ground truth: the table shows agreement and what each tool calls deformed, not accuracy."""
+    from vfscreen.inference.masks import MaskSource, read_case_mask
+    ct = sitk.ReadImage(str(ct_path))
+    spine = read_case_mask(MaskSource(Path(mask_path), "file"), ct)
+    ours = measure_vertebrae(spine.verse_map, ct, ct=ct)
+    version = totalseg_heights.totalsegmentator_version()
+    theirs = totalseg_heights.totalsegmentator_heights(ct, spine.verse_map) if version else {}
+    rows = []
+    for verse_id in sorted(ours, key=labels.spine_position):
+        result, other = ours[verse_id], theirs.get(verse_id)
+        row = {"name": labels.name_of(verse_id), "vfscreen": None, "totalsegmentator": None, "note": result.note}
+        if result.heights_mm is not None:
+            row["vfscreen"] = {"heights_mm": result.heights_mm, "sd_mm": result.height_sd_mm,
+                               "ratio": result.genant_ratio, "ratio_interval": result.ratio_interval,
+                               "grade": result.morph_grade, "borderline": result.borderline,
+                               "rule": (result.deformity or {}).get("rule")}
+        if other is not None and all(other.get(name) for name in HEIGHT_NAMES):
+            ratio = min(other.values()) / max(other.values())
+            row["totalsegmentator"] = {"heights_mm": other, "ratio": ratio, "fracture": ratio < 0.8}
+        rows.append(row)
+    return {"ct": str(ct_path), "mask": str(mask_path), "totalsegmentator_version": version,
+            "why_not": None if version else f"TotalSegmentator is not installed ({totalseg_heights.INSTALL_HINT})",
+            "vertebrae": rows}
+
+
+def format_example(result: dict, markdown: bool = False) -> str:
+    columns = ["vertebra", "vfscreen A / M / P (mm, ± 95 %)", "vfscreen ratio [95 %]", "vfscreen grade",
+               f"TotalSegmentator {result['totalsegmentator_version'] or '-'} A / M / P (mm)",
+               "TotalSegmentator ratio", "TotalSegmentator fracture (< 0.8)"]
+    lines = []
+    for row in result["vertebrae"]:
+        ours, theirs = row["vfscreen"], row["totalsegmentator"]
+        line = [row["name"]]
+        if ours is None:
+            line += [row["note"] or "not measured", "-", "-"]
+        else:
+            line.append(" / ".join(f"{ours['heights_mm'][n]:.1f} ± {1.96 * ours['sd_mm'][n]:.1f}" for n in HEIGHT_NAMES))
+            low, high = ours["ratio_interval"] or (np.nan, np.nan)
+            line.append(f"{ours['ratio']:.2f} [{low:.2f}, {high:.2f}]")
+            line.append(f"G{ours['grade']}" + (" borderline" if ours["borderline"] else "")
+                        + (f" ({ours['rule']})" if ours["rule"] else ""))
+        if theirs is None:
+            line += ["not measured", "-", "-"]
+        else:
+            line += [" / ".join(f"{theirs['heights_mm'][n]:.1f}" for n in HEIGHT_NAMES), f"{theirs['ratio']:.2f}",
+                     "yes" if theirs["fracture"] else "no"]
+        lines.append(line)
+    ours_deformed = sum(1 for row in result["vertebrae"] if row["vfscreen"] and row["vfscreen"]["grade"]
+                        and not row["vfscreen"]["borderline"])
+    theirs_deformed = sum(1 for row in result["vertebrae"] if row["totalsegmentator"]
+                          and row["totalsegmentator"]["fracture"])
+    title = (f"Heights on {Path(result['ct']).name} with the mask {Path(result['mask']).name} (no ground truth): "
+             f"vfscreen calls {ours_deformed} vertebra(e) deformed with confidence (grade >= 1, not borderline), "
+             + (f"TotalSegmentator {theirs_deformed}" if result["totalsegmentator_version"] else result["why_not"]))
+    if markdown:
+        table = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        table += ["| " + " | ".join(line) + " |" for line in lines]
+        return title + "\n\n" + "\n".join(table)
+    widths = [max(len(str(x)) for x in column) for column in zip(columns, *lines)]
+    return "\n".join([title] + ["  ".join(str(x).ljust(w) for x, w in zip(line, widths))
+                                for line in [columns] + lines])
