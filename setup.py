@@ -29,7 +29,8 @@ setup(
         "pyyaml",
         "nibabel",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    # benchmark only: TotalSegmentator's own height measurement side by side (vfscreen_benchmark morphometry)
+    extras_require={"test": ["pytest>=7"], "totalsegmentator": ["totalsegmentator>=2.18"]},
     entry_points={
         "console_scripts": [
             "vfscreen_demo = vfscreen.demo:main",

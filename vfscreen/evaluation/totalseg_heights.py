@@ -19,7 +19,8 @@ import SimpleITK as sitk
 
 from vfscreen.labels import name_of
 
-INSTALL_HINT = "pip install totalsegmentator (into the benchmark's environment; only its measuring code is used)"
+INSTALL_HINT = ("pip install -e \".[totalsegmentator]\" (or pip install totalsegmentator) into the benchmark's "
+                "environment; only its measuring code is used")
 
 
 def totalsegmentator_version() -> str | None:
