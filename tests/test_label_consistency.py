@@ -2,7 +2,8 @@
 import numpy as np
 import SimpleITK as sitk
 
-from vfscreen.inference.label_consistency import ChainModel, assign_labels, make_labels_consistent
+from vfscreen.inference.chain_model import ChainModel, assign_labels
+from vfscreen.inference.label_consistency import make_labels_consistent
 from vfscreen.labels import NUM_CLASSES, NUM_VERTEBRA_CLASSES, VERSE_TO_CLASS, NAME_TO_VERSE
 
 K = NUM_VERTEBRA_CLASSES

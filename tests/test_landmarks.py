@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from vfscreen.inference.label_consistency import LEVEL_CERTAIN_POSTERIOR, assign_labels, make_labels_consistent
+from vfscreen.inference.chain_model import LEVEL_CERTAIN_POSTERIOR, assign_labels
+from vfscreen.inference.label_consistency import make_labels_consistent
 from vfscreen.inference.landmarks import LandmarkEvidence, find_landmarks, landmark_log_factors
 from vfscreen.labels import (CLASS_TO_VERSE, NAME_TO_VERSE, RIB_CLASS, SACRUM_CLASS, SPINE_REGION_GROUP_IDS,
                              VERSE_NAMES, VERSE_TO_CLASS, region_evidence)
@@ -144,12 +145,19 @@ def test_grouped_network_names_vertebrae_from_landmarks():
     probabilities = np.zeros((5,) + array.shape, np.float32)
     probabilities[0] = groups == SPINE_REGION_GROUP_IDS["vertebra"]
     probabilities[1:3] = 0.5
-    verse_map, components, landmarks = make_labels_consistent(groups, image, probabilities, grouping="spine_regions",
-                                                              has_landmarks=True, min_volume_mm3=10.0)
-    names = [VERSE_NAMES[CLASS_TO_VERSE[c.new_class_id]] for c in components]
-    assert names == ["T11", "T12", "L1", "L2", "L3", "L4", "L5"]
-    assert landmarks.rib_pairs == 2 and landmarks.sacrum_component == 6
-    assert [round(c.label_confidence, 3) for c in components] == [0.837, 0.886, 0.979, 0.976, 0.975, 0.976, 0.97]
+    from vfscreen.inference.chain_model import ChainModel
+    confidences = {}
+    for use_gaps in (False, True):
+        verse_map, components, landmarks = make_labels_consistent(
+            groups, image, probabilities, model=ChainModel(use_gaps=use_gaps), grouping="spine_regions",
+            has_landmarks=True, min_volume_mm3=10.0)
+        names = [VERSE_NAMES[CLASS_TO_VERSE[c.new_class_id]] for c in components]
+        assert names == ["T11", "T12", "L1", "L2", "L3", "L4", "L5"]
+        assert landmarks.rib_pairs == 2 and landmarks.sacrum_component == 6
+        confidences[use_gaps] = np.array([c.label_confidence for c in components])
+    assert confidences[False].round(3).tolist() == [0.837, 0.886, 0.979, 0.976, 0.975, 0.976, 0.97]
+    # evenly spaced components: the gaps rule out a missed vertebra between them, so every name is surer
+    assert np.all(confidences[True] > confidences[False])
 
 
 @pytest.mark.parametrize("masks", [(None, None), ("empty", "empty")])
@@ -163,3 +171,18 @@ def test_find_landmarks_without_rib_or_sacrum(masks):
     assert not landmarks.any_landmark and landmarks.rib_pairs == 0
     assert np.all(landmark_log_factors(landmarks) == 0)
     assert (len(landmarks.notes) == 1) == (masks[0] is not None)  # a source that could show them says none were seen
+
+
+def test_a_double_gap_between_components_is_where_the_missed_vertebra_was():
+    """T11 T12 L1 _ L3 L4 L5 on the sacrum (L2 not segmented): anchored at both ends, one lumbar level must be
+    skipped; the gap of two pitches says where, so L3-L5 keep their names and become sure. Without positions the
+    chain cannot tell where the missed vertebra was."""
+    z = -np.array([0.0, 1.0, 2.0, 4.0, 5.0, 6.0]) * 30.0  # mm, one pitch = 30 mm
+    centroids = np.stack([np.zeros(6), np.zeros(6), z], axis=1)
+    factors = landmark_log_factors(evidence(6, ribs=(0, 1), sacrum=5))
+    new_class, confidence, _ = assign_labels(regions("ttllll"), None, factors, centroids)
+    assert [VERSE_NAMES[CLASS_TO_VERSE[int(c)]] for c in new_class] == ["T11", "T12", "L1", "L3", "L4", "L5"]
+    assert np.all(confidence > LEVEL_CERTAIN_POSTERIOR)
+    _, without_positions, _ = assign_labels(regions("ttllll"), None, factors)
+    # L1 / L3 / L4: the skip may be anywhere between L1 and L5
+    assert np.all(without_positions[2:5] < confidence[2:5] - 0.1) and without_positions[2:5].min() < 0.5

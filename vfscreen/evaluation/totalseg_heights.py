@@ -28,7 +28,7 @@ def totalsegmentator_version() -> str | None:
     try:
         from importlib.metadata import version
 
-        import totalsegmentator.spine_report.measure_verte_height  # noqa: F401  (the measuring code itself)
+        from totalsegmentator.spine_report import measure_verte_height  # noqa: F401  (the measuring code)
         return version("totalsegmentator")
     except Exception:  # not installed, or a dependency of its report is missing
         return None

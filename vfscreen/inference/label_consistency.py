@@ -7,7 +7,9 @@ passing messages between neighbouring vertebrae. Here the same idea is done exac
 spine, form a chain; each component is either dropped or given a label, the kept labels must increase strictly from
 head to feet, a skipped (missing) vertebra costs ``log(skip_probability)`` and a dropped component costs
 ``log(drop_probability)``; the network's mean class probabilities of each component are the evidence. Viterbi gives the
-best labelling and forward-backward gives each component's posterior probability of its label (``label_confidence``).
+best labelling and forward-backward gives each component's posterior probability of its label (``label_confidence``);
+the chain model itself, which also weighs the gaps between neighbouring components (a missed vertebra leaves a gap of
+two pitches), is :mod:`vfscreen.inference.chain_model`.
 
 T13 (class 20) and L6 (class 26) are anatomical variants (~5 % of people each): skipping T13 between T12 and L1 costs
 nothing, and labelling a component T13 or L6 costs ``log(variant_probability)`` - the prior that breaks the tie when the
@@ -38,26 +40,21 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
-from scipy.special import logsumexp
 
+from vfscreen.inference.chain_model import LEVEL_CERTAIN_POSTERIOR, ChainModel, assign_labels
 from vfscreen.inference.geometry import array_indices_to_world, voxel_volume_mm3
 from vfscreen.inference.landmarks import (MIN_RIB_MM3, LandmarkEvidence, find_landmarks, landmark_log_factors,
                                          no_landmarks)
 from vfscreen.labels import (CLASS_TO_VERSE, LANDMARK_CLASSES, NUM_VERTEBRA_CLASSES, SPINE_REGION_GROUP_IDS,
-                             VERSE_TO_CLASS, VERTEBRA_GROUP_IDS, region_evidence)
+                             VERTEBRA_GROUP_IDS, region_evidence)
 
 # K = NUM_VERTEBRA_CLASSES = 26 vertebra classes, ids 1..K
-LEVEL_CERTAIN_POSTERIOR = 0.9  # a name with a lower posterior is flagged level_uncertain
-OPTIONAL_CLASSES = frozenset({VERSE_TO_CLASS[28]})  # T13: its absence is normal anatomy
-VARIANT_CLASSES = frozenset({VERSE_TO_CLASS[28], VERSE_TO_CLASS[25]})  # T13 and L6: present in a minority
-_IMPOSSIBLE = -np.inf
 SPLIT_LEVELS = (0.6, 0.7, 0.8, 0.9, 0.95, 0.98)  # P(vertebra) levels searched for separate vertebra cores
 # a core this large is a vertebra of its own. Chosen on the demo's fold-0 validation cases (demo segmentation model,
 # 10 cases, 83 vertebrae): detection by position 0.92 for 2,000-3,000 mm3 with 2-3 extra components; smaller cores
 # split vertebrae into body and arch (1,000 mm3: 9 extra), larger ones miss merges. Thoraco-lumbar bodies are
 # ~10-60 ml; cervical ones (~3-5 ml) have smaller cores, so merged cervical vertebrae stay merged (conservative).
 MIN_CORE_MM3 = 2500.0
-_PROBABILITY_FLOOR = 1e-6
 DEFAULT_MIN_VOLUME_MM3 = 200.0  # components smaller than this are fragments
 MAX_COMPONENTS_PER_CLASS = 64  # more are noise: only the largest are examined (a spine has at most 26 vertebrae)
 
@@ -74,110 +71,6 @@ class Component:
     new_class_id: int = 0  # after the chain model; 0 = dropped
     label_confidence: float = 0.0  # posterior probability of new_class_id (of being dropped when dropped)
     level_uncertain: bool = True  # label_confidence < LEVEL_CERTAIN_POSTERIOR
-
-
-@dataclass
-class ChainModel:
-    """Priors of the chain model (probabilities; used as log-potentials)."""
-
-    drop_probability: float = 1e-2  # a component that fits nowhere (false positive, fragment) is dropped
-    skip_probability: float = 5e-2  # per vertebra missing between two kept components
-    variant_probability: float = 5e-2  # prior of labelling a component T13 or L6
-    probability_floor: float = _PROBABILITY_FLOOR
-
-
-def _skipped_mandatory(previous_class: np.ndarray, next_class: np.ndarray) -> np.ndarray:
-    """Number of non-optional classes strictly between two class ids (broadcasting arrays)."""
-    skipped = next_class - previous_class - 1
-    for optional in OPTIONAL_CLASSES:
-        skipped = skipped - ((previous_class < optional) & (optional < next_class))
-    return skipped
-
-
-def _transition_log_matrix(num_classes: int, model: ChainModel) -> np.ndarray:
-    """(S, S) log transition potentials between states; state = 2 * last_kept_class + kept (last_kept_class 0 = none).
-
-    kept=1: this component holds ``last_kept_class``; kept=0: this component is dropped, the last class carries on.
-    """
-    num_states = 2 * (num_classes + 1)
-    transition = np.full((num_states, num_states), _IMPOSSIBLE)
-    classes = np.arange(num_classes + 1)
-    previous, following = np.meshgrid(classes, classes, indexing="ij")
-    skipped = _skipped_mandatory(previous, following)
-    keep_potential = np.where(following > previous, np.maximum(skipped, 0) * np.log(model.skip_probability),
-                              _IMPOSSIBLE)
-    keep_potential[0, :] = np.where(classes > 0, 0.0, _IMPOSSIBLE)  # the field of view may start at any vertebra
-    for previous_kept in (0, 1):
-        rows = 2 * classes + previous_kept
-        transition[np.ix_(rows, 2 * classes + 1)] = keep_potential
-        transition[rows, 2 * classes] = 0.0  # drop: last kept class unchanged
-    transition[:, 1] = _IMPOSSIBLE  # state (class 0, kept) does not exist
-    return transition
-
-
-def _emission_log_table(class_probabilities: np.ndarray, model: ChainModel) -> np.ndarray:
-    """(N, S) log evidence of each state for each component."""
-    num_components, num_classes = class_probabilities.shape
-    emission = np.full((num_components, 2 * (num_classes + 1)), np.log(model.drop_probability))
-    emission[:, 1] = _IMPOSSIBLE
-    # a class probability p_k of K classes is a likelihood ratio K * p_k against "no idea" (1 / K): keeping is weighed
-    # against dropping independently of how the evidence spreads over classes (a region network spreads it over 13)
-    emission[:, 3::2] = np.log(np.maximum(class_probabilities, model.probability_floor) * num_classes)
-    for class_id in VARIANT_CLASSES:
-        if class_id <= num_classes:
-            emission[:, 2 * class_id + 1] += np.log(model.variant_probability)
-    return emission
-
-
-def assign_labels(class_probabilities: np.ndarray, model: ChainModel | None = None,
-                  landmark_factors: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Exact MAP labelling of components ordered head -> feet.
-
-    class_probabilities: (N, K) probability of classes 1..K per component, rows in cranio-caudal order.
-    landmark_factors: (N, K) log-likelihood of each component's landmark observations given each class
-    (vfscreen.inference.landmarks.landmark_log_factors), or None.
-    Returns (new_class (N,) int, 0 = dropped; confidence (N,) posterior of the chosen state;
-    marginals (N, K + 1) posterior of [dropped, class 1, ..., class K]).
-    """
-    model = model or ChainModel()
-    class_probabilities = np.asarray(class_probabilities, dtype=float)
-    num_components, num_classes = class_probabilities.shape if class_probabilities.ndim == 2 else (0, 0)
-    if num_components == 0:
-        return np.zeros(0, int), np.zeros(0), np.zeros((0, NUM_VERTEBRA_CLASSES + 1))
-    transition = _transition_log_matrix(num_classes, model)
-    emission = _emission_log_table(class_probabilities, model)
-    if landmark_factors is not None:
-        emission[:, 3::2] += np.asarray(landmark_factors, dtype=float)[:, :num_classes]
-    start = transition[0]  # from state (no class yet, dropped) = before the first component
-
-    # Viterbi
-    score = start + emission[0]
-    backpointers = np.zeros((num_components, transition.shape[0]), dtype=int)
-    for position in range(1, num_components):
-        candidates = score[:, None] + transition
-        backpointers[position] = np.argmax(candidates, axis=0)
-        score = candidates[backpointers[position], np.arange(transition.shape[0])] + emission[position]
-    states = np.zeros(num_components, dtype=int)
-    states[-1] = int(np.argmax(score))
-    for position in range(num_components - 1, 0, -1):
-        states[position - 1] = backpointers[position, states[position]]
-
-    # forward-backward (sum-product) for posterior marginals
-    forward = np.zeros_like(emission)
-    forward[0] = start + emission[0]
-    for position in range(1, num_components):
-        forward[position] = logsumexp(forward[position - 1][:, None] + transition, axis=0) + emission[position]
-    backward = np.zeros_like(emission)
-    for position in range(num_components - 2, -1, -1):
-        backward[position] = logsumexp(transition + (emission[position + 1] + backward[position + 1])[None, :], axis=1)
-    log_evidence = logsumexp(forward[-1])
-    state_posterior = np.exp(forward + backward - log_evidence)  # (N, S)
-
-    new_class = np.where(states % 2 == 1, states // 2, 0)
-    confidence = state_posterior[np.arange(num_components), states]
-    confidence = np.where(new_class > 0, confidence, state_posterior[:, 0::2].sum(axis=1))
-    marginals = np.concatenate([state_posterior[:, 0::2].sum(axis=1, keepdims=True), state_posterior[:, 3::2]], axis=1)
-    return new_class, np.clip(confidence, 0.0, 1.0), marginals
 
 
 def _class_evidence(channel_means: np.ndarray | None, class_id: int, grouping: str) -> np.ndarray:
@@ -334,7 +227,8 @@ def name_components(components: list[Component], landmarks: LandmarkEvidence, mo
     if not components:
         return np.zeros((0, NUM_VERTEBRA_CLASSES + 1))
     table = np.stack([component.class_probabilities for component in components])
-    new_class, confidence, marginals = assign_labels(table, model, landmark_log_factors(landmarks))
+    centroids = np.stack([component.centroid_mm for component in components])
+    new_class, confidence, marginals = assign_labels(table, model, landmark_log_factors(landmarks), centroids)
     for component, class_id, score in zip(components, new_class, confidence):
         component.new_class_id = int(class_id)
         component.label_confidence = float(score)

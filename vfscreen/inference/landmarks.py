@@ -54,7 +54,7 @@ class LandmarkEvidence:
 
     num_components: int
     rib_sides: list[set] = field(default_factory=list)  # per component: {'left', 'right'} sides with a rib
-    ribs_in_view: bool = False  # any rib found (then a vertebra without one is informative)
+    ribs_in_view: bool = False  # a rib touching a vertebra found (then a vertebra without one is informative)
     sacrum_in_view: bool = False
     sacrum_component: int | None = None  # row of the vertebra that sits on the sacrum
     below_sacrum: list[int] = field(default_factory=list)  # rows below the sacrum's centre
@@ -139,12 +139,12 @@ def _rib_evidence(evidence, component_map, centroids_mm, rib_mask, spacing_zyx, 
     for rib in range(1, count + 1):
         if sizes[rib] * voxel_mm3 < MIN_RIB_MM3:
             continue
-        evidence.ribs_in_view = True
         voxels = ribs == rib
         contact = voxels & (distance <= RIB_CONTACT_MM)
         if not contact.any():
-            floating += 1  # its head is outside the field of view or not segmented
+            floating += 1  # its head is outside the field of view or not segmented: it says nothing about levels
             continue
+        evidence.ribs_in_view = True  # a rib on a vertebra: then a vertebra without one is informative
         contacts = np.bincount(nearest[contact], minlength=evidence.num_components + 1)[1:]
         carriers = np.nonzero(contacts >= SECOND_CARRIER_FRACTION * contacts.max())[0]
         if len(carriers) > 1:

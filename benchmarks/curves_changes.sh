@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The changes tried against the SupCon collapse (issue "A SupCon grader that learns"), one at a time, each a
+# `vfscreen_benchmark curves` run on fold 0 of the planned demo dataset ($VFSCREEN_HOME), same steps for all:
+#   base  both losses with the plan's grader as planned (the reference curves)
+#   t15   SupCon, temperature 0.15 instead of 0.07
+#   cos   SupCon, linear warm-up over 10 % of training, then cosine decay (instead of steps at 80 / 90 %)
+#   aug   SupCon, the authors' augmentation switches (one shared p = 0.7 switch, mask boxes p = 0.5, isotropic zoom)
+# Usage: STEPS="100 200 400" benchmarks/curves_changes.sh [base t15 cos aug]   (default: all four, in this order)
+set -euo pipefail
+STEPS=${STEPS:-"100 200 400"}
+OUT=${OUT:-curves_changes}
+runs=("$@")
+[ ${#runs[@]} -eq 0 ] && runs=(base t15 cos aug)
+mkdir -p "$OUT"
+for run in "${runs[@]}"; do
+  case "$run" in
+    base) args=(--losses supcon ce --tag base --grader_override '{}') ;;
+    t15)  args=(--losses supcon --tag t15 --grader_override '{"loss": {"temperature": 0.15}}') ;;
+    cos)  args=(--losses supcon --tag cos --grader_override '{"optimizer": {"schedule": "cosine", "warmup_fraction": 0.1}}') ;;
+    aug)  args=(--losses supcon --tag aug --grader_override '{"augmentation": {"switch": "shared", "probability": 0.7, "mask_box_probability": 0.5, "isotropic_zoom": true}}') ;;
+    *) echo "unknown run $run" >&2; exit 2 ;;
+  esac
+  echo "=== $run: $(date -u +%FT%TZ) ==="
+  # shellcheck disable=SC2086
+  vfscreen_benchmark curves -d 501 -f 0 --steps $STEPS "${args[@]}" -o "$OUT/$run" --markdown
+done
