@@ -20,6 +20,7 @@ from vfscreen import dataset, genant, labels
 from vfscreen.errors import ConfigError
 from vfscreen.evaluation import totalseg_heights
 from vfscreen.evaluation.metrics import auroc, four_grade_metrics
+from vfscreen.inference.masks import MaskSource, read_case_mask
 from vfscreen.inference.morphometry import HEIGHT_NAMES, measure_vertebrae
 
 
@@ -162,7 +163,6 @@ def _fmt(value) -> str:
 def run_example_comparison(ct_path: str | Path, mask_path: str | Path) -> dict:
     """Both tools' heights on one real CT with a vertebra mask (e.g. TotalSegmentator's), vertebra by vertebra.
     There is no ground truth: the table shows agreement and what each tool calls deformed, not accuracy."""
-    from vfscreen.inference.masks import MaskSource, read_case_mask
     ct = sitk.ReadImage(str(ct_path))
     spine = read_case_mask(MaskSource(Path(mask_path), "file"), ct)
     ours = measure_vertebrae(spine.verse_map, ct, ct=ct)

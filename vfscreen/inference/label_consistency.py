@@ -41,6 +41,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from vfscreen.core.region_confusion import class_regions, observation_likelihoods
 from vfscreen.inference.chain_model import LEVEL_CERTAIN_POSTERIOR, ChainModel, assign_labels
 from vfscreen.inference.geometry import array_indices_to_world, voxel_volume_mm3
 from vfscreen.inference.landmarks import (MIN_RIB_MM3, LandmarkEvidence, find_landmarks, landmark_log_factors,
@@ -56,6 +57,7 @@ SPLIT_LEVELS = (0.6, 0.7, 0.8, 0.9, 0.95, 0.98)  # P(vertebra) levels searched f
 # ~10-60 ml; cervical ones (~3-5 ml) have smaller cores, so merged cervical vertebrae stay merged (conservative).
 MIN_CORE_MM3 = 2500.0
 DEFAULT_MIN_VOLUME_MM3 = 200.0  # components smaller than this are fragments
+CLASS_REGIONS = class_regions()  # (K,) 0 cervical, 1 thoracic, 2 lumbar
 MAX_COMPONENTS_PER_CLASS = 64  # more are noise: only the largest are examined (a spine has at most 26 vertebrae)
 
 
@@ -73,12 +75,21 @@ class Component:
     level_uncertain: bool = True  # label_confidence < LEVEL_CERTAIN_POSTERIOR
 
 
-def _class_evidence(channel_means: np.ndarray | None, class_id: int, grouping: str) -> np.ndarray:
-    """(K,) class probabilities of one component from its mean network outputs (None: from its class/group id)."""
+def _class_evidence(channel_means: np.ndarray | None, class_id: int, grouping: str,
+                    region_likelihoods: np.ndarray | None = None) -> np.ndarray:
+    """(K,) class probabilities of one component from its mean network outputs (None: from its class/group id).
+    ``region_likelihoods``: (3, 3) P(observed region | true region) of a region network, measured on its validation
+    cases (vfscreen.core.region_confusion); then the component's observed region (cervical unless its mean thoracic
+    or lumbar output reaches 0.5) is the evidence, as reliable as the network proved to be."""
     if grouping == "spine_regions":
         if channel_means is None:  # one-hot regions of the group: vertebra, + thoracic or lumbar
             channel_means = np.array([1.0, class_id == SPINE_REGION_GROUP_IDS["thoracic"],
                                       class_id == SPINE_REGION_GROUP_IDS["lumbar"]], dtype=float)
+        if region_likelihoods is not None:
+            thoracic, lumbar = float(channel_means[1]), float(channel_means[2])
+            observed = 0 if max(thoracic, lumbar) < 0.5 else (1 if thoracic >= lumbar else 2)
+            evidence = region_likelihoods[CLASS_REGIONS, observed]
+            return evidence / evidence.sum()
         return region_evidence(channel_means[None, :3])[0]
     if channel_means is None:
         evidence = np.full(NUM_VERTEBRA_CLASSES, 0.1 / (NUM_VERTEBRA_CLASSES - 1))
@@ -132,17 +143,21 @@ def split_touching(mask: np.ndarray, foreground_probability: np.ndarray, spacing
 def find_components(class_map: np.ndarray, reference: sitk.Image, probabilities: np.ndarray | None = None,
                     min_volume_mm3: float = DEFAULT_MIN_VOLUME_MM3, min_fraction: float = 0.1,
                     grouping: str = "vertebrae", min_core_mm3: float | None = MIN_CORE_MM3,
-                    max_components: int = MAX_COMPONENTS_PER_CLASS) -> tuple[np.ndarray, list[Component]]:
+                    max_components: int = MAX_COMPONENTS_PER_CLASS, region_confusion: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, list[Component]]:
     """Connected components of every class; tiny fragments are dropped.
 
     class_map: (Z, Y, X) nnU-Net class ids on ``reference``'s grid (group ids for ``grouping`` 'spine_regions').
     probabilities: (K + 1, Z, Y, X) softmax incl. background, or (3, Z, Y, X) region sigmoids for 'spine_regions', or
-    None (then each component's own class gets probability 0.9). Of more than ``max_components`` components of one
+    None (then each component's own class gets probability 0.9). ``region_confusion``: (3, 3) validation counts of a
+    region network (vfscreen.core.region_confusion), None = its outputs taken at face value. Of more than
+    ``max_components`` components of one
     class only the largest are examined (with a warning). A component is a fragment when it is
     smaller than ``min_volume_mm3`` or than ``min_fraction`` x the median volume of the largest component per class.
     Returns (component map (Z, Y, X) int32 with ids 1..N of kept components, components sorted head -> feet).
     """
     structure = np.ones((3, 3, 3), dtype=bool)
+    region_likelihoods = observation_likelihoods(region_confusion) if region_confusion is not None else None
     voxel_mm3 = voxel_volume_mm3(reference)
     spacing_zyx = tuple(reversed(reference.GetSpacing()))
     candidates = []  # (class_id, bbox, local component mask)
@@ -195,7 +210,7 @@ def find_components(class_map: np.ndarray, reference: sitk.Image, probabilities:
         channel_means = None
         if probabilities is not None:
             channel_means = probabilities[:, indices[:, 0], indices[:, 1], indices[:, 2]].astype(np.float64).mean(axis=1)
-        class_probabilities = _class_evidence(channel_means, class_id, grouping)
+        class_probabilities = _class_evidence(channel_means, class_id, grouping, region_likelihoods)
         components.append(Component(0, class_id, float(volume), centroid, class_probabilities))
         kept_voxels.append(indices)
     # head -> feet: decreasing world z (LPS +z = superior; valid for any image orientation)
@@ -238,17 +253,18 @@ def name_components(components: list[Component], landmarks: LandmarkEvidence, mo
 
 def make_labels_consistent(class_map: np.ndarray, reference: sitk.Image, probabilities: np.ndarray | None = None,
                            model: ChainModel | None = None, grouping: str = "vertebrae", has_landmarks: bool = False,
-                           ct_ribs=None, **fragment_options) -> tuple[np.ndarray, list[Component], LandmarkEvidence]:
+                           ct_ribs=None, region_confusion: np.ndarray | None = None, **fragment_options
+                           ) -> tuple[np.ndarray, list[Component], LandmarkEvidence]:
     """Unique, anatomically ordered vertebra labels.
 
     ``has_landmarks``: the network also outputs ribs and sacrum (their components anchor the names).
-    ``ct_ribs``: ``f(component_map, centroids_mm, sacrum_mask) -> (rib mask or None, note)`` that reads the ribs off
-    the CT (vfscreen.inference.ct_ribs.rib_mask_from_ct over the case's image), used where the network shows no rib.
+    ``ct_ribs``: ``f(component_map, centroids_mm, sacrum_mask) -> (rib mask or None, note)`` that reads the ribs off the CT (vfscreen.inference.ct_ribs.rib_mask_from_ct over the case's image), used where the network
+    shows no rib. ``region_confusion``: see :func:`find_components`.
     Returns (verse_map (Z, Y, X) uint8 in **VerSe ids**, 0 = background / dropped; the components with
     ``new_class_id``, ``label_confidence`` and ``level_uncertain`` filled in, head -> feet; the landmark evidence).
     """
     component_map, components = find_components(class_map, reference, probabilities, grouping=grouping,
-                                                **fragment_options)
+                                                region_confusion=region_confusion, **fragment_options)
     rib_mask, sacrum_mask = landmark_masks(class_map, grouping, has_landmarks)
     if not components:
         return np.zeros(class_map.shape, np.uint8), [], find_landmarks(component_map, np.zeros((0, 3)), rib_mask,

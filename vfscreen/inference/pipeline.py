@@ -101,7 +101,8 @@ def predict_case(image: sitk.Image, case_id: str, models: Models, saliency: bool
                 segmentation.class_map, spine_region.region_image(image, box), probabilities,
                 grouping=getattr(models.segmenter, "label_grouping", "vertebrae"),
                 has_landmarks=getattr(models.segmenter, "has_landmarks", False),
-                ct_ribs=functools.partial(rib_mask_from_ct, image, box))
+                ct_ribs=functools.partial(rib_mask_from_ct, image, box),
+                region_confusion=getattr(models.segmenter, "region_confusion", None))
             del segmentation
             verse_map = spine_region.paste(verse_region, box, shape)
             kept = {CLASS_TO_VERSE[c.new_class_id]: c for c in components if c.new_class_id > 0}

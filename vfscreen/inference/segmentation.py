@@ -17,6 +17,7 @@ import SimpleITK as sitk
 import torch
 
 from vfscreen import paths
+from vfscreen.core import region_confusion
 from vfscreen.core.devices import resolve_device
 from vfscreen.core.fusion_model import load_screening_model
 from vfscreen.core.model_folders import (GRADER_TRAINER_NAMES, NNUNET_CHECKPOINTS, available_folds,
@@ -89,6 +90,9 @@ class NnunetSegmenter:
         self.label_grouping = dataset_json.get("vfscreen_label_grouping", "vertebrae")
         # ... and, when trained on label maps with ribs and sacrum, those landmarks (vfscreen.labels.LANDMARK_CLASSES)
         self.has_landmarks = all(name in dataset_json.get("labels", {}) for name in LANDMARK_CLASSES)
+        # ... and how far its region calls can be trusted, measured on its folds' validation cases (None: unknown)
+        self.region_confusion = region_confusion.read_confusion(self.model_folder, folds) \
+            if self.label_grouping == "spine_regions" else None
 
     def __call__(self, image: sitk.Image, check_region=None, with_probabilities: bool = True):
         """The image's :class:`vfscreen.inference.spine_region.SpineSegmentation` (only the spine's region is brought

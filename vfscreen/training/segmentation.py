@@ -20,9 +20,12 @@ import os
 import pickle
 from pathlib import Path
 
+import numpy as np
+import SimpleITK as sitk
 import torch
 
 from vfscreen import paths
+from vfscreen.core import region_confusion
 from vfscreen.core.devices import resolve_device
 from vfscreen.core.nnunet_models import (SCHEDULE_KEY, VFSCREEN_SEG_TRAINER, dataset_json_for_grouping,
                                          label_grouping, nnunet_checkpoint_safe_globals, nnunet_trainer_class)
@@ -104,7 +107,26 @@ def train_segmentation(dataset_name: str, vfscreen_plans: dict, configuration: s
                           f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300]}") from None
     trainer.run_training()
     trainer.perform_actual_validation(export_validation_probabilities)
+    if label_grouping(trainer.configuration_manager.configuration) == "spine_regions":
+        record_region_confusion(Path(trainer.output_folder), Path(trainer.preprocessed_dataset_folder_base))
     return Path(trainer.output_folder)
+
+
+def record_region_confusion(fold_folder: Path, preprocessed_folder: Path) -> Path | None:
+    """How the region network's validation predictions call each reference vertebra's region
+    (vfscreen.core.region_confusion), written into the fold folder for prediction; None without validation cases."""
+    counts, cases = np.zeros((3, 3), dtype=int), []
+    for prediction in sorted((fold_folder / "validation").glob("*.nii.gz")):
+        reference = preprocessed_folder / "gt_segmentations" / prediction.name
+        if not reference.is_file():
+            continue
+        predicted = sitk.GetArrayFromImage(sitk.ReadImage(str(prediction)))
+        truth = sitk.GetArrayFromImage(sitk.ReadImage(str(reference)))
+        if predicted.shape != truth.shape:
+            continue
+        counts += region_confusion.confusion_counts(predicted, truth)
+        cases.append(prediction.name[: -len(".nii.gz")])
+    return region_confusion.write_confusion(fold_folder, counts, cases) if cases else None
 
 
 @contextlib.contextmanager
