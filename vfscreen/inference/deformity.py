@@ -115,7 +115,7 @@ def vertebra_fields(vertebra) -> dict:
     ``vertebra`` None: nothing reported, e.g. an implausible component)."""
     if vertebra is None:
         return {"heights_95_mm": None, "genant_ratio_interval": None, "morph_borderline": None, "deformity": None,
-                "trabecular_hu": None, "density_note": ""}
+                "trabecular_hu": None, "density_note": "", "endplates_from_ct": None}
     measured = vertebra.heights_mm is not None and vertebra.deformity is not None
     return {
         "heights_95_mm": {name: round(Z_95 * sd, 2) for name, sd in vertebra.height_sd_mm.items()}
@@ -125,6 +125,8 @@ def vertebra_fields(vertebra) -> dict:
         "deformity": dict(vertebra.deformity) if measured else None,
         "trabecular_hu": vertebra.trabecular_hu,
         "density_note": vertebra.density_note,
+        # share of the height end points moved onto the CT's own endplate edges (None: measured on the mask alone)
+        "endplates_from_ct": vertebra.extra.get("edges_from_ct") if measured else None,
     }
 
 

@@ -34,7 +34,8 @@ from vfscreen.utils.atomic import (atomic_path, atomic_write_csv, atomic_write_i
 #    type / grade_range), trabecular_hu, density_note; patient morphometry (density screen, resolution note);
 #    heights at Genant's points (the walls)
 # 5: vertebra + patient level_uncertain; naming (the rib / sacrum evidence the names are anchored on)
-JSON_SCHEMA_VERSION = 5
+# 6: vertebra endplates_from_ct (share of the height end points found on the CT's own endplate edges)
+JSON_SCHEMA_VERSION = 6
 VERTEBRA_FIELDS = {  # field -> allowed Python types of its JSON value
     "label": (int,), "name": (str,), "grade": (int, type(None)), "probabilities": (list, type(None)),
     "p_fracture": (float, type(None)), "uncertainty": (float, type(None)), "fold_disagreement": (float, type(None)),
@@ -44,7 +45,7 @@ VERTEBRA_FIELDS = {  # field -> allowed Python types of its JSON value
     "implausible": (str, type(None)), "heights_95_mm": (dict, type(None)),
     "genant_ratio_interval": (list, type(None)), "morph_borderline": (bool, type(None)),
     "deformity": (dict, type(None)), "trabecular_hu": (float, type(None)), "density_note": (str,),
-    "level_uncertain": (bool,),
+    "level_uncertain": (bool,), "endplates_from_ct": (float, type(None)),
 }
 PATIENT_FIELDS = {"worst_grade": (int, type(None)), "any_fracture": (bool,), "suspected": (list,),
                   "num_vertebrae": (int,), "p_fracture": (float, type(None)),
