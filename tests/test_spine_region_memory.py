@@ -1,6 +1,8 @@
-"""Memory scales with the spine, not with the field of view: the same spine padded to a 2x and a 4x larger field of
-view (in-plane; 4x and 16x the voxels) costs prediction the same memory after the network, up to the full-grid
-uint8 output label map and the intensity check of the scan itself.
+"""Memory scales with the spine, not with the field of view: the same spine padded to a 6x and a 12x larger field of
+view (in-plane; 36x and 144x the voxels) costs prediction the same memory after the network, up to the full-grid
+uint8 output label map and the intensity check of the scan itself. Both fields are wider than the spine plus the
+margin within which ribs are followed on the CT (vfscreen.inference.ct_ribs.SEARCH_MARGIN_MM on either side): that
+search is bounded by the spine, not by the field.
 
 The network (tiny nnU-Net model folder, its output replaced by a bone threshold) and nnU-Net's whole-scan
 preprocessing run first and are not measured (they are whole-scan by nature; the size sweep measures them). What is
@@ -23,6 +25,7 @@ SPACING_MM = 1.5  # half the tiny plan's 3 mm: the region is resampled back to t
 # intensity check's copy of the int16 scan (2) and the network-grid foreground and its components (~6 bytes per
 # network voxel, 8 input voxels each), with margin; the old path's 27 channels over the grid: >= 160
 MAX_BYTES_PER_PADDED_VOXEL = 6.0
+PAD_FACTORS = (6, 12)  # fields of 216 and 432 mm: wider than the 36 mm spine + 2 x the rib search margin
 
 
 def spine_in_field(pad_factor: int) -> sitk.Image:
@@ -70,18 +73,19 @@ def test_memory_after_the_network_does_not_grow_with_padding(model_folder, monke
     segmenter = NnunetSegmenter(model_folder, [0], "cpu", use_mirroring=False)
     segmenter.predictor.predict_logits_from_preprocessed_data = threshold_network
     peaks, voxels, regions = {}, {}, {}
-    for factor in (2, 4):
+    small, large = PAD_FACTORS
+    for factor in PAD_FACTORS:
         image = spine_in_field(factor)
         peaks[factor], result = traced_peak_after_network(segmenter, image, monkeypatch)
         voxels[factor] = int(np.prod(image.GetSize()))
         regions[factor] = tuple(s.stop - s.start for s in result["region"])
         assert int((result["verse_map"] > 0).sum()) > 0
-    assert regions[2] == regions[4]  # the same spine region, wherever the field ends
-    growth = (peaks[4] - peaks[2]) / (voxels[4] - voxels[2])
+    assert regions[small] == regions[large]  # the same spine region, wherever the field ends
+    growth = (peaks[large] - peaks[small]) / (voxels[large] - voxels[small])
     print(f"traced peaks {peaks} bytes for {voxels} voxels: {growth:.2f} bytes per padded voxel")
     assert growth <= MAX_BYTES_PER_PADDED_VOXEL, (peaks, voxels)
-    region_voxels = int(np.prod(regions[2]))
-    assert region_voxels < voxels[2] / 2  # the region is the spine's, not the field's
+    region_voxels = int(np.prod(regions[small]))
+    assert region_voxels < voxels[small] / 2  # the region is the spine's, not the field's
 
 
 def test_thin_slab_and_empty_scans_give_an_output(model_folder):  # noqa: F811

@@ -37,14 +37,18 @@ SHELL_MM = (3.0, 10.0)  # soft-tissue shell around the vertebrae that sets the b
 
 
 def bone_threshold(ct: np.ndarray, vertebrae: np.ndarray, spacing_zyx: np.ndarray) -> float | None:
-    """Half-way between the soft tissue around the vertebrae and their bright bone (HU); None without either."""
+    """Half-way between the soft tissue around the vertebrae and their bright bone (HU); None without either.
+    The shell is computed inside the vertebrae's box grown by its outer radius only (memory follows the spine)."""
     if not vertebrae.any():
         return None
-    distance = ndimage.distance_transform_edt(~vertebrae, sampling=spacing_zyx)
-    shell = (distance >= SHELL_MM[0]) & (distance <= SHELL_MM[1]) & (ct > -200) & (ct < 200)
+    near = spine_region.grow(spine_region.bounding_box(vertebrae), np.ceil(SHELL_MM[1] / spacing_zyx).astype(int) + 1,
+                             vertebrae.shape)
+    distance = ndimage.distance_transform_edt(~vertebrae[near], sampling=spacing_zyx)
+    local_ct = ct[near]
+    shell = (distance >= SHELL_MM[0]) & (distance <= SHELL_MM[1]) & (local_ct > -200) & (local_ct < 200)
     if shell.sum() < 10:
         return None
-    soft_tissue, bright_bone = float(np.median(ct[shell])), float(np.percentile(ct[vertebrae], 90))
+    soft_tissue, bright_bone = float(np.median(local_ct[shell])), float(np.percentile(ct[vertebrae], 90))
     if bright_bone <= soft_tissue:
         return None
     return soft_tissue + 0.5 * (bright_bone - soft_tissue)
@@ -63,7 +67,7 @@ def rib_mask_from_ct(image: sitk.Image, box, component_map: np.ndarray, centroid
     margin = np.ceil(SEARCH_MARGIN_MM / spacing_zyx).astype(int)
     wide = spine_region.grow(box, margin, sitk.GetArrayViewFromImage(image).shape)
     inner = tuple(slice(b.start - w.start, b.stop - w.start) for b, w in zip(box, wide))
-    ct = sitk.GetArrayViewFromImage(image)[wide].astype(np.float32)
+    ct = sitk.GetArrayViewFromImage(image)[wide]  # a view: the search reads the scan, copies none of it
     vertebrae = np.zeros(ct.shape, bool)
     vertebrae[inner] = component_map > 0
     threshold = bone_threshold(ct, vertebrae, spacing_zyx)
