@@ -2,8 +2,10 @@
 import json
 
 import numpy as np
+import pytest
 
 from vfscreen.core import region_confusion
+from vfscreen.errors import ConfigError
 from vfscreen.inference.chain_model import assign_labels
 from vfscreen.inference.label_consistency import _class_evidence
 from vfscreen.inference.landmarks import LandmarkEvidence, landmark_log_factors
@@ -32,6 +34,9 @@ def test_counts_are_the_commonest_vertebra_group_per_reference_vertebra(tmp_path
     region_confusion.write_confusion(tmp_path / "fold_1", counts, ["b"])
     assert region_confusion.read_confusion(tmp_path, [0, 1, 2]).tolist() == (2 * counts).tolist()
     assert region_confusion.read_confusion(tmp_path, [3]) is None
+    (tmp_path / "fold_1" / region_confusion.REGION_CONFUSION_FILE).write_text("{not json")
+    with pytest.raises(ConfigError, match="not a region-confusion file"):
+        region_confusion.read_confusion(tmp_path, [1])
 
 
 def test_a_network_that_calls_everything_thoracic_lets_the_ribs_decide():

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vfscreen.errors import ConfigError
 from vfscreen.labels import CLASS_TO_VERSE, NUM_VERTEBRA_CLASSES, VERSE_NAMES
 from vfscreen.utils.atomic import atomic_write_json
 
@@ -59,7 +60,14 @@ def read_confusion(model_folder: Path, folds) -> np.ndarray | None:
     for fold in folds:
         path = Path(model_folder) / f"fold_{fold}" / REGION_CONFUSION_FILE
         if path.is_file():
-            total += np.array(json.loads(path.read_text())["counts"], dtype=int)
+            try:
+                counts = np.array(json.loads(path.read_text())["counts"], dtype=int)
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+                raise ConfigError(f"{path}: not a region-confusion file ({type(error).__name__}: {error}); "
+                                  "delete it to name vertebrae from the network's outputs as they are") from None
+            if counts.shape != (3, 3) or (counts < 0).any():
+                raise ConfigError(f"{path}: 'counts' must be 3 x 3 non-negative counts, not {counts.tolist()}")
+            total += counts
             found = True
     return total if found else None
 
