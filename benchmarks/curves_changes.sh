@@ -6,12 +6,13 @@
 #   cos   SupCon, linear warm-up over 10 % of training, then cosine decay (instead of steps at 80 / 90 %)
 #   aug   SupCon, the authors' augmentation switches (one shared p = 0.7 switch, mask boxes p = 0.5, isotropic zoom)
 #   lr005 SupCon, SGD lr 0.005 (the authors' code) instead of the plan's
-# Usage: STEPS="100 200 400" benchmarks/curves_changes.sh [base t15 cos aug lr005]   (default: all, in this order)
+#   spc6  SupCon, 6 crops per grade instead of the plan's (more positives and negatives per anchor; a step costs more)
+# Usage: STEPS="100 200 400" benchmarks/curves_changes.sh [base t15 cos aug lr005 spc6]   (default: all, in this order)
 set -euo pipefail
 STEPS=${STEPS:-"100 200 400"}
 OUT=${OUT:-curves_changes}
 runs=("$@")
-[ ${#runs[@]} -eq 0 ] && runs=(base t15 cos aug lr005)
+[ ${#runs[@]} -eq 0 ] && runs=(base t15 cos aug lr005 spc6)
 mkdir -p "$OUT"
 for run in "${runs[@]}"; do
   case "$run" in
@@ -20,6 +21,7 @@ for run in "${runs[@]}"; do
     cos)  args=(--losses supcon --tag cos --grader_override '{"optimizer": {"schedule": "cosine", "warmup_fraction": 0.1}}') ;;
     aug)  args=(--losses supcon --tag aug --grader_override '{"augmentation": {"switch": "shared", "probability": 0.7, "mask_box_probability": 0.5, "isotropic_zoom": true}}') ;;
     lr005) args=(--losses supcon --tag lr005 --grader_override '{"optimizer": {"lr": 0.005}}') ;;
+    spc6) args=(--losses supcon --tag spc6 --grader_override '{"sampler": {"samples_per_class": 6}}') ;;
     *) echo "unknown run $run" >&2; exit 2 ;;
   esac
   echo "=== $run: $(date -u +%FT%TZ) ==="
