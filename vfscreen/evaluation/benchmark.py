@@ -1,7 +1,8 @@
 """``vfscreen_benchmark ablation -d 501 -f 0 1 2 3 4``: SupCon vs cross-entropy, fairly (see
 vfscreen.evaluation.ablation); ``... curves -d 501 -f 0``: both losses as the step budget grows (see
 vfscreen.evaluation.curves); ``... morphometry -d 501``: morphometry vs the phantom's exact heights
-(see vfscreen.evaluation.morphometry_benchmark); ``... speed -i INPUT``: prediction speed, see vfscreen.evaluation.speed;
+(see vfscreen.evaluation.morphometry_benchmark); ``... naming -d 501``: what each piece of the naming adds to
+identification (see vfscreen.evaluation.naming_benchmark); ``... speed -i INPUT``: prediction speed, see vfscreen.evaluation.speed;
 ``... speed --untrained_preset NAME``: the speed of a plan without a trained model, see vfscreen.evaluation.untrained.
 
 Each writes its JSON atomically and prints its table (``--markdown``: the same rows as a README table).
@@ -22,6 +23,7 @@ from vfscreen.evaluation.bootstrap import DEFAULT_SEED
 from vfscreen.evaluation.curves import DEFAULT_STEPS, format_curves, run_curves, write_curves
 from vfscreen.evaluation.morphometry_benchmark import (format_example, format_morphometry, run_example_comparison,
                                                         run_morphometry_benchmark)
+from vfscreen.evaluation.naming_benchmark import format_naming, run_naming_benchmark
 from vfscreen.evaluation.size_sweep import format_size_sweep, parse_size, run_size_sweep
 from vfscreen.evaluation.speed import format_speed, machine_description, run_speed
 from vfscreen.evaluation.untrained import DEFAULT_FOLDS, run_untrained_speed
@@ -83,6 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
                              help="do not run TotalSegmentator's height measurement side by side")
     morphometry.add_argument("-o", "--output", default="morphometry.json", help="JSON to write")
     morphometry.add_argument("--markdown", action="store_true", help="also print the table for the README")
+    naming = commands.add_parser("naming", help="identification of the trained segmentation's vertebrae named with "
+                                 "each piece of the naming switched on in turn (CT ribs, calibrated regions, gaps)")
+    naming.add_argument("-d", "--dataset", default="501")
+    naming.add_argument("--split", choices=("Ts", "Tr"), default="Ts", help="cases with reference masks (default Ts)")
+    naming.add_argument("-n", "--num_cases", "--num-cases", type=int, default=None, help="first N cases (default all)")
+    naming.add_argument("-f", "--folds", nargs="+", type=int, help="segmentation folds (default: those trained)")
+    naming.add_argument("-device", "--device", choices=DEVICE_TYPES, default="cpu")
+    naming.add_argument("-o", "--output", default="naming.json", help="JSON to write (default: ./naming.json)")
+    naming.add_argument("--markdown", action="store_true", help="also print the table for the README")
     speed = commands.add_parser("speed", help="seconds per case for each stage of prediction, crops/s, peak memory")
     speed.add_argument("-i", "--input", help="input cases (as for vfscreen_predict); with --untrained_preset: "
                        "optional (default: a generated phantom), needs --labels")
@@ -183,6 +194,10 @@ def main(args: argparse.Namespace) -> int:
         result = run_morphometry_benchmark(resolve_dataset_name(args.dataset), args.num_cases, args.coarse_mm,
                                            totalsegmentator=not args.no_totalsegmentator)
         return _report(result, format_morphometry, args.markdown, args.output, "morphometry benchmark")
+    if args.command == "naming":
+        result = run_naming_benchmark(resolve_dataset_name(args.dataset), args.split, args.num_cases, args.folds,
+                                      args.device)
+        return _report(result, format_naming, args.markdown, args.output, "naming benchmark")
     if args.command == "curves":
         if args.tag and not args.tag.isalnum():
             raise ConfigError(f"--tag {args.tag!r}: letters and digits only")

@@ -19,6 +19,7 @@ from vfscreen.core.plans import includes_truncated
 from vfscreen.errors import ConfigError
 from vfscreen.inference import deformity, outputs, resources, spine_region
 from vfscreen.inference.grading import grade_crops
+from vfscreen.inference.chain_model import ChainModel
 from vfscreen.inference.ct_ribs import rib_mask_from_ct
 from vfscreen.inference.label_consistency import make_labels_consistent
 from vfscreen.inference.landmarks import naming_of_given_labels
@@ -38,7 +39,7 @@ def _json_float(value):
     return None if value is None else round(float(value), 4)
 
 
-def _segment(segmenter, image: sitk.Image, check_region) -> SpineSegmentation:
+def segment(segmenter, image: sitk.Image, check_region=None) -> SpineSegmentation:
     """The segmenter's result as a SpineSegmentation; a segmenter that returns full-grid (class map, probabilities)
     (tests, other segmenters) gets its region from its foreground."""
     try:
@@ -62,6 +63,22 @@ def _segment(segmenter, image: sitk.Image, check_region) -> SpineSegmentation:
         result.box = tuple(slice(0, 1) for _ in shape)
         result.class_map, result.probabilities = np.zeros((1, 1, 1), np.uint8), None
     return result
+
+
+def name_vertebrae(image: sitk.Image, segmentation: SpineSegmentation, segmenter, ct_ribs: bool = True,
+                   calibrated_regions: bool = True, gaps: bool = True):
+    """Names of the segmentation's vertebrae (vfscreen.inference.label_consistency): (VerSe map of the region,
+    components, landmark evidence). The switches turn off one piece of the naming each (``vfscreen_benchmark naming``
+    measures what each adds): ``ct_ribs`` ribs read off the CT where the network shows none, ``calibrated_regions`` the
+    segmenter's region confusion from its validation (else its region calls at face value), ``gaps`` the gaps between
+    neighbouring components as evidence of a missed vertebra."""
+    return make_labels_consistent(
+        segmentation.class_map, spine_region.region_image(image, segmentation.box), segmentation.probabilities,
+        model=ChainModel(use_gaps=gaps),
+        grouping=getattr(segmenter, "label_grouping", "vertebrae"),
+        has_landmarks=getattr(segmenter, "has_landmarks", False),
+        ct_ribs=functools.partial(rib_mask_from_ct, image, segmentation.box) if ct_ribs else None,
+        region_confusion=getattr(segmenter, "region_confusion", None) if calibrated_regions else None)
 
 
 def predict_case(image: sitk.Image, case_id: str, models: Models, saliency: bool = False,
@@ -90,19 +107,14 @@ def predict_case(image: sitk.Image, case_id: str, models: Models, saliency: bool
             if models.segmenter is None:
                 raise ConfigError("no mask for this case in --masks and no segmentation model ("
                                   + models.info.get("segmentation_unavailable", "none loaded") + ")")
-            segmentation = _segment(models.segmenter, image, check_region)
+            segmentation = segment(models.segmenter, image, check_region)
             case_warnings += segmentation.notes
     probabilities, components, confidence = None, [], {}
     with meter.stage("label_consistency"), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if spine is None:
             box, probabilities = segmentation.box, segmentation.probabilities
-            verse_region, components, naming = make_labels_consistent(
-                segmentation.class_map, spine_region.region_image(image, box), probabilities,
-                grouping=getattr(models.segmenter, "label_grouping", "vertebrae"),
-                has_landmarks=getattr(models.segmenter, "has_landmarks", False),
-                ct_ribs=functools.partial(rib_mask_from_ct, image, box),
-                region_confusion=getattr(models.segmenter, "region_confusion", None))
+            verse_region, components, naming = name_vertebrae(image, segmentation, models.segmenter)
             del segmentation
             verse_map = spine_region.paste(verse_region, box, shape)
             kept = {CLASS_TO_VERSE[c.new_class_id]: c for c in components if c.new_class_id > 0}
