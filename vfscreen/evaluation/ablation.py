@@ -26,7 +26,7 @@ from vfscreen.errors import ConfigError
 from vfscreen.evaluation.bootstrap import bootstrap_intervals
 from vfscreen.evaluation.curves import train_grader_run
 from vfscreen.evaluation.metrics import compute_metrics, defined, metric_value, undefined
-from vfscreen.evaluation.table import render
+from vfscreen.evaluation.table import render, render_markdown
 
 # name -> (loss, plans tag, grader override, label)
 VARIANTS = {
@@ -164,8 +164,6 @@ def format_ablation(ablation: dict, markdown: bool = False) -> str:
              f"{ablation['checkpoint']}; 95 % patient-bootstrap intervals ({ablation['n_resamples']} resamples, "
              "paired for the differences)")
     if markdown:
-        def table(head, body):
-            return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + \
-                ["| " + " | ".join(r) + " |" for r in body]
-        return "\n".join([title, ""] + table(header, rows) + [""] + table(difference_header, difference_rows))
+        return "\n".join([title, "", render_markdown(header, rows), "",
+                          render_markdown(difference_header, difference_rows)])
     return "\n".join([title, render(header, rows), "", render(difference_header, difference_rows)])

@@ -20,7 +20,7 @@ from pathlib import Path
 from vfscreen.core.model_folders import grader_model_folder
 from vfscreen.core.plans import PLANS_NAME
 from vfscreen.errors import ConfigError
-from vfscreen.evaluation.table import render
+from vfscreen.evaluation.table import render, render_markdown
 from vfscreen.utils.atomic import atomic_path, atomic_write_json
 
 DEFAULT_STEPS = (100, 200, 400, 800, 1600)
@@ -92,8 +92,7 @@ def format_curves(result: dict, markdown: bool = False) -> str:
     title = (f"Curves on {result['dataset']} ({result['configuration']}), fold {result['fold']}, validation "
              f"vertebrae; grader override: {override}")
     if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        return "\n".join([title, ""] + lines + ["| " + " | ".join(r) + " |" for r in rows])
+        return "\n".join([title, "", render_markdown(header, rows)])
     return "\n".join([title, render(header, rows)])
 
 

@@ -20,6 +20,7 @@ from vfscreen import dataset, genant, labels
 from vfscreen.errors import ConfigError
 from vfscreen.evaluation import totalseg_heights
 from vfscreen.evaluation.metrics import auroc, four_grade_metrics
+from vfscreen.evaluation.table import render_markdown
 from vfscreen.inference.masks import MaskSource, read_case_mask
 from vfscreen.inference.morphometry import HEIGHT_NAMES, measure_vertebrae
 
@@ -148,9 +149,7 @@ def format_morphometry(result: dict, markdown: bool = False) -> str:
     if theirs.get("why_not"):
         title += f"; TotalSegmentator side by side: {theirs['why_not']}"
     if markdown:
-        table = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-        table += ["| " + " | ".join(line) + " |" for line in lines]
-        return title + "\n\n" + "\n".join(table)
+        return title + "\n\n" + render_markdown(columns, lines)
     widths = [max(len(str(x)) for x in column) for column in zip(columns, *lines)]
     return "\n".join([title] + ["  ".join(str(x).ljust(w) for x, w in zip(line, widths))
                                 for line in [columns] + lines])
@@ -216,9 +215,7 @@ def format_example(result: dict, markdown: bool = False) -> str:
              f"vfscreen calls {ours_deformed} vertebra(e) deformed with confidence (grade >= 1, not borderline), "
              + (f"TotalSegmentator {theirs_deformed}" if result["totalsegmentator_version"] else result["why_not"]))
     if markdown:
-        table = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-        table += ["| " + " | ".join(line) + " |" for line in lines]
-        return title + "\n\n" + "\n".join(table)
+        return title + "\n\n" + render_markdown(columns, lines)
     widths = [max(len(str(x)) for x in column) for column in zip(columns, *lines)]
     return "\n".join([title] + ["  ".join(str(x).ljust(w) for x, w in zip(line, widths))
                                 for line in [columns] + lines])

@@ -18,7 +18,7 @@ from vfscreen import dataset
 from vfscreen.errors import ConfigError
 from vfscreen.evaluation.inputs import load_reference, read_reference_mask
 from vfscreen.evaluation.matching import match_case, segmentation_metrics
-from vfscreen.evaluation.table import render
+from vfscreen.evaluation.table import render, render_markdown
 from vfscreen.inference import spine_region
 from vfscreen.inference.pipeline import name_vertebrae, segment
 from vfscreen.inference.segmentation import load_models
@@ -90,7 +90,6 @@ def format_naming(result: dict, markdown: bool = False) -> str:
     title = (f"Naming on {result['dataset']} images{result['split']}: {len(result['cases'])} cases, one segmentation "
              "each, named four ways (same label and centroid within 20 mm)")
     if markdown:
-        table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        return "\n".join([title, ""] + table + ["| " + " | ".join(line) + " |" for line in lines])
+        return "\n".join([title, "", render_markdown(header, lines)])
     return "\n".join([title, render(header, lines)])
 

@@ -64,6 +64,12 @@ def table_rows(result: dict, method: dict | None = None, dataset_label: str = "-
     return rows
 
 
+def render_markdown(header: list[str], rows: list[list[str]]) -> str:
+    """The same rows as a Markdown table (the README tables of every benchmark)."""
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+                     + ["| " + " | ".join(row) + " |" for row in rows])
+
+
 def render(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
     line = "  ".join("-" * w for w in widths)
