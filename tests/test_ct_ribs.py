@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from vfscreen.inference.ct_ribs import rib_mask_from_ct
+from vfscreen.inference.ct_ribs import NETWORK_MASK_THIN_PART_MM, rib_mask_from_ct
 from vfscreen.inference.label_consistency import make_labels_consistent
 from vfscreen.inference.landmarks import find_landmarks
 from vfscreen.labels import CLASS_TO_VERSE, RIB_CLASS, SPINE_REGION_GROUP_IDS, VERSE_NAMES
@@ -100,6 +100,24 @@ def test_bright_structures_that_are_not_ribs_are_ignored():
     ribs, why_not = rib_mask_from_ct(image, _whole_box(labels), component_map, centroids)
     assert why_not is None
     assert find_landmarks(component_map, centroids, ribs, None, image).rib_bearing == [0, 1]
+
+
+def test_ribs_inside_a_coarse_network_mask_are_found_in_its_thin_parts():
+    """A +-50 mm field of view and a network's vertebra mask that covers the ribs of blocks 0 and 1 out to the image
+    edge: with the mask left out whole no rib is left to find; with its thin parts searched, blocks 0 and 1 carry
+    ribs and no bone of the (thick) blocks is taken for one."""
+    image, labels = _block_spine(5, rib_rows=(0, 1), width_mm=100.0)
+    coarse = labels.copy()
+    for row in (0, 1):
+        coarse[7 + 12 * row:10 + 12 * row, 30:33, :] = row + 1  # both ribs (6 mm thick), edge to edge
+    component_map, centroids, _ = _components(coarse, image, range(1, 6))
+    whole, _ = rib_mask_from_ct(image, _whole_box(labels), component_map, centroids)
+    assert not whole.any()
+    thin, why_not = rib_mask_from_ct(image, _whole_box(labels), component_map, centroids,
+                                     thin_parts_searched_mm=NETWORK_MASK_THIN_PART_MM)
+    assert why_not is None
+    assert find_landmarks(component_map, centroids, thin, None, image).rib_bearing == [0, 1]
+    assert not (thin & (labels > 0)).any()
 
 
 def test_a_field_of_view_too_narrow_for_ribs_says_so():

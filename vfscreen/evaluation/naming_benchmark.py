@@ -3,7 +3,7 @@
 The dataset's trained segmentation model segments every test case once (as ``vfscreen_predict`` does); the same
 segmentation is then named with the pieces of :func:`vfscreen.inference.pipeline.name_vertebrae` switched on one
 after the other - the network's own region calls at face value; + ribs read off the CT
-(:mod:`vfscreen.inference.ct_ribs`); + the region calls weighed by the model's validation confusion
+(:mod:`vfscreen.inference.ct_ribs`); + ribs searched inside the thin parts of the network's mask too; + the region calls weighed by the model's validation confusion
 (:mod:`vfscreen.core.region_confusion`); + gaps between neighbours as evidence of a missed vertebra (the last row is
 what ``vfscreen_predict`` does). Each row is scored against the reference masks as ``vfscreen_evaluate`` scores names
 (:func:`vfscreen.evaluation.matching.segmentation_metrics`: same label and centroids within 20 mm, over every
@@ -28,10 +28,16 @@ from vfscreen.utils.progress import progress_bar
 
 # (row name, name_vertebrae switches), each row adding one piece to the one before
 VARIANTS = (
-    ("network regions at face value", {"ct_ribs": False, "calibrated_regions": False, "gaps": False}),
-    ("+ ribs from the CT", {"ct_ribs": True, "calibrated_regions": False, "gaps": False}),
-    ("+ calibrated regions", {"ct_ribs": True, "calibrated_regions": True, "gaps": False}),
-    ("+ gaps (vfscreen_predict)", {"ct_ribs": True, "calibrated_regions": True, "gaps": True}),
+    ("network regions at face value",
+     {"ct_ribs": False, "ribs_in_thin_mask_parts": False, "calibrated_regions": False, "gaps": False}),
+    ("+ ribs from the CT",
+     {"ct_ribs": True, "ribs_in_thin_mask_parts": False, "calibrated_regions": False, "gaps": False}),
+    ("+ ribs inside thin mask parts",
+     {"ct_ribs": True, "ribs_in_thin_mask_parts": True, "calibrated_regions": False, "gaps": False}),
+    ("+ calibrated regions",
+     {"ct_ribs": True, "ribs_in_thin_mask_parts": True, "calibrated_regions": True, "gaps": False}),
+    ("+ gaps (vfscreen_predict)",
+     {"ct_ribs": True, "ribs_in_thin_mask_parts": True, "calibrated_regions": True, "gaps": True}),
 )
 
 
@@ -88,7 +94,7 @@ def format_naming(result: dict, markdown: bool = False) -> str:
                       f"{round(right * unflagged)}/{unflagged}" if right is not None else f"n/a of {unflagged}",
                       str(row["num_predicted_level_uncertain"]), str(row["num_extra"])])
     title = (f"Naming on {result['dataset']} images{result['split']}: {len(result['cases'])} cases, one segmentation "
-             "each, named four ways (same label and centroid within 20 mm)")
+             f"each, named {len(result['rows'])} ways (same label and centroid within 20 mm)")
     if markdown:
         return "\n".join([title, "", render_markdown(header, lines)])
     return "\n".join([title, render(header, lines)])

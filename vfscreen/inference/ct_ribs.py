@@ -9,7 +9,11 @@ tissue. Here:
 1. *Bone* is every voxel at or above a threshold set on this scan, half-way between the soft tissue around the
    vertebrae (median HU of a shell 3-10 mm outside them, HU in [-200, 200]) and the vertebrae's bright bone (90th
    percentile HU inside them) - so it follows the scanner, the patient's bone density and the voxel size instead of a
-   fixed HU value; the vertebrae themselves (and 1 voxel around them) are left out.
+   fixed HU value; the vertebrae themselves (and 1 voxel around them) are left out. A network's coarse vertebra
+   mask often covers the ribs' first centimetres as well (next to its vertebra a rib looks like the vertebra's
+   bone), so of a network's mask only the thick part is left out (``thin_parts_searched_mm``: what a binary opening
+   with a ball of that radius keeps - bodies and arches, not a rib's ~1 cm section nor a process); a mask given by
+   the user is taken as drawn (its vertebrae own their processes).
 2. A connected bone component is *rib-like* when it reaches ``LATERAL_REACH_MM`` away from the spine's midline in the
    patient's left-right direction (or the lateral edge of the image, when that is nearer: a narrow field of view cuts
    the ribs), and is thin: its volume per mm of its longest extent is at most ``MAX_CROSS_SECTION_MM2`` (a rib, not
@@ -34,6 +38,9 @@ MIN_LATERAL_ROOM_MM = 25.0  # a field of view narrower than this around the spin
 MAX_CROSS_SECTION_MM2 = 400.0  # volume / longest extent of a rib-like component (a rib's section is ~1 cm2)
 SEARCH_MARGIN_MM = 60.0  # how far beyond the vertebrae's box the ribs are followed
 SHELL_MM = (3.0, 10.0)  # soft-tissue shell around the vertebrae that sets the bone threshold
+# a network's vertebra mask: parts thinner than this radius are searched for ribs (chosen among 0, 3, 4 and 5 mm by
+# identification on the demo's fold-0 validation cases, two demo-budget models; vfscreen_benchmark naming measures it)
+NETWORK_MASK_THIN_PART_MM = 4.0
 
 
 def bone_threshold(ct: np.ndarray, vertebrae: np.ndarray, spacing_zyx: np.ndarray) -> float | None:
@@ -55,11 +62,14 @@ def bone_threshold(ct: np.ndarray, vertebrae: np.ndarray, spacing_zyx: np.ndarra
 
 
 def rib_mask_from_ct(image: sitk.Image, box, component_map: np.ndarray, centroids_mm: np.ndarray,
-                     sacrum_mask: np.ndarray | None = None) -> tuple[np.ndarray | None, str | None]:
+                     sacrum_mask: np.ndarray | None = None, thin_parts_searched_mm: float = 0.0
+                     ) -> tuple[np.ndarray | None, str | None]:
     """(rib-like bone on ``box``'s grid, None) or (None, why not).
 
     image: the whole CT; box: array slices (z, y, x) of ``component_map`` inside it; component_map: (Z, Y, X) int,
-    vertebra components 1..N (0 = none); centroids_mm: (N, 3) world LPS; sacrum_mask: bool on box's grid or None.
+    vertebra components 1..N (0 = none); centroids_mm: (N, 3) world LPS; sacrum_mask: bool on box's grid or None;
+    thin_parts_searched_mm > 0: bone inside the vertebrae is searched too where the mask is thinner than that
+    (NETWORK_MASK_THIN_PART_MM for a network's mask), 0: the vertebrae are left out whole.
     """
     if len(centroids_mm) == 0:
         return None, "no vertebra"
@@ -73,7 +83,8 @@ def rib_mask_from_ct(image: sitk.Image, box, component_map: np.ndarray, centroid
     threshold = bone_threshold(ct, vertebrae, spacing_zyx)
     if threshold is None:
         return None, "no soft tissue or bone contrast around the vertebrae"
-    bone = (ct >= threshold) & ~ndimage.binary_dilation(vertebrae)
+    left_out = thick_part(vertebrae, spacing_zyx, thin_parts_searched_mm) if thin_parts_searched_mm > 0 else vertebrae
+    bone = (ct >= threshold) & ~ndimage.binary_dilation(left_out)
     components, count = ndimage.label(bone, structure=np.ones((3, 3, 3), bool))
     if count == 0:
         return np.zeros(component_map.shape, bool), None
@@ -104,6 +115,15 @@ def rib_mask_from_ct(image: sitk.Image, box, component_map: np.ndarray, centroid
         rib_like[np.unique(components[near_sacrum])] = False
     rib_like[0] = False
     return rib_like[components][inner], None
+
+
+def thick_part(mask: np.ndarray, spacing_zyx: np.ndarray, radius_mm: float) -> np.ndarray:
+    """What a binary opening of ``mask`` with a ball of ``radius_mm`` (in mm, on the voxel grid) keeps: the parts
+    of the mask a ball that size fits into, without the thinner ones."""
+    reach = np.floor(radius_mm / np.asarray(spacing_zyx, float)).astype(int)
+    offsets = np.indices(2 * reach + 1) - reach[:, None, None, None]
+    ball = np.sqrt(np.sum((offsets * np.asarray(spacing_zyx, float)[:, None, None, None]) ** 2, axis=0)) <= radius_mm
+    return ndimage.binary_opening(mask, structure=ball)
 
 
 def _lateral_extent(image: sitk.Image) -> np.ndarray:

@@ -20,7 +20,7 @@ from vfscreen.errors import ConfigError
 from vfscreen.inference import deformity, outputs, resources, spine_region
 from vfscreen.inference.grading import grade_crops
 from vfscreen.inference.chain_model import ChainModel
-from vfscreen.inference.ct_ribs import rib_mask_from_ct
+from vfscreen.inference.ct_ribs import NETWORK_MASK_THIN_PART_MM, rib_mask_from_ct
 from vfscreen.inference.label_consistency import make_labels_consistent
 from vfscreen.inference.landmarks import naming_of_given_labels
 from vfscreen.inference.morphometry import measure_vertebrae
@@ -66,10 +66,11 @@ def segment(segmenter, image: sitk.Image, check_region=None) -> SpineSegmentatio
 
 
 def name_vertebrae(image: sitk.Image, segmentation: SpineSegmentation, segmenter, ct_ribs: bool = True,
-                   calibrated_regions: bool = True, gaps: bool = True):
+                   ribs_in_thin_mask_parts: bool = True, calibrated_regions: bool = True, gaps: bool = True):
     """Names of the segmentation's vertebrae (vfscreen.inference.label_consistency): (VerSe map of the region,
     components, landmark evidence). The switches turn off one piece of the naming each (``vfscreen_benchmark naming``
-    measures what each adds): ``ct_ribs`` ribs read off the CT where the network shows none, ``calibrated_regions`` the
+    measures what each adds): ``ct_ribs`` ribs read off the CT where the network shows none (with
+    ``ribs_in_thin_mask_parts`` also inside the thin parts of the network's vertebra mask), ``calibrated_regions`` the
     segmenter's region confusion from its validation (else its region calls at face value), ``gaps`` the gaps between
     neighbouring components as evidence of a missed vertebra."""
     return make_labels_consistent(
@@ -77,7 +78,9 @@ def name_vertebrae(image: sitk.Image, segmentation: SpineSegmentation, segmenter
         model=ChainModel(use_gaps=gaps),
         grouping=getattr(segmenter, "label_grouping", "vertebrae"),
         has_landmarks=getattr(segmenter, "has_landmarks", False),
-        ct_ribs=functools.partial(rib_mask_from_ct, image, segmentation.box) if ct_ribs else None,
+        ct_ribs=functools.partial(rib_mask_from_ct, image, segmentation.box,
+                                  thin_parts_searched_mm=NETWORK_MASK_THIN_PART_MM if ribs_in_thin_mask_parts else 0.0)
+        if ct_ribs else None,
         region_confusion=getattr(segmenter, "region_confusion", None) if calibrated_regions else None)
 
 
