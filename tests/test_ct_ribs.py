@@ -120,6 +120,25 @@ def test_ribs_inside_a_coarse_network_mask_are_found_in_its_thin_parts():
     assert not (thin & (labels > 0)).any()
 
 
+def test_a_long_transverse_process_is_not_a_rib_but_a_rib_cut_by_the_field_of_view_is():
+    """Wide field: bone running 46 mm out from block 3 (a long transverse process) ends inside the field - not a
+    rib. Narrow field (+-45 mm): the ribs of blocks 0 and 1 leave the image 44 mm out - ribs."""
+    image, labels = _block_spine(5, rib_rows=(0,))
+    ct = sitk.GetArrayFromImage(image)
+    mid = ct.shape[2] // 2
+    ct[7 + 36:10 + 36, 30:33, mid + 10:mid + 23] = 600.0  # block 3, reaching (23 - 0.5) voxels x 2 mm ~ 46 mm
+    wide = sitk.GetImageFromArray(ct)
+    wide.CopyInformation(image)
+    component_map, centroids, _ = _components(labels, wide, range(1, 6))
+    ribs, _ = rib_mask_from_ct(wide, _whole_box(labels), component_map, centroids)
+    assert find_landmarks(component_map, centroids, ribs, None, wide).rib_bearing == [0]
+    narrow, narrow_labels = _block_spine(5, rib_rows=(0, 1), width_mm=90.0)
+    component_map, centroids, _ = _components(narrow_labels, narrow, range(1, 6))
+    ribs, why_not = rib_mask_from_ct(narrow, _whole_box(narrow_labels), component_map, centroids)
+    assert why_not is None
+    assert find_landmarks(component_map, centroids, ribs, None, narrow).rib_bearing == [0, 1]
+
+
 def test_a_field_of_view_too_narrow_for_ribs_says_so():
     image, labels = _block_spine(4, rib_rows=(0,), width_mm=56.0)
     component_map, centroids, _ = _components(labels, image, range(1, 5))

@@ -15,8 +15,8 @@ tissue. Here:
    with a ball of that radius keeps - bodies and arches, not a rib's ~1 cm section nor a process); a mask given by
    the user is taken as drawn (its vertebrae own their processes).
 2. A connected bone component is *rib-like* when it reaches ``LATERAL_REACH_MM`` away from the spine's midline in the
-   patient's left-right direction (or the lateral edge of the image, when that is nearer: a narrow field of view cuts
-   the ribs), and is thin: its volume per mm of its longest extent is at most ``MAX_CROSS_SECTION_MM2`` (a rib, not
+   patient's left-right direction - farther than a transverse process - or runs out of the field of view at its left
+   or right edge after at least ``MIN_LATERAL_ROOM_MM`` (a narrow field of view cuts the ribs), and is thin: its volume per mm of its longest extent is at most ``MAX_CROSS_SECTION_MM2`` (a rib, not
    the iliac wing), and it does not touch the sacrum (iliac bones do).
 
 Left-right reach excludes what also lies next to a vertebral body but stays near the midline: the aorta and vena cava
@@ -33,8 +33,11 @@ from scipy import ndimage
 from vfscreen.inference import spine_region
 from vfscreen.inference.geometry import array_indices_to_world, voxel_volume_mm3
 
-LATERAL_REACH_MM = 45.0  # a rib-like component reaches this far from the spine's midline (left-right)
-MIN_LATERAL_ROOM_MM = 25.0  # a field of view narrower than this around the spine cannot show ribs
+# a rib-like component reaches this far from the spine's midline (left-right); chosen among 45, 50 and 60 mm by
+# identification on the demo's fold-0 validation cases (two demo-budget models), with the edge rule below
+LATERAL_REACH_MM = 50.0
+MIN_LATERAL_ROOM_MM = 25.0  # a field of view narrower than this beside the spine cannot show ribs; and a bone cut by
+# the field's edge must run this far from the midline to count as a rib
 MAX_CROSS_SECTION_MM2 = 400.0  # volume / longest extent of a rib-like component (a rib's section is ~1 cm2)
 SEARCH_MARGIN_MM = 60.0  # how far beyond the vertebrae's box the ribs are followed
 SHELL_MM = (3.0, 10.0)  # soft-tissue shell around the vertebrae that sets the bone threshold
@@ -108,7 +111,13 @@ def rib_mask_from_ct(image: sitk.Image, box, component_map: np.ndarray, centroid
     np.maximum.at(high, ids, world)
     longest = np.linalg.norm(high - low, axis=1) + spacing_zyx.min()
     volume = np.bincount(ids, minlength=count + 1) * voxel_volume_mm3(image)
-    rib_like = (reach >= min(LATERAL_REACH_MM, room)) & (volume / longest <= MAX_CROSS_SECTION_MM2)
+    # cut by the search region's left or right edge: the field of view ends where the bone still runs on
+    edge_margin = 2 * spacing_zyx.max()
+    at_edge = (world[:, 0] <= corners[0] + edge_margin) | (world[:, 0] >= corners[1] - edge_margin)
+    cut = np.zeros(count + 1, bool)
+    cut[ids[at_edge]] = True
+    far = (reach >= LATERAL_REACH_MM) | (cut & (reach >= MIN_LATERAL_ROOM_MM))
+    rib_like = far & (volume / longest <= MAX_CROSS_SECTION_MM2)
     if sacrum_mask is not None and sacrum_mask.any():
         near_sacrum = np.zeros(ct.shape, bool)
         near_sacrum[inner] = ndimage.binary_dilation(sacrum_mask, iterations=2)
