@@ -86,7 +86,10 @@ def rib_mask_from_ct(image: sitk.Image, box, component_map: np.ndarray, centroid
     threshold = bone_threshold(ct, vertebrae, spacing_zyx)
     if threshold is None:
         return None, "no soft tissue or bone contrast around the vertebrae"
-    left_out = thick_part(vertebrae, spacing_zyx, thin_parts_searched_mm) if thin_parts_searched_mm > 0 else vertebrae
+    left_out = vertebrae
+    if thin_parts_searched_mm > 0:
+        left_out = np.zeros_like(vertebrae)
+        left_out[inner] = thick_part(component_map > 0, spacing_zyx, thin_parts_searched_mm)
     bone = (ct >= threshold) & ~ndimage.binary_dilation(left_out)
     components, count = ndimage.label(bone, structure=np.ones((3, 3, 3), bool))
     if count == 0:
@@ -127,12 +130,13 @@ def rib_mask_from_ct(image: sitk.Image, box, component_map: np.ndarray, centroid
 
 
 def thick_part(mask: np.ndarray, spacing_zyx: np.ndarray, radius_mm: float) -> np.ndarray:
-    """What a binary opening of ``mask`` with a ball of ``radius_mm`` (in mm, on the voxel grid) keeps: the parts
-    of the mask a ball that size fits into, without the thinner ones."""
-    reach = np.floor(radius_mm / np.asarray(spacing_zyx, float)).astype(int)
-    offsets = np.indices(2 * reach + 1) - reach[:, None, None, None]
-    ball = np.sqrt(np.sum((offsets * np.asarray(spacing_zyx, float)[:, None, None, None]) ** 2, axis=0)) <= radius_mm
-    return ndimage.binary_opening(mask, structure=ball)
+    """What a binary opening of ``mask`` with a ball of ``radius_mm`` keeps: the parts of the mask such a ball fits
+    into, without the thinner ones. Done with two Euclidean distance transforms in mm (erode: farther than the radius
+    from the background; dilate: within the radius of what is left), so the ball is exact at any voxel size."""
+    core = ndimage.distance_transform_edt(mask, sampling=spacing_zyx) > radius_mm
+    if not core.any():
+        return core
+    return mask & (ndimage.distance_transform_edt(~core, sampling=spacing_zyx) <= radius_mm)
 
 
 def _lateral_extent(image: sitk.Image) -> np.ndarray:
