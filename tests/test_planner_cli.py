@@ -191,6 +191,21 @@ def test_train_segmentation_runs_nnunet_with_the_planned_schedule(planned_datase
     # nnU-Net starts a new log file whenever a trainer is created (also before a training), so read them all
     log = "".join(path.read_text() for path in sorted(output.glob("training_log_*.txt")))
     assert "Epoch 0" in log and "Epoch 1" not in log
+    # validated without mirroring (a CPU plan), but the checkpoint keeps nnU-Net's axes for a GPU's prediction
+    from vfscreen.core.nnunet_models import load_nnunet_checkpoint
+    assert load_plans(name)["configurations"]["3d"]["segmentation"]["test_time_mirroring"] is False
+    assert load_nnunet_checkpoint(output / "checkpoint_final.pth")["inference_allowed_mirroring_axes"]
+
+
+@pytest.mark.parametrize("mirroring", [True, False])
+def test_final_validation_mirrors_as_the_plans_predict(mirroring):
+    from types import SimpleNamespace
+
+    from vfscreen.training.segmentation import validation_mirroring
+    trainer = SimpleNamespace(inference_allowed_mirroring_axes=(0, 1, 2))
+    with validation_mirroring(trainer, mirroring):
+        assert trainer.inference_allowed_mirroring_axes == ((0, 1, 2) if mirroring else None)
+    assert trainer.inference_allowed_mirroring_axes == (0, 1, 2)
 
 
 def test_cpu_count_without_affinity_call(monkeypatch):

@@ -93,7 +93,8 @@ def train_segmentation(dataset_name: str, vfscreen_plans: dict, configuration: s
     The fold's patients are those of ``splits_final.json`` written by the planner. nnU-Net writes its usual files
     (checkpoints, progress.png, training log, validation/) into the model folder.
     """
-    segmentation_plan = segmentation_settings(vfscreen_plans, configuration).section
+    settings = segmentation_settings(vfscreen_plans, configuration)
+    segmentation_plan = settings.section
     if continue_training and pretrained_weights:
         raise ConfigError("choose either --c (continue) or pretrained weights, not both")
     if pretrained_weights and not Path(pretrained_weights).is_file():
@@ -106,7 +107,8 @@ def train_segmentation(dataset_name: str, vfscreen_plans: dict, configuration: s
         raise ConfigError(f"cannot continue/initialise segmentation training in {trainer.output_folder}: "
                           f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300]}") from None
     trainer.run_training()
-    trainer.perform_actual_validation(export_validation_probabilities)
+    with validation_mirroring(trainer, settings.test_time_mirroring):
+        trainer.perform_actual_validation(export_validation_probabilities)
     if label_grouping(trainer.configuration_manager.configuration) == "spine_regions":
         record_region_confusion(Path(trainer.output_folder), Path(trainer.preprocessed_dataset_folder_base))
     return Path(trainer.output_folder)
@@ -127,6 +129,22 @@ def record_region_confusion(fold_folder: Path, preprocessed_folder: Path) -> Pat
         counts += region_confusion.confusion_counts(predicted, truth)
         cases.append(prediction.name[: -len(".nii.gz")])
     return region_confusion.write_confusion(fold_folder, counts, cases) if cases else None
+
+
+@contextlib.contextmanager
+def validation_mirroring(trainer: nnUNetTrainer, mirroring: bool):
+    """nnU-Net's final validation predicts every validation case with test-time mirroring (8 passes per window in
+    3D). Where the plans predict without it (``test_time_mirroring`` false: CPU plans), validate the same way:
+    validation then shows what prediction will do (the region confusion is measured on it) at an eighth of the cost,
+    which the planner's epoch budget does not count. The checkpoints keep nnU-Net's mirroring axes, so a GPU can
+    still predict with mirroring."""
+    saved = trainer.inference_allowed_mirroring_axes
+    if not mirroring:
+        trainer.inference_allowed_mirroring_axes = None  # nnUNetPredictor: no axes = no mirroring
+    try:
+        yield
+    finally:
+        trainer.inference_allowed_mirroring_axes = saved
 
 
 @contextlib.contextmanager
