@@ -3,11 +3,12 @@
 The dataset's trained segmentation model segments every test case once (as ``vfscreen_predict`` does); the same
 segmentation is then named with the pieces of :func:`vfscreen.inference.pipeline.name_vertebrae` switched on one
 after the other - the network's own region calls at face value; + ribs read off the CT
-(:mod:`vfscreen.inference.ct_ribs`); + ribs searched inside the thin parts of the network's mask too; + the region calls weighed by the model's validation confusion
-(:mod:`vfscreen.core.region_confusion`); + gaps between neighbours as evidence of a missed vertebra (the last row is
-what ``vfscreen_predict`` does). Each row is scored against the reference masks as ``vfscreen_evaluate`` scores names
-(:func:`vfscreen.evaluation.matching.segmentation_metrics`: same label and centroids within 20 mm, over every
-reference vertebra; the share of unflagged names that are right).
+(:mod:`vfscreen.inference.ct_ribs`); + ribs searched inside the thin parts of the network's mask too; + the region
+calls weighed by the model's validation confusion (:mod:`vfscreen.core.region_confusion`); + gaps between
+neighbours as evidence of a missed vertebra (the last row is what ``vfscreen_predict`` does). Each row is scored
+against the reference masks as ``vfscreen_evaluate`` scores names (:func:`vfscreen.evaluation.matching.
+segmentation_metrics`: same label and centroids within 20 mm, over every reference vertebra; the share of unflagged
+names that are right).
 """
 from __future__ import annotations
 
@@ -26,19 +27,12 @@ from vfscreen.labels import CLASS_TO_VERSE
 from vfscreen.utils.image_io import read_image
 from vfscreen.utils.progress import progress_bar
 
-# (row name, name_vertebrae switches), each row adding one piece to the one before
-VARIANTS = (
-    ("network regions at face value",
-     {"ct_ribs": False, "ribs_in_thin_mask_parts": False, "calibrated_regions": False, "gaps": False}),
-    ("+ ribs from the CT",
-     {"ct_ribs": True, "ribs_in_thin_mask_parts": False, "calibrated_regions": False, "gaps": False}),
-    ("+ ribs inside thin mask parts",
-     {"ct_ribs": True, "ribs_in_thin_mask_parts": True, "calibrated_regions": False, "gaps": False}),
-    ("+ calibrated regions",
-     {"ct_ribs": True, "ribs_in_thin_mask_parts": True, "calibrated_regions": True, "gaps": False}),
-    ("+ gaps (vfscreen_predict)",
-     {"ct_ribs": True, "ribs_in_thin_mask_parts": True, "calibrated_regions": True, "gaps": True}),
-)
+# the pieces of name_vertebrae in the order the rows add them: (row name, its switch)
+PIECES = (("+ ribs from the CT", "ct_ribs"), ("+ ribs inside thin mask parts", "ribs_in_thin_mask_parts"),
+          ("+ calibrated regions", "calibrated_regions"), ("+ gaps (vfscreen_predict)", "gaps"))
+# (row name, name_vertebrae switches): the first row with every piece off, each further row switching one more on
+VARIANTS = tuple((name, {switch: index < row for index, (_, switch) in enumerate(PIECES)})
+                 for row, name in enumerate(["network regions at face value"] + [name for name, _ in PIECES]))
 
 
 def run_naming_benchmark(dataset_name: str, split: str = "Ts", num_cases: int | None = None, folds=None,

@@ -16,8 +16,9 @@ tissue. Here:
    the user is taken as drawn (its vertebrae own their processes).
 2. A connected bone component is *rib-like* when it reaches ``LATERAL_REACH_MM`` away from the spine's midline in the
    patient's left-right direction - farther than a transverse process - or runs out of the field of view at its left
-   or right edge after at least ``MIN_LATERAL_ROOM_MM`` (a narrow field of view cuts the ribs), and is thin: its volume per mm of its longest extent is at most ``MAX_CROSS_SECTION_MM2`` (a rib, not
-   the iliac wing), and it does not touch the sacrum (iliac bones do).
+   or right edge after at least ``MIN_LATERAL_ROOM_MM`` (a narrow field of view cuts the ribs), and is thin: its
+   volume per mm of its longest extent is at most ``MAX_CROSS_SECTION_MM2`` (a rib, not the iliac wing), and it does
+   not touch the sacrum (iliac bones do).
 
 Left-right reach excludes what also lies next to a vertebral body but stays near the midline: the aorta and vena cava
 with contrast, calcified discs, osteophytes. These are modelling choices (checked on the phantom's ribs and on the
