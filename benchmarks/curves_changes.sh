@@ -7,7 +7,9 @@
 #   aug   SupCon, the authors' augmentation switches (one shared p = 0.7 switch, mask boxes p = 0.5, isotropic zoom)
 #   lr005 SupCon, SGD lr 0.005 (the authors' code) instead of the plan's
 #   spc6  SupCon, 6 crops per grade instead of the plan's (more positives and negatives per anchor; a step costs more)
-# Usage: STEPS="100 200 400" benchmarks/curves_changes.sh [base t15 cos aug lr005 spc6]   (default: all, in this order)
+#   queue SupCon, a memory of the last 192 detached projections as extra keys (loss.queue_size; MoCo-style, no
+#         momentum encoder): 8 batches of 24 views, more positives and negatives per anchor at the same step cost
+# Usage: STEPS="100 200 400" benchmarks/curves_changes.sh [base t15 cos aug lr005 spc6 queue]   (default: all, in this order)
 set -euo pipefail
 STEPS=${STEPS:-"100 200 400"}
 OUT=${OUT:-curves_changes}
@@ -22,6 +24,7 @@ for run in "${runs[@]}"; do
     aug)  args=(--losses supcon --tag aug --grader_override '{"augmentation": {"switch": "shared", "probability": 0.7, "mask_box_probability": 0.5, "isotropic_zoom": true}}') ;;
     lr005) args=(--losses supcon --tag lr005 --grader_override '{"optimizer": {"lr": 0.005}}') ;;
     spc6) args=(--losses supcon --tag spc6 --grader_override '{"sampler": {"samples_per_class": 6}}') ;;
+    queue) args=(--losses supcon --tag queue --grader_override '{"loss": {"queue_size": 192}}') ;;
     *) echo "unknown run $run" >&2; exit 2 ;;
   esac
   echo "=== $run: $(date -u +%FT%TZ) ==="

@@ -42,6 +42,11 @@ def test_dataset_json_carries_the_mapping(tmp_path):
     assert content["labels"] == labels.nnunet_labels_dict()
     assert content["vfscreen"]["verse_ids"]["20"] == 28  # class 20 is T13
     assert content["file_ending"] == ".nii.gz" and content["numTraining"] == 3
+    # nnU-Net's placeholders ("Whoever converted this dataset was lazy ...") never reach a vfscreen dataset.json
+    assert content["licence"] == dataset.UNKNOWN_LICENCE and content["converted_by"] == "vfscreen"
+    dataset.write_dataset_json(tmp_path, "Dataset999_Test", 3, "unit test", licence="CC BY-SA 4.0", reference="x")
+    content = json.loads((tmp_path / "dataset.json").read_text())
+    assert content["licence"] == "CC BY-SA 4.0" and content["reference"] == "x"
 
 
 def test_resolve_dataset_name(session_home):

@@ -135,6 +135,18 @@ def test_ce_model_goes_to_its_own_folder():
     assert setup.fold_folder.name == "fold_1"
 
 
+def test_projection_queue_trains_and_a_bad_queue_size_is_refused():
+    plans = make_dataset("Dataset976_GraderQueue", num_epochs=1)
+    plans["configurations"]["3d"]["grader"]["loss"]["queue_size"] = 24
+    metrics = train_grader(prepare_grader_training("Dataset976_GraderQueue", "3d", 0, plans), show_progress=False)
+    assert metrics is not None and metrics["epoch"] == 1
+    for bad in (-1, 2.5, True, "24"):
+        plans["configurations"]["3d"]["grader"]["loss"]["queue_size"] = bad
+        shutil.rmtree(paths.nnUNet_results / "Dataset976_GraderQueue", ignore_errors=True)
+        with pytest.raises(ConfigError, match="loss.queue_size must be an integer >= 0"):
+            train_grader(prepare_grader_training("Dataset976_GraderQueue", "3d", 0, plans), show_progress=False)
+
+
 def test_bad_input_is_refused_with_one_clear_message(uninterrupted_run, tmp_path):
     setup, _ = uninterrupted_run
     plans = setup.plans

@@ -61,15 +61,20 @@ def raw_dataset_folder(dataset: str | int) -> Path:
     return paths.nnUNet_raw / resolve_dataset_name(dataset)
 
 
+UNKNOWN_LICENCE = "unknown: see the terms of the source data"
+
+
 def write_dataset_json(folder: Path, dataset_name: str, num_training_cases: int, description: str,
-                       **extra) -> None:
-    """nnU-Net's dataset.json (via nnunetv2's own generator) with vfscreen's label mapping added."""
+                       licence: str = UNKNOWN_LICENCE, reference: str | None = None, **extra) -> None:
+    """nnU-Net's dataset.json (via nnunetv2's own generator) with vfscreen's label mapping added; ``licence`` and
+    ``reference`` are the data's (nnU-Net's placeholders never reach the file), ``converted_by`` is vfscreen."""
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
 
     generate_dataset_json(str(folder), channel_names={0: "CT"}, labels=labels.nnunet_labels_dict(),
                           num_training_cases=num_training_cases, file_ending=FILE_ENDING,
                           dataset_name=dataset_name, description=description,
-                          overwrite_image_reader_writer=NNUNET_READER_WRITER,
+                          overwrite_image_reader_writer=NNUNET_READER_WRITER, license=licence,
+                          reference=reference, converted_by="vfscreen",
                           vfscreen={"verse_ids": labels.verse_ids_dict(), "landmark_classes": labels.LANDMARK_CLASSES,
                                     "grades_file": GRADES_FILE, **extra})
 

@@ -16,7 +16,6 @@ Rules applied to every case (documented in the README, "Using real data"):
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import shutil
 import sys
@@ -33,7 +32,7 @@ import SimpleITK as sitk
 
 from vfscreen import labels, paths
 from vfscreen.core.cli import CommandParser
-from vfscreen.dataset import GRADES_FILE, image_path, label_path, write_dataset_json
+from vfscreen.dataset import GRADES_FILE, UNKNOWN_LICENCE, image_path, label_path, write_dataset_json
 from vfscreen.errors import ConfigError, InputError
 from vfscreen.utils.atomic import atomic_directory, atomic_write_csv, atomic_write_image, atomic_write_json
 from vfscreen.utils.image_io import check_case_id, check_ct_intensities, check_same_geometry, read_image
@@ -260,15 +259,10 @@ def build_raw_dataset(final_folder: Path, sources: list[SourceCase], problems: P
                 for sub in ("images", "labels"):
                     (tmp_folder / f"{sub}{split}").mkdir(exist_ok=True)
             write_dataset_json(tmp_folder, final_folder.name, num_training, description,
+                               licence=licence or UNKNOWN_LICENCE, reference=reference,
                                patients={case.case_id: case.subject for case in written},
                                centroids_folder=CENTROIDS_FOLDER, centroid_coordinate_system=COORDINATE_SYSTEM,
                                background_verse_ids=BACKGROUND_VERSE_IDS, **(dataset_json_extra or {}))
-            if licence or reference:
-                dataset_json = json.loads((tmp_folder / "dataset.json").read_text())
-                dataset_json.update({"licence": licence or dataset_json.get("licence"),
-                                     "reference": reference or dataset_json.get("reference", ""),
-                                     "converted_by": "vfscreen"})
-                atomic_write_json(tmp_folder / "dataset.json", dataset_json, indent=4)
             rows = [row for case in written for row in case.grade_rows]
             grades = pd.DataFrame(rows, columns=["case_id", "label", "grade"] + (
                 ["morphology"] if any("morphology" in row for row in rows) else []))

@@ -39,7 +39,7 @@ from vfscreen.training.grader.optimization import build_optimizer, learning_rate
 from vfscreen.training.grader.progress import PROGRESS_PLOT, TrainingLog, new_history, plot_progress
 from vfscreen.training.grader.readout_stage import describe, final_readout, measure_milestone, readout_plan, summary
 from vfscreen.training.grader.sampler import PerClassBatchSampler
-from vfscreen.training.grader.supcon import SupConLoss
+from vfscreen.training.grader.supcon import ProjectionQueue, SupConLoss
 from vfscreen.training.grader.validation import grading_metrics, predictions_table
 from vfscreen.utils.atomic import atomic_write_csv, atomic_write_json, remove_stale_temporaries
 from vfscreen.utils.progress import progress_bar
@@ -131,6 +131,10 @@ class GraderTrainer:
         self.readout = readout_plan(self.plan)
         self.grad_scaler = torch.amp.GradScaler("cuda") if self.use_amp else None
         self.supcon = SupConLoss(float(self.plan["loss"].get("temperature", 0.07)))
+        queue_size = self.plan["loss"].get("queue_size", 0)  # 0: SupCon over the batch alone
+        if not isinstance(queue_size, int) or isinstance(queue_size, bool) or queue_size < 0:
+            raise ConfigError(f"grader plan: loss.queue_size must be an integer >= 0, not {queue_size!r}")
+        self.queue = ProjectionQueue(queue_size)
         self.sampler = self._make_sampler()
         if self.plan.get("num_steps"):  # a step budget instead of epochs (the curves): whole passes covering it
             self.num_epochs = -(-int(self.plan["num_steps"]) // len(self.sampler))
@@ -269,7 +273,9 @@ class GraderTrainer:
             _, logits, projection = self.network(inputs)  # (V*B, 4), (V*B, P)
         projection = projection.float().reshape(num_views, batch_size, -1).transpose(0, 1)  # (B, V, P)
         ce_loss = F.cross_entropy(logits.float(), grades.repeat(num_views))
-        supcon_loss = self.supcon(projection, grades) if self.setup.loss_name == "supcon" else None
+        supcon_loss = self.supcon(projection, grades, *self.queue.contents()) \
+            if self.setup.loss_name == "supcon" else None
+        self.queue.push(projection, grades)
         normalised = self.supcon.normalised(projection.detach(), grades) if supcon_loss is not None else None
         loss = ce_loss + supcon_loss if supcon_loss is not None else ce_loss
         self.optimizer.zero_grad(set_to_none=True)
