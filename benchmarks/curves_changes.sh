@@ -8,7 +8,7 @@
 #   lr005 SupCon, SGD lr 0.005 (the authors' code) instead of the plan's
 #   spc6  SupCon, 6 crops per grade instead of the plan's (more positives and negatives per anchor; a step costs more)
 #   queue SupCon, a memory of the last 192 detached projections as extra keys (loss.queue_size; MoCo-style, no
-#         momentum encoder): 8 batches of 24 views, more positives and negatives per anchor at the same step cost
+#         momentum encoder): 8 batches of 24 views, more positives and negatives per anchor at almost the same step cost
 # Usage: STEPS="100 200 400" benchmarks/curves_changes.sh [base t15 cos aug lr005 spc6 queue]   (default: all, in this order)
 set -euo pipefail
 STEPS=${STEPS:-"100 200 400"}

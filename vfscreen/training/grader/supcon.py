@@ -65,13 +65,11 @@ class SupConLoss(nn.Module):
         of an anchor without positive is 0. ``memory`` (M, P) / ``memory_labels`` (M,): extra keys (see above)."""
         if projections.ndim != 3:
             raise ValueError(f"projections must be (batch, views, dim), got shape {tuple(projections.shape)}")
-        batch_size, num_views, _ = projections.shape
+        batch_size = projections.shape[0]
         if labels.shape != (batch_size,):
             raise ValueError(f"labels must be ({batch_size},), got shape {tuple(labels.shape)}")
         device = projections.device
-        # anchors: (N, P) with N = V * B, ordered view-major (all samples of view 0, then view 1, ...)
-        anchors = torch.cat(torch.unbind(projections.float(), dim=1), dim=0)
-        anchor_labels = labels.repeat(num_views)  # (N,)
+        anchors, anchor_labels = view_major(projections.float(), labels)  # (N, P), (N,)
         num_anchors = anchors.shape[0]
         keys, key_labels = anchors, anchor_labels  # (N + M, P), (N + M,): the anchors, then the memory
         if memory is not None and memory.shape[0] > 0:
@@ -96,6 +94,11 @@ class SupConLoss(nn.Module):
         return -sum_log_probability_positive / num_positives.clamp_min(1), num_positives
 
 
+def view_major(projections: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """projections (B, V, P), labels (B,) -> (V * B, P), (V * B,): all samples of view 0, then of view 1, ..."""
+    return torch.cat(torch.unbind(projections, dim=1), dim=0), labels.repeat(projections.shape[1])
+
+
 class ProjectionQueue:
     """First-in first-out memory of the last ``size`` detached projections and their grades (see the module
     docstring). Per process (under DDP each rank keeps its own); not checkpointed: a resumed run refills it."""
@@ -114,8 +117,7 @@ class ProjectionQueue:
         """projections: (B, V, P), labels: (B,): every view enters, view-major like the anchors; the oldest leave."""
         if self.size == 0:
             return
-        views = torch.cat(torch.unbind(projections.detach().float(), dim=1), dim=0)  # (V * B, P)
-        view_labels = labels.detach().repeat(projections.shape[1])  # (V * B,)
+        views, view_labels = view_major(projections.detach().float(), labels.detach())  # (V * B, P), (V * B,)
         if self.keys is not None:
             views, view_labels = torch.cat([self.keys, views]), torch.cat([self.labels, view_labels])
         self.keys, self.labels = views[-self.size:], view_labels[-self.size:]

@@ -273,9 +273,10 @@ class GraderTrainer:
             _, logits, projection = self.network(inputs)  # (V*B, 4), (V*B, P)
         projection = projection.float().reshape(num_views, batch_size, -1).transpose(0, 1)  # (B, V, P)
         ce_loss = F.cross_entropy(logits.float(), grades.repeat(num_views))
-        supcon_loss = self.supcon(projection, grades, *self.queue.contents()) \
-            if self.setup.loss_name == "supcon" else None
-        self.queue.push(projection, grades)
+        supcon_loss = None
+        if self.setup.loss_name == "supcon":
+            supcon_loss = self.supcon(projection, grades, *self.queue.contents())
+            self.queue.push(projection, grades)
         normalised = self.supcon.normalised(projection.detach(), grades) if supcon_loss is not None else None
         loss = ce_loss + supcon_loss if supcon_loss is not None else ce_loss
         self.optimizer.zero_grad(set_to_none=True)
