@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from vfscreen.inference.ct_ribs import NETWORK_MASK_THIN_PART_MM, rib_mask_from_ct
+from vfscreen.inference.ct_ribs import NETWORK_MASK_THIN_PART_MM, rib_like_part, rib_mask_from_ct
 from vfscreen.inference.label_consistency import make_labels_consistent
 from vfscreen.inference.landmarks import find_landmarks
 from vfscreen.labels import CLASS_TO_VERSE, RIB_CLASS, SPINE_REGION_GROUP_IDS, VERSE_NAMES
@@ -118,6 +118,43 @@ def test_ribs_inside_a_coarse_network_mask_are_found_in_its_thin_parts():
     assert why_not is None
     assert find_landmarks(component_map, centroids, thin, None, image).rib_bearing == [0, 1]
     assert not (thin & (labels > 0)).any()
+
+
+def test_thin_mask_parts_never_join_vertebrae_into_one_rib():
+    """A coarse network mask that also covers a thin bright rod running beside all five blocks (what a coarse mask
+    makes of the arches and processes along the spine), met by the ribs of blocks 0 and 1: searched inside the
+    mask, rod and ribs are one rib-like piece touching every block. Its searched part lies in five vertebrae, so
+    only its bone outside the mask counts: blocks 0 and 1 carry ribs, the others none."""
+    image, labels = _block_spine(5, rib_rows=(0, 1))
+    ct = sitk.GetArrayFromImage(image)
+    mid = ct.shape[2] // 2
+    ct[4:12 * 5, 30:33, mid - 14:mid - 11] = 600.0  # the rod, 6 mm thick, 2 mm beside the blocks, through the ribs
+    rod_image = sitk.GetImageFromArray(ct)
+    rod_image.CopyInformation(image)
+    coarse = labels.copy()
+    for row in range(5):  # the rod's stretch beside each block belongs to that block's component
+        coarse[12 * row:12 * row + 12, 30:33, mid - 14:mid - 11] = row + 1
+    component_map, centroids, _ = _components(coarse, rod_image, range(1, 6))
+    ribs, why_not = rib_mask_from_ct(rod_image, _whole_box(labels), component_map, centroids,
+                                     thin_parts_searched_mm=NETWORK_MASK_THIN_PART_MM)
+    assert why_not is None
+    assert find_landmarks(component_map, centroids, ribs, None, rod_image).rib_bearing == [0, 1]
+
+
+def test_a_networks_rib_mask_keeps_only_its_rib_like_pieces():
+    """A network's rib mask that holds the two ribs of block 0 and short stubs beside blocks 1-4 (processes taken
+    for ribs): only the ribs pass the shape test, so only block 0 carries ribs."""
+    image, labels = _block_spine(5, rib_rows=(0,))
+    mid = labels.shape[2] // 2
+    network_ribs = np.zeros(labels.shape, bool)
+    network_ribs[7:10, 30:33, mid - 50:mid - 10] = network_ribs[7:10, 30:33, mid + 10:mid + 50] = True
+    for row in range(1, 5):
+        z = slice(7 + 12 * row, 10 + 12 * row)
+        network_ribs[z, 30:33, mid - 20:mid - 10] = network_ribs[z, 30:33, mid + 10:mid + 20] = True  # 20 mm out
+    component_map, centroids, _ = _components(labels, image, range(1, 6))
+    assert find_landmarks(component_map, centroids, network_ribs, None, image).rib_bearing == [0, 1, 2, 3, 4]
+    kept = rib_like_part(image, _whole_box(labels), network_ribs, centroids)
+    assert find_landmarks(component_map, centroids, kept, None, image).rib_bearing == [0]
 
 
 def test_a_long_transverse_process_is_not_a_rib_but_a_rib_cut_by_the_field_of_view_is():

@@ -92,10 +92,50 @@ def rib_mask_from_ct(image: sitk.Image, box, component_map: np.ndarray, centroid
         left_out = np.zeros_like(vertebrae)
         left_out[inner] = thick_part(component_map > 0, spacing_zyx, thin_parts_searched_mm)
     bone = (ct >= threshold) & ~ndimage.binary_dilation(left_out)
+    wide_image = spine_region.region_image(image, wide)
+    corners = _lateral_extent(wide_image)
+    room = min(abs(corners[0] - centroids_mm[:, 0].mean()), abs(corners[1] - centroids_mm[:, 0].mean())) \
+        - 2 * spacing_zyx.max()
+    if room < MIN_LATERAL_ROOM_MM:
+        return None, f"the field of view reaches only {room:.0f} mm beside the spine: ribs cannot be told"
+    near_sacrum = None
+    if sacrum_mask is not None and sacrum_mask.any():
+        near_sacrum = np.zeros(ct.shape, bool)
+        near_sacrum[inner] = ndimage.binary_dilation(sacrum_mask, iterations=2)
+    ribs = _rib_like(bone, wide_image, centroids_mm, corners, spacing_zyx, near_sacrum)
+    if thin_parts_searched_mm > 0:
+        # bone inside the mask joins a rib to its vertebra, never vertebrae to each other: a rib-like component whose
+        # searched part lies in more than two vertebrae (a rib head articulates with two) is a chain of thin parts
+        # (arches, processes) along the spine; of it only the bone outside the mask is kept, tested on its own
+        wide_components = np.zeros(ct.shape, np.int32)
+        wide_components[inner] = component_map
+        pieces, count = ndimage.label(ribs, structure=np.ones((3, 3, 3), bool))
+        inside = (pieces > 0) & (wide_components > 0)
+        pairs = np.unique(np.stack([pieces[inside], wide_components[inside]]), axis=1)
+        bridges = np.flatnonzero(np.bincount(pairs[0], minlength=count + 1) > 2)
+        if len(bridges):
+            bridged = np.isin(pieces, bridges)
+            ribs &= ~bridged
+            ribs |= _rib_like(bridged & ~ndimage.binary_dilation(vertebrae), wide_image, centroids_mm, corners,
+                              spacing_zyx, near_sacrum)
+    return ribs[inner], None
+
+
+def rib_like_part(image: sitk.Image, box, rib_mask: np.ndarray, centroids_mm: np.ndarray) -> np.ndarray:
+    """The pieces of a network's ``rib_mask`` (bool on ``box``'s grid of ``image``) that pass the same shape test
+    as the CT's rib-like bone (reach from the midline or cut by the field of view, thin): a network trained at a small
+    budget also calls transverse processes and arches "rib", which would make every vertebra rib-bearing."""
+    spacing_zyx = np.array(image.GetSpacing())[::-1]
+    return _rib_like(rib_mask, spine_region.region_image(image, box), centroids_mm, _lateral_extent(image),
+                     spacing_zyx, None)
+
+
+def _rib_like(bone: np.ndarray, wide_image: sitk.Image, centroids_mm: np.ndarray, corners: np.ndarray,
+              spacing_zyx: np.ndarray, near_sacrum: np.ndarray | None) -> np.ndarray:
+    """The rib-like connected components of ``bone`` (bool, on ``wide_image``'s grid), as a bool mask."""
     components, count = ndimage.label(bone, structure=np.ones((3, 3, 3), bool))
     if count == 0:
-        return np.zeros(component_map.shape, bool), None
-    wide_image = spine_region.region_image(image, wide)
+        return np.zeros(bone.shape, bool)
     # the spine's midline (x, LPS) at every voxel's height, from the vertebra centroids
     order = np.argsort(centroids_mm[:, 2])
     indices = np.argwhere(components > 0)
@@ -104,17 +144,12 @@ def rib_mask_from_ct(image: sitk.Image, box, component_map: np.ndarray, centroid
     ids = components[tuple(indices.T)]
     reach = np.zeros(count + 1)
     np.maximum.at(reach, ids, np.abs(world[:, 0] - midline_x))
-    corners = _lateral_extent(wide_image)
-    room = min(abs(corners[0] - centroids_mm[:, 0].mean()), abs(corners[1] - centroids_mm[:, 0].mean())) \
-        - 2 * spacing_zyx.max()
-    if room < MIN_LATERAL_ROOM_MM:
-        return None, f"the field of view reaches only {room:.0f} mm beside the spine: ribs cannot be told"
     low = np.full((count + 1, 3), np.inf)
     high = np.full((count + 1, 3), -np.inf)
     np.minimum.at(low, ids, world)
     np.maximum.at(high, ids, world)
     longest = np.linalg.norm(high - low, axis=1) + spacing_zyx.min()
-    volume = np.bincount(ids, minlength=count + 1) * voxel_volume_mm3(image)
+    volume = np.bincount(ids, minlength=count + 1) * voxel_volume_mm3(wide_image)
     # cut by the search region's left or right edge: the field of view ends where the bone still runs on
     edge_margin = 2 * spacing_zyx.max()
     at_edge = (world[:, 0] <= corners[0] + edge_margin) | (world[:, 0] >= corners[1] - edge_margin)
@@ -122,12 +157,10 @@ def rib_mask_from_ct(image: sitk.Image, box, component_map: np.ndarray, centroid
     cut[ids[at_edge]] = True
     far = (reach >= LATERAL_REACH_MM) | (cut & (reach >= MIN_LATERAL_ROOM_MM))
     rib_like = far & (volume / longest <= MAX_CROSS_SECTION_MM2)
-    if sacrum_mask is not None and sacrum_mask.any():
-        near_sacrum = np.zeros(ct.shape, bool)
-        near_sacrum[inner] = ndimage.binary_dilation(sacrum_mask, iterations=2)
+    if near_sacrum is not None:
         rib_like[np.unique(components[near_sacrum])] = False
     rib_like[0] = False
-    return rib_like[components][inner], None
+    return rib_like[components]
 
 
 def thick_part(mask: np.ndarray, spacing_zyx: np.ndarray, radius_mm: float) -> np.ndarray:

@@ -253,13 +253,15 @@ def name_components(components: list[Component], landmarks: LandmarkEvidence, mo
 
 def make_labels_consistent(class_map: np.ndarray, reference: sitk.Image, probabilities: np.ndarray | None = None,
                            model: ChainModel | None = None, grouping: str = "vertebrae", has_landmarks: bool = False,
-                           ct_ribs=None, region_confusion: np.ndarray | None = None, **fragment_options
+                           ct_ribs=None, region_confusion: np.ndarray | None = None, rib_shape=None,
+                           **fragment_options
                            ) -> tuple[np.ndarray, list[Component], LandmarkEvidence]:
     """Unique, anatomically ordered vertebra labels.
 
     ``has_landmarks``: the network also outputs ribs and sacrum (their components anchor the names).
     ``ct_ribs``: ``f(component_map, centroids_mm, sacrum_mask) -> (rib mask or None, note)`` that reads the ribs off the CT (vfscreen.inference.ct_ribs.rib_mask_from_ct over the case's image), used where the network
-    shows no rib. ``region_confusion``: see :func:`find_components`.
+    shows no rib. ``region_confusion``: see :func:`find_components`. ``rib_shape``: ``f(rib_mask, centroids_mm) ->
+    rib-like part`` (vfscreen.inference.ct_ribs.rib_like_part) applied to the network's ribs, None = taken as they are.
     Returns (verse_map (Z, Y, X) uint8 in **VerSe ids**, 0 = background / dropped; the components with
     ``new_class_id``, ``label_confidence`` and ``level_uncertain`` filled in, head -> feet; the landmark evidence).
     """
@@ -270,7 +272,7 @@ def make_labels_consistent(class_map: np.ndarray, reference: sitk.Image, probabi
         return np.zeros(class_map.shape, np.uint8), [], find_landmarks(component_map, np.zeros((0, 3)), rib_mask,
                                                                         sacrum_mask, reference)
     centroids = np.stack([component.centroid_mm for component in components])
-    rib_mask, rib_note = _ribs(rib_mask, ct_ribs, component_map, centroids, sacrum_mask, reference)
+    rib_mask, rib_note = _ribs(rib_mask, ct_ribs, component_map, centroids, sacrum_mask, reference, rib_shape)
     landmarks = find_landmarks(component_map, centroids, rib_mask, sacrum_mask, reference) \
         if rib_mask is not None or sacrum_mask is not None else no_landmarks(len(components))
     if rib_note:
@@ -283,10 +285,17 @@ def make_labels_consistent(class_map: np.ndarray, reference: sitk.Image, probabi
     return component_to_verse[component_map], components, landmarks
 
 
-def _ribs(network_ribs, ct_ribs, component_map, centroids, sacrum_mask, reference):
-    """(rib mask, note): the network's ribs where it shows a rib of plausible size, else the CT's rib-like bone."""
+def _ribs(network_ribs, ct_ribs, component_map, centroids, sacrum_mask, reference, rib_shape=None):
+    """(rib mask, note): the network's ribs where it shows a rib of plausible size (of rib-like shape, where
+    ``rib_shape(mask, centroids)`` keeps the rib-like pieces), else the CT's rib-like bone."""
+    note = None
+    if network_ribs is not None and rib_shape is not None and network_ribs.any():
+        kept = rib_shape(network_ribs, centroids)
+        if kept.sum() < network_ribs.sum():
+            note = "the network's rib mask holds pieces that are not rib-like (processes?): left out"
+        network_ribs = kept
     if network_ribs is not None and network_ribs.sum() * voxel_volume_mm3(reference) >= MIN_RIB_MM3:
-        return network_ribs, None
+        return network_ribs, note
     if ct_ribs is None:
         return network_ribs, None
     ct_mask, why_not = ct_ribs(component_map, centroids, sacrum_mask)

@@ -20,7 +20,7 @@ from vfscreen.errors import ConfigError
 from vfscreen.inference import deformity, outputs, resources, spine_region
 from vfscreen.inference.grading import grade_crops
 from vfscreen.inference.chain_model import ChainModel
-from vfscreen.inference.ct_ribs import NETWORK_MASK_THIN_PART_MM, rib_mask_from_ct
+from vfscreen.inference.ct_ribs import NETWORK_MASK_THIN_PART_MM, rib_like_part, rib_mask_from_ct
 from vfscreen.inference.label_consistency import make_labels_consistent
 from vfscreen.inference.landmarks import naming_of_given_labels
 from vfscreen.inference.morphometry import measure_vertebrae
@@ -81,7 +81,8 @@ def name_vertebrae(image: sitk.Image, segmentation: SpineSegmentation, segmenter
         ct_ribs=functools.partial(rib_mask_from_ct, image, segmentation.box,
                                   thin_parts_searched_mm=NETWORK_MASK_THIN_PART_MM if ribs_in_thin_mask_parts else 0.0)
         if ct_ribs else None,
-        region_confusion=getattr(segmenter, "region_confusion", None) if calibrated_regions else None)
+        region_confusion=getattr(segmenter, "region_confusion", None) if calibrated_regions else None,
+        rib_shape=functools.partial(rib_like_part, image, segmentation.box) if ct_ribs else None)
 
 
 def predict_case(image: sitk.Image, case_id: str, models: Models, saliency: bool = False,
