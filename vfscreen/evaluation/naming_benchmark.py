@@ -5,7 +5,8 @@ segmentation is then named with the pieces of :func:`vfscreen.inference.pipeline
 after the other - the network's own region calls at face value; + ribs read off the CT
 (:mod:`vfscreen.inference.ct_ribs`); + ribs searched inside the thin parts of the network's mask too; + the region
 calls weighed by the model's validation confusion (:mod:`vfscreen.core.region_confusion`); + gaps between
-neighbours as evidence of a missed vertebra (the last row is what ``vfscreen_predict`` does). Each row is scored
+neighbours as evidence of a missed vertebra; + the components' volumes under the model's vertebra size model
+(:mod:`vfscreen.core.vertebra_sizes`; the last row is what ``vfscreen_predict`` does). Each row is scored
 against the reference masks as ``vfscreen_evaluate`` scores names (:func:`vfscreen.evaluation.matching.
 segmentation_metrics`: same label and centroids within 20 mm, over every reference vertebra; the share of unflagged
 names that are right).
@@ -29,7 +30,8 @@ from vfscreen.utils.progress import progress_bar
 
 # the pieces of name_vertebrae in the order the rows add them: (row name, its switch)
 PIECES = (("+ ribs from the CT", "ct_ribs"), ("+ ribs inside thin mask parts", "ribs_in_thin_mask_parts"),
-          ("+ calibrated regions", "calibrated_regions"), ("+ gaps (vfscreen_predict)", "gaps"))
+          ("+ calibrated regions", "calibrated_regions"), ("+ gaps", "gaps"),
+          ("+ vertebra sizes (vfscreen_predict)", "sizes"))
 # (row name, name_vertebrae switches): the first row with every piece off, each further row switching one more on
 VARIANTS = tuple((name, {switch: index < row for index, (_, switch) in enumerate(PIECES)})
                  for row, name in enumerate(["network regions at face value"] + [name for name, _ in PIECES]))

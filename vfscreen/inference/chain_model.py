@@ -84,7 +84,8 @@ def _emission_log_table(class_probabilities: np.ndarray, model: ChainModel) -> n
 
 
 def assign_labels(class_probabilities: np.ndarray, model: ChainModel | None = None,
-                  landmark_factors: np.ndarray | None = None, centroids_mm: np.ndarray | None = None
+                  landmark_factors: np.ndarray | None = None, centroids_mm: np.ndarray | None = None,
+                  scale_factors: tuple[np.ndarray, np.ndarray] | None = None
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exact MAP labelling of components ordered head -> feet.
 
@@ -92,6 +93,10 @@ def assign_labels(class_probabilities: np.ndarray, model: ChainModel | None = No
     landmark_factors: (N, K) log-likelihood of each component's landmark observations given each class
     (vfscreen.inference.landmarks.landmark_log_factors), or None.
     centroids_mm: (N, 3) component centroids (world), for the gap evidence; None = no gap evidence.
+    scale_factors: (log prior (A,), factors (A, N, K)): evidence that depends on one hidden value shared by the whole
+    chain, on a grid of A values (the patient's size: vfscreen.core.vertebra_sizes.SizeModel.log_factors); the chain
+    is solved for each value, the MAP is the best (value, labelling) and the marginals are mixed by each value's
+    posterior - exact over the grid. None = no such evidence.
     Returns (new_class (N,) int, 0 = dropped; confidence (N,) posterior of the chosen state;
     marginals (N, K + 1) posterior of [dropped, class 1, ..., class K]).
     """
@@ -111,21 +116,43 @@ def assign_labels(class_probabilities: np.ndarray, model: ChainModel | None = No
     emission = _emission_log_table(class_probabilities, model)
     if landmark_factors is not None:
         emission[:, 3::2] += np.asarray(landmark_factors, dtype=float)[:, :num_classes]
-    start = base_transition[0]  # from state (no class yet, dropped) = before the first component
+    if scale_factors is None:
+        states, _, state_posterior, _ = _solve_chain(emission, base_transition[0], transition)
+    else:
+        log_prior, factors = scale_factors
+        solutions = []
+        for value_prior, value_factors in zip(np.asarray(log_prior, dtype=float), np.asarray(factors, dtype=float)):
+            value_emission = emission.copy()
+            value_emission[:, 3::2] += value_factors[:, :num_classes]
+            solutions.append((value_prior, *_solve_chain(value_emission, base_transition[0], transition)))
+        best = max(solutions, key=lambda solution: solution[0] + solution[2])  # prior + Viterbi score
+        states = best[1]
+        weights = np.array([solution[0] + solution[4] for solution in solutions])  # prior + log evidence
+        weights = np.exp(weights - logsumexp(weights))
+        state_posterior = sum(weight * solution[3] for weight, solution in zip(weights, solutions))
 
-    # Viterbi
+    new_class = np.where(states % 2 == 1, states // 2, 0)
+    confidence = state_posterior[np.arange(num_components), states]
+    confidence = np.where(new_class > 0, confidence, state_posterior[:, 0::2].sum(axis=1))
+    marginals = np.concatenate([state_posterior[:, 0::2].sum(axis=1, keepdims=True), state_posterior[:, 3::2]], axis=1)
+    return new_class, np.clip(confidence, 0.0, 1.0), marginals
+
+
+def _solve_chain(emission: np.ndarray, start: np.ndarray, transition) -> tuple[np.ndarray, float, np.ndarray, float]:
+    """Viterbi and forward-backward over emission (N, S) with ``transition(position)`` (S, S) and the start row (S,).
+    Returns (MAP states (N,), MAP log score, state posteriors (N, S), log evidence)."""
+    num_components, num_states = emission.shape
     score = start + emission[0]
-    backpointers = np.zeros((num_components, base_transition.shape[0]), dtype=int)
+    backpointers = np.zeros((num_components, num_states), dtype=int)
     for position in range(1, num_components):
         candidates = score[:, None] + transition(position)
         backpointers[position] = np.argmax(candidates, axis=0)
-        score = candidates[backpointers[position], np.arange(base_transition.shape[0])] + emission[position]
+        score = candidates[backpointers[position], np.arange(num_states)] + emission[position]
     states = np.zeros(num_components, dtype=int)
     states[-1] = int(np.argmax(score))
     for position in range(num_components - 1, 0, -1):
         states[position - 1] = backpointers[position, states[position]]
 
-    # forward-backward (sum-product) for posterior marginals
     forward = np.zeros_like(emission)
     forward[0] = start + emission[0]
     for position in range(1, num_components):
@@ -135,14 +162,8 @@ def assign_labels(class_probabilities: np.ndarray, model: ChainModel | None = No
     for position in range(num_components - 2, -1, -1):
         backward[position] = logsumexp(transition(position + 1)
                                        + (emission[position + 1] + backward[position + 1])[None, :], axis=1)
-    log_evidence = logsumexp(forward[-1])
-    state_posterior = np.exp(forward + backward - log_evidence)  # (N, S)
-
-    new_class = np.where(states % 2 == 1, states // 2, 0)
-    confidence = state_posterior[np.arange(num_components), states]
-    confidence = np.where(new_class > 0, confidence, state_posterior[:, 0::2].sum(axis=1))
-    marginals = np.concatenate([state_posterior[:, 0::2].sum(axis=1, keepdims=True), state_posterior[:, 3::2]], axis=1)
-    return new_class, np.clip(confidence, 0.0, 1.0), marginals
+    log_evidence = float(logsumexp(forward[-1]))
+    return states, float(score.max()), np.exp(forward + backward - log_evidence), log_evidence
 
 
 def local_pitches_mm(centroids_mm: np.ndarray) -> np.ndarray | None:

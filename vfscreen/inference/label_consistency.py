@@ -42,8 +42,9 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from vfscreen.core.region_confusion import class_regions, observation_likelihoods
+from vfscreen.core.vertebra_sizes import SizeModel
 from vfscreen.inference.chain_model import LEVEL_CERTAIN_POSTERIOR, ChainModel, assign_labels
-from vfscreen.inference.geometry import array_indices_to_world, voxel_volume_mm3
+from vfscreen.inference.geometry import array_indices_to_world, touches_border, voxel_volume_mm3
 from vfscreen.inference.landmarks import (MIN_RIB_MM3, LandmarkEvidence, find_landmarks, landmark_log_factors,
                                          no_landmarks)
 from vfscreen.labels import (CLASS_TO_VERSE, LANDMARK_CLASSES, NUM_VERTEBRA_CLASSES, SPINE_REGION_GROUP_IDS,
@@ -235,15 +236,21 @@ def landmark_masks(class_map: np.ndarray, grouping: str, has_landmarks: bool):
     return class_map == SPINE_REGION_GROUP_IDS["rib"], class_map == SPINE_REGION_GROUP_IDS["sacrum"]
 
 
-def name_components(components: list[Component], landmarks: LandmarkEvidence, model: ChainModel | None = None
-                    ) -> np.ndarray:
-    """Run the chain model on components (head -> feet) with their landmark evidence; fills ``new_class_id``,
-    ``label_confidence`` and ``level_uncertain`` in place. Returns the marginals (N, K + 1)."""
+def name_components(components: list[Component], landmarks: LandmarkEvidence, model: ChainModel | None = None,
+                    size_model: SizeModel | None = None) -> np.ndarray:
+    """Run the chain model on components (head -> feet) with their landmark evidence and, with a ``size_model``,
+    their volumes (components cut by the field of view, ``landmarks.cut_by_view``, say nothing by their size); fills
+    ``new_class_id``, ``label_confidence`` and ``level_uncertain`` in place. Returns the marginals (N, K + 1)."""
     if not components:
         return np.zeros((0, NUM_VERTEBRA_CLASSES + 1))
     table = np.stack([component.class_probabilities for component in components])
     centroids = np.stack([component.centroid_mm for component in components])
-    new_class, confidence, marginals = assign_labels(table, model, landmark_log_factors(landmarks), centroids)
+    size_factors = None
+    if size_model is not None:
+        whole = [row not in landmarks.cut_by_view for row in range(len(components))]
+        size_factors = size_model.log_factors([component.volume_mm3 for component in components], whole)
+    new_class, confidence, marginals = assign_labels(table, model, landmark_log_factors(landmarks), centroids,
+                                                     size_factors)
     for component, class_id, score in zip(components, new_class, confidence):
         component.new_class_id = int(class_id)
         component.label_confidence = float(score)
@@ -254,7 +261,7 @@ def name_components(components: list[Component], landmarks: LandmarkEvidence, mo
 def make_labels_consistent(class_map: np.ndarray, reference: sitk.Image, probabilities: np.ndarray | None = None,
                            model: ChainModel | None = None, grouping: str = "vertebrae", has_landmarks: bool = False,
                            ct_ribs=None, region_confusion: np.ndarray | None = None, rib_shape=None,
-                           **fragment_options
+                           size_model: SizeModel | None = None, field_of_view=None, **fragment_options
                            ) -> tuple[np.ndarray, list[Component], LandmarkEvidence]:
     """Unique, anatomically ordered vertebra labels.
 
@@ -262,6 +269,9 @@ def make_labels_consistent(class_map: np.ndarray, reference: sitk.Image, probabi
     ``ct_ribs``: ``f(component_map, centroids_mm, sacrum_mask) -> (rib mask or None, note)`` that reads the ribs off the CT (vfscreen.inference.ct_ribs.rib_mask_from_ct over the case's image), used where the network
     shows no rib. ``region_confusion``: see :func:`find_components`. ``rib_shape``: ``f(rib_mask, centroids_mm) ->
     rib-like part`` (vfscreen.inference.ct_ribs.rib_like_part) applied to the network's ribs, None = taken as they are.
+    ``size_model``: vfscreen.core.vertebra_sizes.SizeModel, the components' volumes as evidence (None: not used).
+    ``field_of_view``: (box of ``class_map`` in the image, the image's shape) when ``class_map`` is a region of the
+    image; a component reaching the image's border is cut by the field of view (None: ``class_map`` is the image).
     Returns (verse_map (Z, Y, X) uint8 in **VerSe ids**, 0 = background / dropped; the components with
     ``new_class_id``, ``label_confidence`` and ``level_uncertain`` filled in, head -> feet; the landmark evidence).
     """
@@ -277,12 +287,26 @@ def make_labels_consistent(class_map: np.ndarray, reference: sitk.Image, probabi
         if rib_mask is not None or sacrum_mask is not None else no_landmarks(len(components))
     if rib_note:
         landmarks.notes.insert(0, rib_note)
-    name_components(components, landmarks, model)
+    landmarks.cut_by_view = cut_by_field_of_view(component_map, field_of_view)
+    name_components(components, landmarks, model, size_model)
     component_to_verse = np.zeros(len(components) + 1, dtype=np.uint8)
     for component in components:
         class_id = component.new_class_id
         component_to_verse[component.index] = CLASS_TO_VERSE[class_id] if class_id > 0 else 0
     return component_to_verse[component_map], components, landmarks
+
+
+def cut_by_field_of_view(component_map: np.ndarray, field_of_view=None) -> list[int]:
+    """Rows (0-based, component id - 1) of the components that reach the image's border. ``field_of_view``: (box of
+    ``component_map`` in the image, image shape), None = ``component_map`` is the whole image."""
+    box, shape = field_of_view if field_of_view is not None else \
+        (tuple(slice(0, n) for n in component_map.shape), component_map.shape)
+    rows = []
+    for row, local in enumerate(ndimage.find_objects(component_map)):
+        if local is not None and touches_border(shape, tuple(slice(outer.start + inner.start, outer.start + inner.stop)
+                                                                for outer, inner in zip(box, local))):
+            rows.append(row)
+    return rows
 
 
 def _ribs(network_ribs, ct_ribs, component_map, centroids, sacrum_mask, reference, rib_shape=None):

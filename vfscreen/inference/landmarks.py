@@ -41,7 +41,8 @@ class LandmarkLikelihoods:
     segmentation errors against anatomy; not measured prevalences)."""
 
     rib_on_non_thoracic: float = 0.01  # a rib seen on C7 / L1 (cervical / lumbar rib, or a mis-assigned rib)
-    no_rib_on_thoracic: float = 0.05  # ribs are in view but none is seen on a thoracic vertebra (missed / cut)
+    no_rib_on_thoracic: float = 0.05  # ribs are in view but none is seen on a thoracic vertebra (missed)
+    no_rib_on_cut_thoracic: float = 0.25  # ... on a thoracic vertebra cut by the field of view (its rib may be out)
     sacrum_on_l4: float = 0.05  # the vertebra on the sacrum is L4 (L5 sacralised and labelled sacrum)
     sacrum_on_other: float = 0.005  # any other class on the sacrum
     l6_not_on_sacrum: float = 0.02  # an L6 that does not sit on a sacrum in view
@@ -58,6 +59,7 @@ class LandmarkEvidence:
     sacrum_in_view: bool = False
     sacrum_component: int | None = None  # row of the vertebra that sits on the sacrum
     below_sacrum: list[int] = field(default_factory=list)  # rows below the sacrum's centre
+    cut_by_view: list[int] = field(default_factory=list)  # rows cut by the field of view: a missing rib says less
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -197,7 +199,8 @@ def landmark_log_factors(evidence: LandmarkEvidence, likelihoods: LandmarkLikeli
             if sides:
                 factors[row, ~thoracic] += np.log(likelihoods.rib_on_non_thoracic)
             else:
-                factors[row, thoracic] += np.log(likelihoods.no_rib_on_thoracic)
+                factors[row, thoracic] += np.log(likelihoods.no_rib_on_cut_thoracic if row in evidence.cut_by_view
+                                                 else likelihoods.no_rib_on_thoracic)
     if evidence.sacrum_in_view:
         for row in range(evidence.num_components):
             if row == evidence.sacrum_component:

@@ -66,13 +66,15 @@ def segment(segmenter, image: sitk.Image, check_region=None) -> SpineSegmentatio
 
 
 def name_vertebrae(image: sitk.Image, segmentation: SpineSegmentation, segmenter, ct_ribs: bool = True,
-                   ribs_in_thin_mask_parts: bool = True, calibrated_regions: bool = True, gaps: bool = True):
+                   ribs_in_thin_mask_parts: bool = True, calibrated_regions: bool = True, gaps: bool = True,
+                   sizes: bool = True):
     """Names of the segmentation's vertebrae (vfscreen.inference.label_consistency): (VerSe map of the region,
     components, landmark evidence). The switches turn off one piece of the naming each (``vfscreen_benchmark naming``
     measures what each adds): ``ct_ribs`` ribs read off the CT where the network shows none (with
     ``ribs_in_thin_mask_parts`` also inside the thin parts of the network's vertebra mask), ``calibrated_regions`` the
     segmenter's region confusion from its validation (else its region calls at face value), ``gaps`` the gaps between
-    neighbouring components as evidence of a missed vertebra."""
+    neighbouring components as evidence of a missed vertebra, ``sizes`` the components' volumes weighed by the
+    segmenter's vertebra size model (vfscreen.core.vertebra_sizes; none for a model trained without one)."""
     return make_labels_consistent(
         segmentation.class_map, spine_region.region_image(image, segmentation.box), segmentation.probabilities,
         model=ChainModel(use_gaps=gaps),
@@ -82,7 +84,9 @@ def name_vertebrae(image: sitk.Image, segmentation: SpineSegmentation, segmenter
                                   thin_parts_searched_mm=NETWORK_MASK_THIN_PART_MM if ribs_in_thin_mask_parts else 0.0)
         if ct_ribs else None,
         region_confusion=getattr(segmenter, "region_confusion", None) if calibrated_regions else None,
-        rib_shape=functools.partial(rib_like_part, image, segmentation.box) if ct_ribs else None)
+        rib_shape=functools.partial(rib_like_part, image, segmentation.box) if ct_ribs else None,
+        size_model=getattr(segmenter, "size_model", None) if sizes else None,
+        field_of_view=(segmentation.box, sitk.GetArrayViewFromImage(image).shape))
 
 
 def predict_case(image: sitk.Image, case_id: str, models: Models, saliency: bool = False,

@@ -17,7 +17,7 @@ import SimpleITK as sitk
 import torch
 
 from vfscreen import paths
-from vfscreen.core import region_confusion
+from vfscreen.core import region_confusion, vertebra_sizes
 from vfscreen.core.devices import resolve_device
 from vfscreen.core.fusion_model import load_screening_model
 from vfscreen.core.model_folders import (GRADER_TRAINER_NAMES, NNUNET_CHECKPOINTS, available_folds,
@@ -93,6 +93,8 @@ class NnunetSegmenter:
         # ... and how far its region calls can be trusted, measured on its folds' validation cases (None: unknown)
         self.region_confusion = region_confusion.read_confusion(self.model_folder, folds) \
             if self.label_grouping == "spine_regions" else None
+        # ... and how large its components of each vertebra are (vfscreen.core.vertebra_sizes; None: unknown)
+        self.size_model = vertebra_sizes.read_size_model(self.model_folder, folds)
 
     def __call__(self, image: sitk.Image, check_region=None, with_probabilities: bool = True):
         """The image's :class:`vfscreen.inference.spine_region.SpineSegmentation` (only the spine's region is brought

@@ -25,12 +25,13 @@ import SimpleITK as sitk
 import torch
 
 from vfscreen import paths
-from vfscreen.core import region_confusion
+from vfscreen.core import region_confusion, vertebra_sizes
 from vfscreen.core.devices import resolve_device
 from vfscreen.core.nnunet_models import (SCHEDULE_KEY, VFSCREEN_SEG_TRAINER, dataset_json_for_grouping,
                                          label_grouping, nnunet_checkpoint_safe_globals, nnunet_trainer_class)
 from vfscreen.core.plans import segmentation_settings
 from vfscreen.errors import ConfigError
+from vfscreen.labels import NUM_VERTEBRA_CLASSES, VERTEBRA_GROUP_IDS
 
 paths.export_for_nnunet()  # nnunetv2 reads its folders once, at import
 from nnunetv2.run.run_training import maybe_load_checkpoint  # noqa: E402  (after export_for_nnunet)
@@ -109,8 +110,10 @@ def train_segmentation(dataset_name: str, vfscreen_plans: dict, configuration: s
     trainer.run_training()
     with validation_mirroring(trainer, settings.test_time_mirroring):
         trainer.perform_actual_validation(export_validation_probabilities)
-    if label_grouping(trainer.configuration_manager.configuration) == "spine_regions":
+    grouping = label_grouping(trainer.configuration_manager.configuration)
+    if grouping == "spine_regions":
         record_region_confusion(Path(trainer.output_folder), Path(trainer.preprocessed_dataset_folder_base))
+    record_vertebra_sizes(Path(trainer.output_folder), Path(trainer.preprocessed_dataset_folder_base), grouping)
     return Path(trainer.output_folder)
 
 
@@ -129,6 +132,34 @@ def record_region_confusion(fold_folder: Path, preprocessed_folder: Path) -> Pat
         counts += region_confusion.confusion_counts(predicted, truth)
         cases.append(prediction.name[: -len(".nii.gz")])
     return region_confusion.write_confusion(fold_folder, counts, cases) if cases else None
+
+
+def record_vertebra_sizes(fold_folder: Path, preprocessed_folder: Path, grouping: str) -> Path | None:
+    """The vertebra size model (vfscreen.core.vertebra_sizes): reference sizes from the fold's training cases'
+    label maps, the network's view of them from its validation predictions; written into the fold folder for
+    prediction. None (nothing written) with too few validation vertebrae."""
+    validation = {path.name: path for path in sorted((fold_folder / "validation").glob("*.nii.gz"))}
+    reference_volumes, pairs, cases = [], [], []
+    for reference_path in sorted((preprocessed_folder / "gt_segmentations").glob("*.nii.gz")):
+        reference = sitk.ReadImage(str(reference_path))
+        truth = sitk.GetArrayFromImage(reference)
+        voxel_mm3 = float(np.prod(reference.GetSpacing()))
+        volumes = vertebra_sizes.vertebra_volumes(truth, voxel_mm3)
+        if reference_path.name not in validation:
+            reference_volumes.append(volumes)
+            continue
+        predicted = sitk.GetArrayFromImage(sitk.ReadImage(str(validation[reference_path.name])))
+        if predicted.shape != truth.shape:
+            continue
+        vertebra_ids = VERTEBRA_GROUP_IDS if grouping == "spine_regions" else range(1, NUM_VERTEBRA_CLASSES + 1)
+        observed = vertebra_sizes.observed_volumes(np.isin(predicted, vertebra_ids), truth,
+                                                   reference.GetSpacing()[::-1], voxel_mm3, volumes)
+        pairs += [(volumes[class_id], observed[class_id]) for class_id in volumes if class_id in observed]
+        cases.append(reference_path.name[: -len(".nii.gz")])
+    if not reference_volumes:
+        return None
+    model = vertebra_sizes.fit_size_model(reference_volumes, pairs)
+    return vertebra_sizes.write_size_model(fold_folder, model, cases) if model is not None else None
 
 
 @contextlib.contextmanager
