@@ -43,6 +43,7 @@ from scipy import ndimage
 
 from vfscreen.core.region_confusion import class_regions, observation_likelihoods
 from vfscreen.core.vertebra_sizes import SizeModel
+from vfscreen.inference import merged_vertebrae
 from vfscreen.inference.chain_model import LEVEL_CERTAIN_POSTERIOR, ChainModel, assign_labels
 from vfscreen.inference.geometry import array_indices_to_world, touches_border, voxel_volume_mm3
 from vfscreen.inference.landmarks import (MIN_RIB_MM3, LandmarkEvidence, find_landmarks, landmark_log_factors,
@@ -74,6 +75,7 @@ class Component:
     new_class_id: int = 0  # after the chain model; 0 = dropped
     label_confidence: float = 0.0  # posterior probability of new_class_id (of being dropped when dropped)
     level_uncertain: bool = True  # label_confidence < LEVEL_CERTAIN_POSTERIOR
+    split_from_merged: bool = False  # one half of a component that held two vertebrae (merged_vertebrae)
 
 
 def _class_evidence(channel_means: np.ndarray | None, class_id: int, grouping: str,
@@ -144,8 +146,8 @@ def split_touching(mask: np.ndarray, foreground_probability: np.ndarray, spacing
 def find_components(class_map: np.ndarray, reference: sitk.Image, probabilities: np.ndarray | None = None,
                     min_volume_mm3: float = DEFAULT_MIN_VOLUME_MM3, min_fraction: float = 0.1,
                     grouping: str = "vertebrae", min_core_mm3: float | None = MIN_CORE_MM3,
-                    max_components: int = MAX_COMPONENTS_PER_CLASS, region_confusion: np.ndarray | None = None
-                    ) -> tuple[np.ndarray, list[Component]]:
+                    max_components: int = MAX_COMPONENTS_PER_CLASS, region_confusion: np.ndarray | None = None,
+                    split_merged: bool = True, field_of_view=None) -> tuple[np.ndarray, list[Component]]:
     """Connected components of every class; tiny fragments are dropped.
 
     class_map: (Z, Y, X) nnU-Net class ids on ``reference``'s grid (group ids for ``grouping`` 'spine_regions').
@@ -155,6 +157,8 @@ def find_components(class_map: np.ndarray, reference: sitk.Image, probabilities:
     ``max_components`` components of one
     class only the largest are examined (with a warning). A component is a fragment when it is
     smaller than ``min_volume_mm3`` or than ``min_fraction`` x the median volume of the largest component per class.
+    A grouped network's component that holds two vertebrae by its size and place among its neighbours is cut in two
+    (``split_merged``: vfscreen.inference.merged_vertebrae; ``field_of_view`` as in :func:`make_labels_consistent`).
     Returns (component map (Z, Y, X) int32 with ids 1..N of kept components, components sorted head -> feet).
     """
     structure = np.ones((3, 3, 3), dtype=bool)
@@ -198,13 +202,16 @@ def find_components(class_map: np.ndarray, reference: sitk.Image, probabilities:
         largest_per_class[class_id] = max(volume, largest_per_class.get(class_id, 0.0))
     threshold = max(min_volume_mm3, min_fraction * float(np.median(list(largest_per_class.values()))))
 
+    kept = [(class_id, np.argwhere(mask) + np.array([box.start for box in bbox]))
+            for (class_id, bbox, mask), volume in zip(candidates, volumes) if volume >= threshold]
+    halves = [False] * len(kept)
+    if grouping != "vertebrae" and split_merged:
+        box, shape = field_of_view if field_of_view is not None else (None, None)
+        voxel_lists, halves = merged_vertebrae.split_merged(
+            [indices for _, indices in kept], reference, shape, None if box is None else [b.start for b in box])
+        kept = [(0, indices) for indices in voxel_lists]  # a grouped component's group is its commonest, below
     components = []
-    kept_voxels = []
-    for (class_id, bbox, mask), volume in zip(candidates, volumes):
-        if volume < threshold:
-            continue
-        local_indices = np.argwhere(mask)
-        indices = local_indices + np.array([box.start for box in bbox])
+    for (class_id, indices), half in zip(kept, halves):
         centroid = array_indices_to_world(reference, indices.mean(axis=0, keepdims=True))[0]
         if grouping != "vertebrae":
             class_id = int(np.bincount(class_map[indices[:, 0], indices[:, 1], indices[:, 2]]).argmax())
@@ -212,8 +219,8 @@ def find_components(class_map: np.ndarray, reference: sitk.Image, probabilities:
         if probabilities is not None:
             channel_means = probabilities[:, indices[:, 0], indices[:, 1], indices[:, 2]].astype(np.float64).mean(axis=1)
         class_probabilities = _class_evidence(channel_means, class_id, grouping, region_likelihoods)
-        components.append(Component(0, class_id, float(volume), centroid, class_probabilities))
-        kept_voxels.append(indices)
+        components.append(Component(0, class_id, float(len(indices) * voxel_mm3), centroid, class_probabilities,
+                                    split_from_merged=half))
     # head -> feet: decreasing world z (LPS +z = superior; valid for any image orientation)
     order = np.argsort([-component.centroid_mm[2] for component in components], kind="stable")
     component_map = np.zeros(class_map.shape, np.int32)
@@ -221,7 +228,7 @@ def find_components(class_map: np.ndarray, reference: sitk.Image, probabilities:
     for new_index, position in enumerate(order, start=1):
         component = components[position]
         component.index = new_index
-        voxels = kept_voxels[position]
+        voxels = kept[position][1]
         component_map[voxels[:, 0], voxels[:, 1], voxels[:, 2]] = new_index
         sorted_components.append(component)
     return component_map, sorted_components
@@ -276,7 +283,8 @@ def make_labels_consistent(class_map: np.ndarray, reference: sitk.Image, probabi
     ``new_class_id``, ``label_confidence`` and ``level_uncertain`` filled in, head -> feet; the landmark evidence).
     """
     component_map, components = find_components(class_map, reference, probabilities, grouping=grouping,
-                                                region_confusion=region_confusion, **fragment_options)
+                                                region_confusion=region_confusion, field_of_view=field_of_view,
+                                                **fragment_options)
     rib_mask, sacrum_mask = landmark_masks(class_map, grouping, has_landmarks)
     if not components:
         return np.zeros(class_map.shape, np.uint8), [], find_landmarks(component_map, np.zeros((0, 3)), rib_mask,
@@ -287,6 +295,10 @@ def make_labels_consistent(class_map: np.ndarray, reference: sitk.Image, probabi
         if rib_mask is not None or sacrum_mask is not None else no_landmarks(len(components))
     if rib_note:
         landmarks.notes.insert(0, rib_note)
+    halves = sum(component.split_from_merged for component in components)
+    if halves:
+        landmarks.notes.append(f"{halves // 2} component(s) held two vertebrae (twice their neighbours' volume, "
+                               "centroid between them): cut in two at the centroid, not at the disc")
     landmarks.cut_by_view = cut_by_field_of_view(component_map, field_of_view)
     name_components(components, landmarks, model, size_model)
     component_to_verse = np.zeros(len(components) + 1, dtype=np.uint8)

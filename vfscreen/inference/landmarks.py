@@ -32,6 +32,8 @@ L6_CLASS = VERSE_TO_CLASS[NAME_TO_VERSE["L6"]]
 RIB_CONTACT_MM = 6.0  # rib voxels this close to a vertebra component touch it (costovertebral region)
 SACRUM_CONTACT_MM = 20.0  # a vertebra this close to the sacrum sits on it (lumbosacral disc + segmentation gap)
 MIN_RIB_MM3 = 100.0  # smaller rib components are segmentation noise
+MIN_RIB_FRACTION = 0.25  # ... and so are those under this share of the case's median rib piece (a sliver at the
+# field of view's end beside a cut vertebra, a process) - modelling choice, not measured
 SECOND_CARRIER_FRACTION = 0.5  # a rib whose contact with a second vertebra is this large touches both
 
 
@@ -136,10 +138,13 @@ def _rib_evidence(evidence, component_map, centroids_mm, rib_mask, spacing_zyx, 
     box = _box(rib_mask, margin)
     distance, nearest = _nearest_component(component_map, box, spacing_zyx)
     ribs, count = ndimage.label(rib_mask[box], structure=np.ones((3, 3, 3), bool))
-    sizes = np.bincount(ribs.ravel(), minlength=count + 1)
+    sizes = np.bincount(ribs.ravel(), minlength=count + 1) * voxel_mm3
+    plausible = sizes[1:][sizes[1:] >= MIN_RIB_MM3]
+    smallest = max(MIN_RIB_MM3, MIN_RIB_FRACTION * float(np.median(plausible))) if len(plausible) else MIN_RIB_MM3
     touching_two, floating = 0, 0
+    fragments = int(np.count_nonzero((sizes[1:] >= MIN_RIB_MM3) & (sizes[1:] < smallest)))
     for rib in range(1, count + 1):
-        if sizes[rib] * voxel_mm3 < MIN_RIB_MM3:
+        if sizes[rib] < smallest:
             continue
         voxels = ribs == rib
         contact = voxels & (distance <= RIB_CONTACT_MM)
@@ -156,6 +161,9 @@ def _rib_evidence(evidence, component_map, centroids_mm, rib_mask, spacing_zyx, 
         for row in carriers:
             side = "left" if rib_centroid[0] > centroids_mm[row][0] else "right"  # LPS: +x = patient's left
             evidence.rib_sides[row].add(side)
+    if fragments:
+        evidence.notes.append(f"{fragments} rib piece(s) under {MIN_RIB_FRACTION:.0%} of the median rib's volume "
+                              "(cut by the field of view, or a process): ignored")
     if touching_two:
         evidence.notes.append(f"{touching_two} rib(s) touch two vertebrae: counted on both")
     if floating:

@@ -1,0 +1,63 @@
+"""Two vertebrae in one component (vfscreen.inference.merged_vertebrae) and small rib pieces (landmarks)."""
+import numpy as np
+import SimpleITK as sitk
+
+from vfscreen.inference.merged_vertebrae import split_merged
+
+
+def _grid(shape=(80, 12, 12)):
+    image = sitk.Image(shape[::-1], sitk.sitkUInt8)
+    image.SetSpacing((1.0, 1.0, 1.0))
+    return image
+
+
+def _block(z_low, z_high):
+    z, y, x = np.mgrid[z_low:z_high, 3:9, 3:9]
+    return np.stack([z.ravel(), y.ravel(), x.ravel()], axis=1)
+
+
+def test_a_component_twice_its_neighbours_size_spanning_two_pitches_is_cut_in_two():
+    # vertebrae 8 voxels high every 10 voxels (z up = array index up, identity direction); blocks 3 and 4 merged
+    blocks = [_block(2 + 10 * i, 10 + 10 * i) for i in range(7)]
+    merged = np.concatenate([blocks[3], blocks[4], _block(40, 42)])  # the unresolved disc too
+    voxel_lists, halves = split_merged(blocks[:3] + [merged] + blocks[5:], _grid())
+    assert len(voxel_lists) == 7 and halves == [False, False, True, True, False, False, False]
+    # head -> feet is decreasing z (blocks 6, 5, then the halves of 4 + 3); the halves sit where the two vertebrae are
+    centres = [v[:, 0].mean() for v in voxel_lists]
+    assert centres == sorted(centres, reverse=True)
+    assert abs(centres[2] - 45.5) < 1.5 and abs(centres[3] - 35.5) < 1.5
+
+
+def test_neither_a_large_vertebra_in_its_place_nor_a_cut_one_is_split():
+    blocks = [_block(2 + 10 * i, 10 + 10 * i) for i in range(7)]
+    wide = np.concatenate([_block(32, 40), _block(32, 40) + [0, 0, 6]])  # twice as wide, same height and place
+    voxel_lists, halves = split_merged(blocks[:3] + [wide] + blocks[4:], _grid((80, 12, 18)))
+    assert not any(halves) and len(voxel_lists) == 7
+    # merged vertebrae at the image's first slices are cut by the field of view: left as they are
+    merged_at_edge = np.concatenate([_block(0, 8), _block(10, 18)])
+    voxel_lists, halves = split_merged([merged_at_edge] + [_block(22 + 10 * i, 30 + 10 * i) for i in range(4)],
+                                       _grid())
+    assert not any(halves)
+
+
+def test_a_sliver_of_rib_beside_a_cut_vertebra_is_not_a_rib():
+    """Ribs of ~1,000 mm3 on three vertebrae, and a 150 mm3 sliver touching the fourth (cut by the field of view):
+    the sliver is a fragment (under MIN_RIB_FRACTION of the median rib), not a rib of the fourth vertebra."""
+    from vfscreen.inference.landmarks import MIN_RIB_FRACTION, MIN_RIB_MM3, find_landmarks
+
+    reference = _grid((80, 12, 60))
+    component_map = np.zeros((80, 12, 60), np.int32)
+    centroids = []
+    for row in range(4):
+        z = 70 - 20 * row
+        component_map[z - 5:z + 5, 3:9, 25:35] = row + 1
+        centroids.append([30.0, 6.0, float(z)])
+    rib_mask = np.zeros(component_map.shape, bool)
+    for row in range(3):
+        z = 70 - 20 * row
+        rib_mask[z - 4:z + 5, 3:9, 36:55] = True  # 9 x 6 x 19 = 1,026 mm3
+    rib_mask[10:12, 4:8, 36:55] = True  # 2 x 4 x 19 = 152 mm3 beside the fourth vertebra (z 5-15)
+    assert 152 >= MIN_RIB_MM3 and 152 < MIN_RIB_FRACTION * 1026
+    evidence = find_landmarks(component_map, np.array(centroids), rib_mask, None, reference)
+    assert evidence.rib_bearing == [0, 1, 2]
+    assert any("rib piece(s) under" in note for note in evidence.notes)
