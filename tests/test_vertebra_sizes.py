@@ -55,6 +55,7 @@ def test_fit_recovers_class_sizes_patient_spread_and_the_network_line():
     assert volumes[_class("C7") - 1] == pytest.approx(volumes[_class("T1") - 1] - 0.12, abs=0.03)
     assert volumes[_class("T12") - 1] < volumes[_class("T13") - 1] < volumes[_class("L1") - 1]
     assert vertebra_sizes.fit_size_model(cases, pairs[:vertebra_sizes.MIN_CALIBRATION_VERTEBRAE - 1]) is None
+    assert vertebra_sizes.fit_size_model([cases[0]] if len(cases[0]) < 10 else [{}], pairs) is None
 
 
 def _model(**changes):

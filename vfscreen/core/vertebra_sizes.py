@@ -35,7 +35,7 @@ from vfscreen.utils.atomic import atomic_write_json
 
 SIZE_MODEL_FILE = "vertebra_sizes.json"
 ASSIGN_DISTANCE_MM = 5.0  # predicted vertebra voxels this close to a reference vertebra belong to it
-MIN_CALIBRATION_VERTEBRAE = 10  # fewer validation vertebrae: the network's view of sizes is unknown (no model)
+MIN_CALIBRATION_VERTEBRAE = 10  # fewer validation (or reference) vertebrae: sizes are unknown (no model)
 OUTLIER_FRACTION = 0.1  # share of components whose volume says nothing (merged, split, partial)
 OUTLIER_SD = 1.0  # log-volume spread of an outlier (a factor e)
 SCALE_GRID_POINTS = 25  # patient scale a on +-3 patient_sd
@@ -147,8 +147,9 @@ def _fill_unseen(seen: np.ndarray, means: np.ndarray) -> np.ndarray:
 def fit_size_model(reference_volumes: list[dict[int, float]],
                    calibration_pairs: list[tuple[float, float]]) -> SizeModel | None:
     """The size model from reference volumes (per training case) and (reference mm3, observed mm3) pairs of the
-    validation vertebrae; None with fewer than MIN_CALIBRATION_VERTEBRAE pairs."""
-    if len(calibration_pairs) < MIN_CALIBRATION_VERTEBRAE:
+    validation vertebrae; None with fewer than MIN_CALIBRATION_VERTEBRAE of either (nothing to fit on)."""
+    num_reference = sum(len(table) for table in reference_volumes)
+    if min(len(calibration_pairs), num_reference) < MIN_CALIBRATION_VERTEBRAE:
         return None
     from sklearn.linear_model import HuberRegressor
 
