@@ -116,15 +116,20 @@ def test_a_cut_thoracic_vertebra_without_rib_costs_less_than_a_whole_one():
     assert factors[0, _class("C7") - 1] == 0.0
 
 
-def test_cut_by_field_of_view_uses_the_whole_image_border():
+def test_cut_by_field_of_view_is_the_image_border_along_the_spine():
     component_map = np.zeros((10, 6, 6), np.int32)
     component_map[0:3, 2:4, 2:4] = 1  # touches the region's first slice
-    component_map[4:7, 2:4, 2:4] = 2
+    component_map[4:7, 0:4, 2:6] = 2  # touches the image's side borders only: a process cut, not the level
     component_map[7:10, 2:4, 2:4] = 3  # touches the region's last slice
-    assert cut_by_field_of_view(component_map) == [0, 2]
+    reference = sitk.Image((6, 6, 10), sitk.sitkUInt8)  # identity direction: numpy axis 0 runs head-feet
+    assert cut_by_field_of_view(component_map, reference) == [0, 2]
     # the region starts inside the image and ends at its last slice: only the last component is cut
     box = (slice(5, 15), slice(0, 6), slice(0, 6))
-    assert cut_by_field_of_view(component_map, (box, (15, 6, 6))) == [2]
+    assert cut_by_field_of_view(component_map, reference, (box, (15, 6, 6))) == [2]
+    # an image whose first index axis (numpy axis 2) runs head-feet: the side borders are now the spine's ends
+    reference.SetDirection((0, 0, 1, 0, 1, 0, 1, 0, 0))
+    assert vertebra_sizes.cranio_caudal_axis(reference) == 2
+    assert cut_by_field_of_view(component_map, reference) == [1]
 
 
 def _image(array, spacing=(2.0, 2.0, 2.0)):

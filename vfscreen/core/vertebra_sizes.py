@@ -75,14 +75,24 @@ class SizeModel:
         return log_prior, factors
 
 
-def vertebra_volumes(label_map: np.ndarray, voxel_mm3: float) -> dict[int, float]:
-    """Volume (mm3) of every vertebra class 1..K in a reference label map, without those cut by the array border."""
+def cranio_caudal_axis(image) -> int:
+    """The numpy axis (0 = k, 1 = j, 2 = i) of a SimpleITK image's index axis closest to the patient's head-feet
+    (world z) direction: a vertebra that reaches the image's border along it is cut by the field of view's upper or
+    lower end (one at a lateral border has lost a process at most)."""
+    direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)  # columns: world directions of i, j, k
+    return 2 - int(np.argmax(np.abs(direction[2])))
+
+
+def vertebra_volumes(label_map: np.ndarray, voxel_mm3: float, cut_axis: int | None = None) -> dict[int, float]:
+    """Volume (mm3) of every vertebra class 1..K in a reference label map, without those cut by the array border
+    along ``cut_axis`` (numpy order: the cranio-caudal axis, as prediction tells cut components; None: any axis)."""
     volumes = {}
     counts = np.bincount(label_map.ravel(), minlength=NUM_VERTEBRA_CLASSES + 1)
     for class_id, box in enumerate(ndimage.find_objects(label_map), start=1):
         if class_id > NUM_VERTEBRA_CLASSES or box is None:
             continue
-        if any(b.start == 0 or b.stop == size for b, size in zip(box, label_map.shape)):
+        if any(b.start == 0 or b.stop == size for axis, (b, size) in enumerate(zip(box, label_map.shape))
+               if cut_axis is None or axis == cut_axis):
             continue
         volumes[class_id] = float(counts[class_id] * voxel_mm3)
     return volumes

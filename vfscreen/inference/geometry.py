@@ -49,6 +49,9 @@ def voxel_shadow_mm(image: sitk.Image, unit_direction: np.ndarray) -> float:
     return float(np.abs(np.asarray(unit_direction) @ axis_vectors).sum())
 
 
-def touches_border(image_shape_zyx: tuple[int, ...], bbox_slices: tuple[slice, ...]) -> bool:
-    """True when a bounding box (numpy slices) reaches the first or last voxel of any axis."""
-    return any(box.start == 0 or box.stop == size for box, size in zip(bbox_slices, image_shape_zyx))
+def touches_border(image_shape_zyx: tuple[int, ...], bbox_slices: tuple[slice, ...], axes=None) -> bool:
+    """True when a bounding box (numpy slices) reaches the first or last voxel of any axis (of ``axes``, numpy
+    order, when given)."""
+    return any((box.start == 0 or box.stop == size) for axis, (box, size) in enumerate(zip(bbox_slices, image_shape_zyx))
+               if axes is None or axis in axes)
+

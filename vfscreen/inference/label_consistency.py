@@ -42,7 +42,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from vfscreen.core.region_confusion import class_regions, observation_likelihoods
-from vfscreen.core.vertebra_sizes import SizeModel
+from vfscreen.core.vertebra_sizes import SizeModel, cranio_caudal_axis
 from vfscreen.inference import merged_vertebrae
 from vfscreen.inference.chain_model import LEVEL_CERTAIN_POSTERIOR, ChainModel, assign_labels
 from vfscreen.inference.geometry import array_indices_to_world, touches_border, voxel_volume_mm3
@@ -299,7 +299,7 @@ def make_labels_consistent(class_map: np.ndarray, reference: sitk.Image, probabi
     if halves:
         landmarks.notes.append(f"{halves // 2} component(s) held two vertebrae (twice their neighbours' volume, "
                                "centroid between them): cut in two at the centroid, not at the disc")
-    landmarks.cut_by_view = cut_by_field_of_view(component_map, field_of_view)
+    landmarks.cut_by_view = cut_by_field_of_view(component_map, reference, field_of_view)
     name_components(components, landmarks, model, size_model)
     component_to_verse = np.zeros(len(components) + 1, dtype=np.uint8)
     for component in components:
@@ -308,15 +308,18 @@ def make_labels_consistent(class_map: np.ndarray, reference: sitk.Image, probabi
     return component_to_verse[component_map], components, landmarks
 
 
-def cut_by_field_of_view(component_map: np.ndarray, field_of_view=None) -> list[int]:
-    """Rows (0-based, component id - 1) of the components that reach the image's border. ``field_of_view``: (box of
-    ``component_map`` in the image, image shape), None = ``component_map`` is the whole image."""
+def cut_by_field_of_view(component_map: np.ndarray, reference: sitk.Image, field_of_view=None) -> list[int]:
+    """Rows (0-based, component id - 1) of the components that reach the image's upper or lower end (its border
+    along the cranio-caudal axis; a narrow field of view that cuts a process at its side keeps the vertebra's level
+    evidence). ``field_of_view``: (box of ``component_map`` in the image, image shape), None = ``component_map`` is
+    the whole image; ``reference``: the grid's image (its direction)."""
+    axes = (cranio_caudal_axis(reference),)
     box, shape = field_of_view if field_of_view is not None else \
         (tuple(slice(0, n) for n in component_map.shape), component_map.shape)
     rows = []
     for row, local in enumerate(ndimage.find_objects(component_map)):
         if local is not None and touches_border(shape, tuple(slice(outer.start + inner.start, outer.start + inner.stop)
-                                                                for outer, inner in zip(box, local))):
+                                                                for outer, inner in zip(box, local)), axes):
             rows.append(row)
     return rows
 

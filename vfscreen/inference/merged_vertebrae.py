@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
+from vfscreen.core.vertebra_sizes import cranio_caudal_axis
 from vfscreen.inference.geometry import array_indices_to_world, touches_border
 
 MERGED_VOLUME_RATIO = 1.6  # a component at least this much larger than its neighbours' median volume ...
@@ -24,7 +25,7 @@ def split_merged(voxel_lists: list[np.ndarray], reference: sitk.Image, image_sha
                  ) -> tuple[list[np.ndarray], list[bool]]:
     """voxel_lists: (M_i, 3) zyx indices of each component (any order) on ``reference``'s grid; ``image_shape`` and
     ``box_start``: the whole image's shape and the grid's offset in it (None: the grid is the image), to tell which
-    components are cut by the field of view (they are never split, nor measured against). Returns (voxel lists, head
+    components are cut by the field of view's upper or lower end (never split, nor measured against). Returns (voxel lists, head
     -> feet, with every merged component replaced by its two halves; per list, whether it is such a half)."""
     offset = np.zeros(3, int) if box_start is None else np.asarray(box_start, int)
     shape = tuple(reference.GetSize()[::-1]) if image_shape is None else tuple(image_shape)
@@ -34,8 +35,9 @@ def split_merged(voxel_lists: list[np.ndarray], reference: sitk.Image, image_sha
     voxel_lists = [voxel_lists[i] for i in order]
     centroids = centroids[order]
     volumes = np.array([len(v) for v in voxel_lists], dtype=float)
+    axes = (cranio_caudal_axis(reference),)
     cut = [touches_border(shape, tuple(slice(int(lo) + o, int(hi) + 1 + o) for lo, hi, o in
-                                       zip(v.min(axis=0), v.max(axis=0), offset))) for v in voxel_lists]
+                                       zip(v.min(axis=0), v.max(axis=0), offset)), axes) for v in voxel_lists]
     gaps = np.linalg.norm(np.diff(centroids, axis=0), axis=1)
     result, halves = [], []
     for row, voxels in enumerate(voxel_lists):

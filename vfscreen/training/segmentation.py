@@ -144,7 +144,7 @@ def record_vertebra_sizes(fold_folder: Path, preprocessed_folder: Path, grouping
         reference = sitk.ReadImage(str(reference_path))
         truth = sitk.GetArrayFromImage(reference)
         voxel_mm3 = float(np.prod(reference.GetSpacing()))
-        volumes = vertebra_sizes.vertebra_volumes(truth, voxel_mm3)
+        volumes = vertebra_sizes.vertebra_volumes(truth, voxel_mm3, vertebra_sizes.cranio_caudal_axis(reference))
         if reference_path.name not in validation:
             reference_volumes.append(volumes)
             continue
