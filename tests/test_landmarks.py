@@ -186,3 +186,24 @@ def test_a_double_gap_between_components_is_where_the_missed_vertebra_was():
     _, without_positions, _ = assign_labels(regions("ttllll"), None, factors)
     # L1 / L3 / L4: the skip may be anywhere between L1 and L5
     assert np.all(without_positions[2:5] < confidence[2:5] - 0.1) and without_positions[2:5].min() < 0.5
+
+
+def test_a_rib_on_a_cut_vertebra_says_less_than_on_a_whole_one():
+    """A vertebra cut by the field of view is segmented in part; its own bone left outside the mask (a lumbar
+    transverse process running out of a narrow field) reads as rib-like. A network sure that the cut last component is
+    lumbar then names it L1 (T7-T12 anchored above it); weighed like a rib on a whole vertebra, the rib makes it
+    thoracic and shifts every name above it."""
+    from vfscreen.inference.landmarks import LandmarkLikelihoods
+    outputs = np.array([REGION_OUTPUTS["t"]] * 7 + [(1.0, 0.1, 0.9)])
+    landmarks = LandmarkEvidence(8, [set()] + [{"left", "right"}] * 7, ribs_in_view=True, cut_by_view=[0, 7])
+    factors = landmark_log_factors(landmarks)
+    lumbar = VERSE_TO_CLASS[NAME_TO_VERSE["L1"]] - 1
+    assert factors[7, lumbar] == pytest.approx(np.log(LandmarkLikelihoods().rib_on_cut_non_thoracic))
+    assert factors[6, lumbar] == pytest.approx(np.log(LandmarkLikelihoods().rib_on_non_thoracic))
+
+    def names(likelihoods):
+        new_class, _, _ = assign_labels(region_evidence(outputs), None, landmark_log_factors(landmarks, likelihoods))
+        return [VERSE_NAMES[CLASS_TO_VERSE[int(c)]] for c in new_class]
+    assert names(LandmarkLikelihoods()) == ["T6", "T7", "T8", "T9", "T10", "T11", "T12", "L1"]
+    as_whole = LandmarkLikelihoods(rib_on_cut_non_thoracic=LandmarkLikelihoods().rib_on_non_thoracic)
+    assert names(as_whole)[-1].startswith("T")  # the rib wins over the network: every name above shifts

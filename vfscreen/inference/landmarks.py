@@ -43,6 +43,8 @@ class LandmarkLikelihoods:
     segmentation errors against anatomy; not measured prevalences)."""
 
     rib_on_non_thoracic: float = 0.01  # a rib seen on C7 / L1 (cervical / lumbar rib, or a mis-assigned rib)
+    rib_on_cut_non_thoracic: float = 0.2  # ... on a vertebra cut by the field of view (its own bone that the
+    # segmentation left out - a process, part of an arch - reads as rib-like more often)
     no_rib_on_thoracic: float = 0.05  # ribs are in view but none is seen on a thoracic vertebra (missed)
     no_rib_on_cut_thoracic: float = 0.25  # ... on a thoracic vertebra cut by the field of view (its rib may be out)
     sacrum_on_l4: float = 0.05  # the vertebra on the sacrum is L4 (L5 sacralised and labelled sacrum)
@@ -205,7 +207,8 @@ def landmark_log_factors(evidence: LandmarkEvidence, likelihoods: LandmarkLikeli
     if evidence.ribs_in_view:
         for row, sides in enumerate(evidence.rib_sides):
             if sides:
-                factors[row, ~thoracic] += np.log(likelihoods.rib_on_non_thoracic)
+                factors[row, ~thoracic] += np.log(likelihoods.rib_on_cut_non_thoracic if row in evidence.cut_by_view
+                                                  else likelihoods.rib_on_non_thoracic)
             else:
                 factors[row, thoracic] += np.log(likelihoods.no_rib_on_cut_thoracic if row in evidence.cut_by_view
                                                  else likelihoods.no_rib_on_thoracic)
