@@ -1,8 +1,9 @@
-"""Two vertebrae in one component (vfscreen.inference.merged_vertebrae) and small rib pieces (landmarks)."""
+"""Two vertebrae in one component, one vertebra in two (vfscreen.inference.merged_vertebrae) and small rib pieces
+(landmarks)."""
 import numpy as np
 import SimpleITK as sitk
 
-from vfscreen.inference.merged_vertebrae import split_merged
+from vfscreen.inference.merged_vertebrae import join_pieces, split_merged
 
 
 def _grid(shape=(80, 12, 12)):
@@ -38,6 +39,29 @@ def test_neither_a_large_vertebra_in_its_place_nor_a_cut_one_is_split():
     voxel_lists, halves = split_merged([merged_at_edge] + [_block(22 + 10 * i, 30 + 10 * i) for i in range(4)],
                                        _grid())
     assert not any(halves)
+
+
+def _box(z_low, z_high, x_low, x_high):
+    z, y, x = np.mgrid[z_low:z_high, 3:9, x_low:x_high]
+    return np.stack([z.ravel(), y.ravel(), x.ravel()], axis=1)
+
+
+def test_touching_pieces_at_one_level_are_joined_and_a_separate_piece_is_not():
+    """Seven vertebrae 8 voxels high every 10; the network split the fourth into a left and a right half (they
+    touch, centroids at the same height); beside the second lies a separate piece at its level (a rib called
+    vertebra). The halves become one component of two pieces; the separate piece stays apart."""
+    reference = _grid((80, 12, 40))
+    blocks = [_box(2 + 10 * i, 10 + 10 * i, 12, 24) for i in range(7)]
+    left, right = _box(32, 40, 12, 18), _box(32, 40, 18, 24)
+    lateral = _box(53, 57, 30, 38)  # 6 voxels beside the vertebra at z 52-60: not touching
+    voxel_lists, counts = join_pieces(blocks[:3] + [left, right, lateral] + blocks[4:], reference)
+    assert counts == [1, 1, 1, 1, 2, 1, 1, 1]  # head -> feet: z 62-70, 52-60, the lateral piece, ..., the halves
+    assert sorted(map(len, voxel_lists)) == sorted([len(lateral)] + [len(block) for block in blocks])
+    joined = voxel_lists[counts.index(2)]
+    assert {tuple(v) for v in joined} == {tuple(v) for v in blocks[3]}
+    # neighbouring vertebrae (a pitch apart) are never joined, and too few components give no pitch
+    assert join_pieces(blocks, reference)[1] == [1] * 7
+    assert join_pieces([left, right, blocks[0]], reference)[1] == [1, 1, 1]
 
 
 def test_a_sliver_of_rib_beside_a_cut_vertebra_is_not_a_rib():

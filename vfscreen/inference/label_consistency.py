@@ -76,6 +76,7 @@ class Component:
     label_confidence: float = 0.0  # posterior probability of new_class_id (of being dropped when dropped)
     level_uncertain: bool = True  # label_confidence < LEVEL_CERTAIN_POSTERIOR
     split_from_merged: bool = False  # one half of a component that held two vertebrae (merged_vertebrae)
+    joined_pieces: int = 1  # how many of the network's components at one level it was joined from (merged_vertebrae)
 
 
 def _class_evidence(channel_means: np.ndarray | None, class_id: int, grouping: str,
@@ -204,14 +205,16 @@ def find_components(class_map: np.ndarray, reference: sitk.Image, probabilities:
 
     kept = [(class_id, np.argwhere(mask) + np.array([box.start for box in bbox]))
             for (class_id, bbox, mask), volume in zip(candidates, volumes) if volume >= threshold]
-    halves = [False] * len(kept)
+    halves, pieces = [False] * len(kept), [1] * len(kept)
     if grouping != "vertebrae" and split_merged:
         box, shape = field_of_view if field_of_view is not None else (None, None)
+        voxel_lists, joined = merged_vertebrae.join_pieces([indices for _, indices in kept], reference)
         voxel_lists, halves = merged_vertebrae.split_merged(
-            [indices for _, indices in kept], reference, shape, None if box is None else [b.start for b in box])
+            voxel_lists, reference, shape, None if box is None else [b.start for b in box])
+        pieces = _pieces_after_split(voxel_lists, joined, halves)
         kept = [(0, indices) for indices in voxel_lists]  # a grouped component's group is its commonest, below
     components = []
-    for (class_id, indices), half in zip(kept, halves):
+    for (class_id, indices), half, count in zip(kept, halves, pieces):
         centroid = array_indices_to_world(reference, indices.mean(axis=0, keepdims=True))[0]
         if grouping != "vertebrae":
             class_id = int(np.bincount(class_map[indices[:, 0], indices[:, 1], indices[:, 2]]).argmax())
@@ -220,7 +223,7 @@ def find_components(class_map: np.ndarray, reference: sitk.Image, probabilities:
             channel_means = probabilities[:, indices[:, 0], indices[:, 1], indices[:, 2]].astype(np.float64).mean(axis=1)
         class_probabilities = _class_evidence(channel_means, class_id, grouping, region_likelihoods)
         components.append(Component(0, class_id, float(len(indices) * voxel_mm3), centroid, class_probabilities,
-                                    split_from_merged=half))
+                                    split_from_merged=half, joined_pieces=count))
     # head -> feet: decreasing world z (LPS +z = superior; valid for any image orientation)
     order = np.argsort([-component.centroid_mm[2] for component in components], kind="stable")
     component_map = np.zeros(class_map.shape, np.int32)
@@ -295,6 +298,10 @@ def make_labels_consistent(class_map: np.ndarray, reference: sitk.Image, probabi
         if rib_mask is not None or sacrum_mask is not None else no_landmarks(len(components))
     if rib_note:
         landmarks.notes.insert(0, rib_note)
+    joined = [component.joined_pieces for component in components if component.joined_pieces > 1]
+    if joined:
+        landmarks.notes.append(f"{len(joined)} component(s) joined from {sum(joined)} pieces at the same level "
+                               "(centroids much closer along the spine than neighbouring vertebrae)")
     halves = sum(component.split_from_merged for component in components)
     if halves:
         landmarks.notes.append(f"{halves // 2} component(s) held two vertebrae (twice their neighbours' volume, "
@@ -306,6 +313,19 @@ def make_labels_consistent(class_map: np.ndarray, reference: sitk.Image, probabi
         class_id = component.new_class_id
         component_to_verse[component.index] = CLASS_TO_VERSE[class_id] if class_id > 0 else 0
     return component_to_verse[component_map], components, landmarks
+
+
+def _pieces_after_split(voxel_lists: list, joined: list[int], halves: list[bool]) -> list[int]:
+    """Per list after merged_vertebrae.split_merged, the number of pieces its source was joined from (``joined``:
+    per list given to split_merged, head -> feet, an order split_merged keeps; its two halves both carry it)."""
+    counts, source = [], iter(joined)
+    row = 0
+    while row < len(voxel_lists):
+        count = next(source, 1)
+        width = 2 if halves[row] else 1
+        counts += [count] * width
+        row += width
+    return counts
 
 
 def cut_by_field_of_view(component_map: np.ndarray, reference: sitk.Image, field_of_view=None) -> list[int]:

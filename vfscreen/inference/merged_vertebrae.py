@@ -8,17 +8,70 @@ half-way between the two vertebrae it holds, about 1.5 pitches from each neighbo
 pitches apart instead of two). Where both hold, the component is cut in two by the plane through its centroid
 perpendicular to the line between its neighbours' centroids (the local spine axis) - for naming and for the mask;
 the cut is not the disc (its place is the centroid's, not measured), so the two halves are flagged in the output.
+
+The inverse happens too: where the network is unsure inside one vertebra (between its left and right halves, body and
+arch), vfscreen.inference.label_consistency.split_touching finds two cores and makes two components at the same level.
+Each is about half a vertebra, the chain model drops both or gives them two names, and the names beyond shift. Two
+neighbouring vertebrae are a pitch apart along the spine; two components whose centroids are much closer than that
+along it (``JOIN_SEPARATION_PITCHES``) and that touch are pieces of one vertebra and are joined (:func:`join_pieces`);
+a separate component at the same level (a rib or process piece called vertebra) is not.
 """
 from __future__ import annotations
 
 import numpy as np
 import SimpleITK as sitk
+from scipy.spatial import cKDTree
 
 from vfscreen.core.vertebra_sizes import cranio_caudal_axis
 from vfscreen.inference.geometry import array_indices_to_world, touches_border
 
 MERGED_VOLUME_RATIO = 1.6  # a component at least this much larger than its neighbours' median volume ...
 MERGED_SPAN_PITCHES = 2.5  # ... whose neighbours' centroids are this many local pitches apart holds two vertebrae
+JOIN_SEPARATION_PITCHES = 0.35  # neighbouring components closer than this along the spine (in pitches: the median
+# distance between neighbouring components) are pieces of one vertebra; modelling choice, not measured
+MIN_COMPONENTS_FOR_PITCH = 4  # fewer components give no pitch to measure against: nothing is joined
+
+
+def join_pieces(voxel_lists: list[np.ndarray], reference: sitk.Image) -> tuple[list[np.ndarray], list[int]]:
+    """voxel_lists: (M_i, 3) zyx indices of each component on ``reference``'s grid. Returns (voxel lists, head -> feet,
+    with every set of pieces of one vertebra joined; per list, how many components it was made of). Neighbours that
+    touch (voxels within 1.5 voxel sizes) are joined closest first; the spine's direction at a pair is the line
+    between the components around it."""
+    touching_mm = 1.5 * max(reference.GetSpacing())
+    counts = [1] * len(voxel_lists)
+    while voxel_lists:
+        centroids = np.array([array_indices_to_world(reference, v.mean(axis=0, keepdims=True))[0]
+                              for v in voxel_lists])
+        order = np.argsort(-centroids[:, 2], kind="stable")  # head -> feet (LPS +z superior)
+        voxel_lists, counts, centroids = [voxel_lists[i] for i in order], [counts[i] for i in order], centroids[order]
+        if len(voxel_lists) < MIN_COMPONENTS_FOR_PITCH:
+            break
+        pitch = float(np.median(np.linalg.norm(np.diff(centroids, axis=0), axis=1)))
+        separations = np.array([_separation_along_spine(centroids, row) for row in range(len(centroids) - 1)])
+        close = [row for row in np.argsort(separations, kind="stable")
+                 if separations[row] < JOIN_SEPARATION_PITCHES * pitch
+                 and _touch(voxel_lists[row], voxel_lists[row + 1], reference, touching_mm)]
+        if not close:
+            break
+        row = int(close[0])
+        voxel_lists[row:row + 2] = [np.concatenate(voxel_lists[row:row + 2])]
+        counts[row:row + 2] = [counts[row] + counts[row + 1]]
+    return voxel_lists, counts
+
+
+def _touch(first: np.ndarray, second: np.ndarray, reference: sitk.Image, distance_mm: float) -> bool:
+    spacing_zyx = np.array(reference.GetSpacing())[::-1]
+    distance, _ = cKDTree(first * spacing_zyx).query(second * spacing_zyx, distance_upper_bound=distance_mm)
+    return bool(np.isfinite(distance).any())
+
+
+def _separation_along_spine(centroids: np.ndarray, row: int) -> float:
+    """Distance (mm) between the centroids of components ``row`` and ``row + 1`` along the spine: projected on the
+    line from the component before the pair to the one after it (the pair's own line at the chain's ends)."""
+    before, after = max(row - 1, 0), min(row + 2, len(centroids) - 1)
+    axis = centroids[after] - centroids[before]
+    axis /= max(float(np.linalg.norm(axis)), 1e-9)
+    return abs(float((centroids[row + 1] - centroids[row]) @ axis))
 
 
 def split_merged(voxel_lists: list[np.ndarray], reference: sitk.Image, image_shape=None, box_start=None
