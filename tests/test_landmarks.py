@@ -207,3 +207,21 @@ def test_a_rib_on_a_cut_vertebra_says_less_than_on_a_whole_one():
     assert names(LandmarkLikelihoods()) == ["T6", "T7", "T8", "T9", "T10", "T11", "T12", "L1"]
     as_whole = LandmarkLikelihoods(rib_on_cut_non_thoracic=LandmarkLikelihoods().rib_on_non_thoracic)
     assert names(as_whole)[-1].startswith("T")  # the rib wins over the network: every name above shifts
+
+
+def test_a_missing_rib_on_a_sliver_of_a_cut_vertebra_says_nothing():
+    """Thoracic components under a field of view cut at the top: the top component holds a quarter of a vertebra
+    (its rib may be out of view), so its missing rib does not make it cervical (the chain's count does not shift to
+    C7 for it); a cut component holding half of one still says less than a whole one, as before."""
+    from vfscreen.inference.landmarks import LandmarkLikelihoods, PARTIAL_VIEW_FRACTION, mostly_out_of_view
+    volumes = [3.5, 14.0, 16.0, 15.0, 17.0, 18.0, 9.0]  # ml, head -> feet; the first and last cut by the view
+    assert 3.5 < PARTIAL_VIEW_FRACTION * 14.0 and 9.0 > PARTIAL_VIEW_FRACTION * 18.0
+    assert mostly_out_of_view(volumes, [0, 6]) == [0]
+    assert mostly_out_of_view(volumes, list(range(7))) == []  # nothing whole to compare with
+    landmarks = LandmarkEvidence(7, [set()] + [{"left", "right"}] * 6, ribs_in_view=True, cut_by_view=[0, 6],
+                                 mostly_out_of_view=[0])
+    factors = landmark_log_factors(landmarks)
+    t1, c7 = VERSE_TO_CLASS[NAME_TO_VERSE["T1"]] - 1, VERSE_TO_CLASS[NAME_TO_VERSE["C7"]] - 1
+    assert factors[0, t1] == 0.0 and factors[0, c7] == 0.0
+    landmarks.mostly_out_of_view = []
+    assert landmark_log_factors(landmarks)[0, t1] == pytest.approx(np.log(LandmarkLikelihoods().no_rib_on_cut_thoracic))

@@ -85,3 +85,37 @@ def test_a_sliver_of_rib_beside_a_cut_vertebra_is_not_a_rib():
     evidence = find_landmarks(component_map, np.array(centroids), rib_mask, None, reference)
     assert evidence.rib_bearing == [0, 1, 2]
     assert any("rib piece(s) under" in note for note in evidence.notes)
+
+
+def test_a_last_component_holding_two_vertebrae_is_cut_at_their_disc():
+    """Seven vertebrae 8 voxels high every 10; the last one and the one above it are merged across a thin disc
+    bridge (a 2 x 2 voxel column). split_merged cannot see it (no neighbour below to measure against);
+    split_at_discs cuts it at the disc, and leaves a single vertebra with a thin process running down alone."""
+    from vfscreen.inference.merged_vertebrae import split_at_discs
+
+    blocks = [_block(22 + 10 * i, 30 + 10 * i) for i in range(6)]
+    bridge = np.stack([a.ravel() for a in np.mgrid[10:12, 5:7, 5:7]], axis=1)
+    merged = np.concatenate([_block(2, 10), bridge, _block(12, 20)])
+    voxel_lists, sources = split_at_discs([merged] + blocks, _grid())
+    assert len(voxel_lists) == 8 and sources == [6, 5, 4, 3, 2, 1, 0, 0]
+    lower, upper = voxel_lists[-1], voxel_lists[-2]
+    assert upper[:, 0].min() >= 10 and lower[:, 0].max() <= 11  # cut inside the bridge
+    assert {tuple(v) for v in _block(12, 20)} <= {tuple(v) for v in upper}
+    assert not any(split_merged([merged] + blocks, _grid())[1])  # the last component: nothing to measure against
+    # a vertebra with a process: one peak and a thin tail, no second body - not cut
+    process = np.stack([a.ravel() for a in np.mgrid[14:20, 8:10, 5:7]], axis=1)
+    with_process = np.concatenate([_block(20, 28), process])
+    chain = [with_process] + [_block(32 + 10 * i, 40 + 10 * i) for i in range(4)]
+    assert split_at_discs(chain, _grid())[1] == [4, 3, 2, 1, 0]
+
+
+def test_a_small_part_past_a_disc_is_cut_off_only_at_the_field_of_views_end():
+    """A component with a second, small body below a disc: a partial vertebra where it reaches the image's first
+    slice (cut by the field of view), a piece too small to be a vertebra where it does not."""
+    from vfscreen.inference.merged_vertebrae import split_at_discs
+
+    blocks = [_block(22 + 10 * i, 30 + 10 * i) for i in range(5)]
+    at_end = np.concatenate([_block(0, 3), _block(3, 4)[:4], _block(5, 13)])  # 3 slices below the disc, at z = 0
+    assert split_at_discs([at_end] + blocks, _grid())[1] == [5, 4, 3, 2, 1, 0, 0]
+    inside = at_end + [6, 0, 0]  # the same shape, its lowest slice at z = 6: not cut by the view
+    assert split_at_discs([inside] + blocks, _grid())[1] == [5, 4, 3, 2, 1, 0]

@@ -30,7 +30,9 @@ Before the chain, a foreground component of a grouped network that holds several
 (its commonest error: 37 of 106 test vertebrae of the demo model were merged into a neighbour) is split where the
 network is least sure: :func:`split_touching` finds separate high-probability cores and gives every voxel to its
 nearest core. A network with one class per vertebra separates neighbours by their classes; its components are not
-split (where its foreground dips inside one vertebra, body and arch could become two cores; not measured).
+split (where its foreground dips inside one vertebra, body and arch could become two cores; not measured). What
+the cores leave merged, :mod:`vfscreen.inference.merged_vertebrae` cuts at the disc its voxel count shows along the
+spine, or at its centroid.
 """
 from __future__ import annotations
 
@@ -47,7 +49,7 @@ from vfscreen.inference import merged_vertebrae
 from vfscreen.inference.chain_model import LEVEL_CERTAIN_POSTERIOR, ChainModel, assign_labels
 from vfscreen.inference.geometry import array_indices_to_world, touches_border, voxel_volume_mm3
 from vfscreen.inference.landmarks import (MIN_RIB_MM3, LandmarkEvidence, find_landmarks, landmark_log_factors,
-                                         no_landmarks)
+                                         mostly_out_of_view, no_landmarks)
 from vfscreen.labels import (CLASS_TO_VERSE, LANDMARK_CLASSES, NUM_VERTEBRA_CLASSES, SPINE_REGION_GROUP_IDS,
                              VERTEBRA_GROUP_IDS, region_evidence)
 
@@ -77,6 +79,7 @@ class Component:
     level_uncertain: bool = True  # label_confidence < LEVEL_CERTAIN_POSTERIOR
     split_from_merged: bool = False  # one half of a component that held two vertebrae (merged_vertebrae)
     joined_pieces: int = 1  # how many of the network's components at one level it was joined from (merged_vertebrae)
+    split_at_disc: bool = False  # one part of a component that held several vertebrae, cut at a disc (merged_vertebrae)
 
 
 def _class_evidence(channel_means: np.ndarray | None, class_id: int, grouping: str,
@@ -205,16 +208,20 @@ def find_components(class_map: np.ndarray, reference: sitk.Image, probabilities:
 
     kept = [(class_id, np.argwhere(mask) + np.array([box.start for box in bbox]))
             for (class_id, bbox, mask), volume in zip(candidates, volumes) if volume >= threshold]
-    halves, pieces = [False] * len(kept), [1] * len(kept)
+    halves, pieces, at_disc = [False] * len(kept), [1] * len(kept), [False] * len(kept)
     if grouping != "vertebrae" and split_merged:
         box, shape = field_of_view if field_of_view is not None else (None, None)
+        box_start = None if box is None else [b.start for b in box]
         voxel_lists, joined = merged_vertebrae.join_pieces([indices for _, indices in kept], reference)
-        voxel_lists, halves = merged_vertebrae.split_merged(
-            voxel_lists, reference, shape, None if box is None else [b.start for b in box])
+        voxel_lists, sources = merged_vertebrae.split_at_discs(voxel_lists, reference, shape, box_start)
+        from_disc_cut = (np.bincount(sources, minlength=len(joined)) > 1)[sources].tolist()
+        joined = [joined[source] for source in sources]
+        voxel_lists, halves = merged_vertebrae.split_merged(voxel_lists, reference, shape, box_start)
         pieces = _pieces_after_split(voxel_lists, joined, halves)
+        at_disc = _pieces_after_split(voxel_lists, from_disc_cut, halves)
         kept = [(0, indices) for indices in voxel_lists]  # a grouped component's group is its commonest, below
     components = []
-    for (class_id, indices), half, count in zip(kept, halves, pieces):
+    for (class_id, indices), half, count, disc in zip(kept, halves, pieces, at_disc):
         centroid = array_indices_to_world(reference, indices.mean(axis=0, keepdims=True))[0]
         if grouping != "vertebrae":
             class_id = int(np.bincount(class_map[indices[:, 0], indices[:, 1], indices[:, 2]]).argmax())
@@ -223,7 +230,7 @@ def find_components(class_map: np.ndarray, reference: sitk.Image, probabilities:
             channel_means = probabilities[:, indices[:, 0], indices[:, 1], indices[:, 2]].astype(np.float64).mean(axis=1)
         class_probabilities = _class_evidence(channel_means, class_id, grouping, region_likelihoods)
         components.append(Component(0, class_id, float(len(indices) * voxel_mm3), centroid, class_probabilities,
-                                    split_from_merged=half, joined_pieces=count))
+                                    split_from_merged=half, joined_pieces=count, split_at_disc=bool(disc)))
     # head -> feet: decreasing world z (LPS +z = superior; valid for any image orientation)
     order = np.argsort([-component.centroid_mm[2] for component in components], kind="stable")
     component_map = np.zeros(class_map.shape, np.int32)
@@ -302,11 +309,17 @@ def make_labels_consistent(class_map: np.ndarray, reference: sitk.Image, probabi
     if joined:
         landmarks.notes.append(f"{len(joined)} component(s) joined from {sum(joined)} pieces at the same level "
                                "(centroids much closer along the spine than neighbouring vertebrae)")
+    disc_parts = sum(component.split_at_disc for component in components)
+    if disc_parts:
+        landmarks.notes.append(f"{disc_parts} component(s) cut at a disc out of components that held several vertebrae "
+                               "(a valley of the voxel count along the spine)")
     halves = sum(component.split_from_merged for component in components)
     if halves:
         landmarks.notes.append(f"{halves // 2} component(s) held two vertebrae (twice their neighbours' volume, "
                                "centroid between them): cut in two at the centroid, not at the disc")
     landmarks.cut_by_view = cut_by_field_of_view(component_map, reference, field_of_view)
+    landmarks.mostly_out_of_view = mostly_out_of_view([component.volume_mm3 for component in components],
+                                                      landmarks.cut_by_view)
     name_components(components, landmarks, model, size_model)
     component_to_verse = np.zeros(len(components) + 1, dtype=np.uint8)
     for component in components:
@@ -315,9 +328,10 @@ def make_labels_consistent(class_map: np.ndarray, reference: sitk.Image, probabi
     return component_to_verse[component_map], components, landmarks
 
 
-def _pieces_after_split(voxel_lists: list, joined: list[int], halves: list[bool]) -> list[int]:
-    """Per list after merged_vertebrae.split_merged, the number of pieces its source was joined from (``joined``:
-    per list given to split_merged, head -> feet, an order split_merged keeps; its two halves both carry it)."""
+def _pieces_after_split(voxel_lists: list, joined: list, halves: list[bool]) -> list:
+    """Per list after merged_vertebrae.split_merged, the value its source had in ``joined`` (per list given to
+    split_merged, head -> feet, an order split_merged keeps; its two halves both carry it): the number of pieces it
+    was joined from, whether it came from a disc cut."""
     counts, source = [], iter(joined)
     row = 0
     while row < len(voxel_lists):

@@ -34,6 +34,9 @@ SACRUM_CONTACT_MM = 20.0  # a vertebra this close to the sacrum sits on it (lumb
 MIN_RIB_MM3 = 100.0  # smaller rib components are segmentation noise
 MIN_RIB_FRACTION = 0.25  # ... and so are those under this share of the case's median rib piece (a sliver at the
 # field of view's end beside a cut vertebra, a process) - modelling choice, not measured
+PARTIAL_VIEW_FRACTION = 1 / 3  # a cut component under this share of its nearest whole neighbour's volume shows
+# little of its vertebra: its rib may well be out of view (a rib's head and tubercle sit at the upper body and the
+# transverse process; the shaft runs down and out) - an anatomical modelling choice, not measured
 SECOND_CARRIER_FRACTION = 0.5  # a rib whose contact with a second vertebra is this large touches both
 
 
@@ -64,6 +67,8 @@ class LandmarkEvidence:
     sacrum_component: int | None = None  # row of the vertebra that sits on the sacrum
     below_sacrum: list[int] = field(default_factory=list)  # rows below the sacrum's centre
     cut_by_view: list[int] = field(default_factory=list)  # rows cut by the field of view: a missing rib says less
+    mostly_out_of_view: list[int] = field(default_factory=list)  # cut rows holding a small part of a vertebra
+    # (under PARTIAL_VIEW_FRACTION of the nearest whole component's volume): a missing rib says nothing there
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -199,6 +204,16 @@ def _sacrum_evidence(evidence, component_map, centroids_mm, sacrum_mask, spacing
         evidence.notes.append(f"{len(evidence.below_sacrum)} component(s) below the sacrum's centre: not lumbar")
 
 
+def mostly_out_of_view(volumes_mm3, cut_rows) -> list[int]:
+    """The rows (head -> feet) of ``cut_rows`` whose volume is under PARTIAL_VIEW_FRACTION of their nearest whole
+    row's (none where no row is whole: nothing to compare with)."""
+    whole = [row for row in range(len(volumes_mm3)) if row not in cut_rows]
+    if not whole:
+        return []
+    nearest = {row: min(whole, key=lambda other: abs(other - row)) for row in cut_rows}
+    return [row for row in cut_rows if volumes_mm3[row] < PARTIAL_VIEW_FRACTION * volumes_mm3[nearest[row]]]
+
+
 def landmark_log_factors(evidence: LandmarkEvidence, likelihoods: LandmarkLikelihoods | None = None) -> np.ndarray:
     """(N, K) log-likelihood of the landmark observations of each component given each vertebra class 1..K."""
     likelihoods = likelihoods or LandmarkLikelihoods()
@@ -209,7 +224,7 @@ def landmark_log_factors(evidence: LandmarkEvidence, likelihoods: LandmarkLikeli
             if sides:
                 factors[row, ~thoracic] += np.log(likelihoods.rib_on_cut_non_thoracic if row in evidence.cut_by_view
                                                   else likelihoods.rib_on_non_thoracic)
-            else:
+            elif row not in evidence.mostly_out_of_view:
                 factors[row, thoracic] += np.log(likelihoods.no_rib_on_cut_thoracic if row in evidence.cut_by_view
                                                  else likelihoods.no_rib_on_thoracic)
     if evidence.sacrum_in_view:

@@ -15,6 +15,15 @@ Each is about half a vertebra, the chain model drops both or gives them two name
 neighbouring vertebrae are a pitch apart along the spine; two components whose centroids are much closer than that
 along it (``JOIN_SEPARATION_PITCHES``) and that touch are pieces of one vertebra and are joined (:func:`join_pieces`);
 a separate component at the same level (a rib or process piece called vertebra) is not.
+
+Most merged components still show their disc: along the spine, the count of their voxels per slab dips where the
+disc lies between the two bodies (the network marks the disc space thinly, or not at all). :func:`split_at_discs`
+cuts a component at such a valley - where the slab count drops below ``DISC_VALLEY_RATIO`` of the lower of the two
+peaks beside it - when each side is a vertebra of its own: at least ``MIN_SIDE_VOLUME_RATIO`` of its neighbours'
+median volume (or, cut by the field of view, ``MIN_CUT_SIDE_VOLUME_RATIO``: a partial vertebra), its centroid at least ``MIN_SIDE_SEPARATION_PITCHES``
+from the other side's. The parts are cut again the same way (three vertebrae in one component). This works at the
+chain's ends too (a last component holding the last two vertebrae), where :func:`split_merged` has no neighbour on one
+side to measure against; it runs first, :func:`split_merged` takes the merges that show no valley.
 """
 from __future__ import annotations
 
@@ -23,13 +32,21 @@ import SimpleITK as sitk
 from scipy.spatial import cKDTree
 
 from vfscreen.core.vertebra_sizes import cranio_caudal_axis
-from vfscreen.inference.geometry import array_indices_to_world, touches_border
+from vfscreen.inference.geometry import array_indices_to_world, touches_border, voxel_shadow_mm
 
 MERGED_VOLUME_RATIO = 1.6  # a component at least this much larger than its neighbours' median volume ...
 MERGED_SPAN_PITCHES = 2.5  # ... whose neighbours' centroids are this many local pitches apart holds two vertebrae
 JOIN_SEPARATION_PITCHES = 0.35  # neighbouring components closer than this along the spine (in pitches: the median
 # distance between neighbouring components) are pieces of one vertebra; modelling choice, not measured
 MIN_COMPONENTS_FOR_PITCH = 4  # fewer components give no pitch to measure against: nothing is joined
+# a valley of the slab count along the spine below this share of the lower peak beside it is a disc. On the fold-0
+# validation cases of a demo model (9 cases, 64 components), the components holding two vertebrae had valleys of
+# 0.08-0.65 and single vertebrae 0.97 and above; a modelling choice inside that gap, nearer the merged side
+DISC_VALLEY_RATIO = 0.75
+MIN_SIDE_VOLUME_RATIO = 0.5  # each side of a disc cut holds this share of its neighbours' median volume ...
+MIN_CUT_SIDE_VOLUME_RATIO = 0.15  # ... or, cut by the field of view's end (a partial vertebra), this share
+MIN_SIDE_SEPARATION_PITCHES = 0.5  # the two sides' centroids this many pitches apart along the spine, at least
+NEIGHBOURS_FOR_VOLUME = 4  # the median volume of this many nearest whole components is "a vertebra here"
 
 
 def join_pieces(voxel_lists: list[np.ndarray], reference: sitk.Image) -> tuple[list[np.ndarray], list[int]]:
@@ -72,6 +89,79 @@ def _separation_along_spine(centroids: np.ndarray, row: int) -> float:
     axis = centroids[after] - centroids[before]
     axis /= max(float(np.linalg.norm(axis)), 1e-9)
     return abs(float((centroids[row + 1] - centroids[row]) @ axis))
+
+
+def split_at_discs(voxel_lists: list[np.ndarray], reference: sitk.Image, image_shape=None, box_start=None
+                   ) -> tuple[list[np.ndarray], list[int]]:
+    """voxel_lists: (M_i, 3) zyx indices of each component (any order) on ``reference``'s grid; ``image_shape`` and
+    ``box_start`` as in :func:`split_merged`. Returns (voxel lists head -> feet, every component that shows a disc
+    cut there; per list, the index in ``voxel_lists`` of the component it comes from)."""
+    if len(voxel_lists) < 3:
+        return list(voxel_lists), list(range(len(voxel_lists)))
+    centroids, cut, order = _chain(voxel_lists, reference, image_shape, box_start)
+    volumes = np.array([len(voxel_lists[i]) for i in order], dtype=float)
+    pitch = float(np.median(np.linalg.norm(np.diff(centroids, axis=0), axis=1)))
+    touching_end = _end_slices(reference, image_shape, box_start)
+    result, sources = [], []
+    for row, source in enumerate(order):
+        axis = centroids[min(row + 1, len(order) - 1)] - centroids[max(row - 1, 0)]
+        axis /= max(float(np.linalg.norm(axis)), 1e-9)
+        others = [other for other in np.argsort(np.abs(np.arange(len(order)) - row), kind="stable")
+                  if other != row and not cut[other]][:NEIGHBOURS_FOR_VOLUME]
+        vertebra_voxels = float(np.median(volumes[others])) if others else 0.0
+        parts = _cut_at_valleys(voxel_lists[source], reference, axis, pitch, vertebra_voxels, touching_end)
+        result += parts
+        sources += [int(source)] * len(parts)
+    return result, sources
+
+
+def _chain(voxel_lists, reference, image_shape, box_start):
+    """(centroids head -> feet (N, 3), per row whether it is cut by the field of view's ends, the order)."""
+    offset = np.zeros(3, int) if box_start is None else np.asarray(box_start, int)
+    shape = tuple(reference.GetSize()[::-1]) if image_shape is None else tuple(image_shape)
+    centroids = np.array([array_indices_to_world(reference, v.mean(axis=0, keepdims=True))[0] for v in voxel_lists])
+    order = np.argsort(-centroids[:, 2], kind="stable")  # head -> feet (LPS +z superior)
+    axes = (cranio_caudal_axis(reference),)
+    cut = [touches_border(shape, tuple(slice(int(lo) + o, int(hi) + 1 + o) for lo, hi, o in
+                                       zip(voxel_lists[i].min(axis=0), voxel_lists[i].max(axis=0), offset)), axes)
+           for i in order]
+    return centroids[order], cut, order
+
+
+def _end_slices(reference, image_shape, box_start):
+    """f(zyx indices) -> whether they reach the image's first or last slice along the cranio-caudal axis."""
+    axis = cranio_caudal_axis(reference)
+    offset = 0 if box_start is None else int(box_start[axis])
+    size = reference.GetSize()[::-1][axis] if image_shape is None else image_shape[axis]
+    return lambda indices: bool(indices[:, axis].min() + offset == 0 or indices[:, axis].max() + offset == size - 1)
+
+
+def _cut_at_valleys(voxels, reference, axis, pitch, vertebra_voxels, touching_end) -> list[np.ndarray]:
+    """The component's voxels cut at every disc valley of its slab count along ``axis`` (head -> feet)."""
+    along = (array_indices_to_world(reference, voxels) @ axis)
+    slab_mm = voxel_shadow_mm(reference, axis)
+    edges = np.arange(along.min(), along.max() + 2 * slab_mm, slab_mm)
+    counts = np.convolve(np.histogram(along, bins=edges)[0], [0.25, 0.5, 0.25], mode="same")
+    best = None
+    for slab in range(1, len(counts) - 1):
+        depth = counts[slab] / max(min(counts[:slab].max(), counts[slab + 1:].max()), 1e-9)
+        if depth >= DISC_VALLEY_RATIO or (best is not None and depth >= best[0]):
+            continue
+        upper = along < edges[slab] + slab_mm / 2
+        if upper.all() or not upper.any():
+            continue
+        separation = along[~upper].mean() - along[upper].mean()
+        if separation < MIN_SIDE_SEPARATION_PITCHES * pitch:
+            continue
+        if all(side.sum() >= MIN_SIDE_VOLUME_RATIO * vertebra_voxels or (
+                side.sum() >= MIN_CUT_SIDE_VOLUME_RATIO * vertebra_voxels and touching_end(voxels[side]))
+               for side in (upper, ~upper)):
+            best = (depth, upper)
+    if best is None:
+        return [voxels]
+    upper = best[1]
+    return [part for side in (upper, ~upper)
+            for part in _cut_at_valleys(voxels[side], reference, axis, pitch, vertebra_voxels, touching_end)]
 
 
 def split_merged(voxel_lists: list[np.ndarray], reference: sitk.Image, image_shape=None, box_start=None
