@@ -170,17 +170,11 @@ def split_merged(voxel_lists: list[np.ndarray], reference: sitk.Image, image_sha
     ``box_start``: the whole image's shape and the grid's offset in it (None: the grid is the image), to tell which
     components are cut by the field of view's upper or lower end (never split, nor measured against). Returns (voxel lists, head
     -> feet, with every merged component replaced by its two halves; per list, whether it is such a half)."""
-    offset = np.zeros(3, int) if box_start is None else np.asarray(box_start, int)
-    shape = tuple(reference.GetSize()[::-1]) if image_shape is None else tuple(image_shape)
-    centroids = np.array([array_indices_to_world(reference, v.mean(axis=0, keepdims=True))[0] for v in voxel_lists]) \
-        if voxel_lists else np.zeros((0, 3))
-    order = np.argsort(-centroids[:, 2], kind="stable")  # head -> feet (LPS +z superior)
+    if not voxel_lists:
+        return [], []
+    centroids, cut, order = _chain(voxel_lists, reference, image_shape, box_start)
     voxel_lists = [voxel_lists[i] for i in order]
-    centroids = centroids[order]
     volumes = np.array([len(v) for v in voxel_lists], dtype=float)
-    axes = (cranio_caudal_axis(reference),)
-    cut = [touches_border(shape, tuple(slice(int(lo) + o, int(hi) + 1 + o) for lo, hi, o in
-                                       zip(v.min(axis=0), v.max(axis=0), offset)), axes) for v in voxel_lists]
     gaps = np.linalg.norm(np.diff(centroids, axis=0), axis=1)
     result, halves = [], []
     for row, voxels in enumerate(voxel_lists):
