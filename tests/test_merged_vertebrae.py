@@ -119,3 +119,31 @@ def test_a_small_part_past_a_disc_is_cut_off_only_at_the_field_of_views_end():
     assert split_at_discs([at_end] + blocks, _grid())[1] == [5, 4, 3, 2, 1, 0, 0]
     inside = at_end + [6, 0, 0]  # the same shape, its lowest slice at z = 6: not cut by the view
     assert split_at_discs([inside] + blocks, _grid())[1] == [5, 4, 3, 2, 1, 0]
+
+
+def test_a_small_rib_piece_on_a_cut_vertebra_is_not_its_rib():
+    """Ribs of ~1,000 mm3 on three vertebrae and a 380 mm3 piece on the fourth (above MIN_RIB_FRACTION of the median
+    rib, under MIN_CUT_RIB_FRACTION): a rib of the fourth while it is whole; once it is cut by the field of view
+    (a lumbar transverse process running out of a narrow field reads as rib-like) no rib, and a note says so."""
+    from vfscreen.inference.landmarks import MIN_CUT_RIB_FRACTION, MIN_RIB_FRACTION, find_landmarks
+
+    reference = _grid((80, 12, 60))
+    component_map = np.zeros((80, 12, 60), np.int32)
+    centroids = []
+    for row in range(4):
+        z = 70 - 20 * row
+        component_map[z - 5:z + 5, 3:9, 25:35] = row + 1
+        centroids.append([30.0, 6.0, float(z)])
+    rib_mask = np.zeros(component_map.shape, bool)
+    for row in range(3):
+        z = 70 - 20 * row
+        rib_mask[z - 4:z + 5, 3:9, 36:55] = True  # 9 x 6 x 19 = 1,026 mm3
+    rib_mask[8:13, 4:8, 36:55] = True  # 5 x 4 x 19 = 380 mm3 beside the fourth vertebra (z 5-15)
+    assert MIN_RIB_FRACTION * 1026 < 380 < MIN_CUT_RIB_FRACTION * 1026
+    assert find_landmarks(component_map, np.array(centroids), rib_mask, None, reference).rib_bearing == [0, 1, 2, 3]
+    evidence = find_landmarks(component_map, np.array(centroids), rib_mask, None, reference, cut_rows=[3])
+    assert evidence.rib_bearing == [0, 1, 2]
+    assert any("on a vertebra cut by the field of view" in note for note in evidence.notes)
+    # a rib of full size on a cut vertebra still counts
+    assert find_landmarks(component_map, np.array(centroids), rib_mask, None, reference, cut_rows=[0]).rib_bearing \
+        == [0, 1, 2, 3]

@@ -301,7 +301,8 @@ def make_labels_consistent(class_map: np.ndarray, reference: sitk.Image, probabi
                                                                         sacrum_mask, reference)
     centroids = np.stack([component.centroid_mm for component in components])
     rib_mask, rib_note = _ribs(rib_mask, ct_ribs, component_map, centroids, sacrum_mask, reference, rib_shape)
-    landmarks = find_landmarks(component_map, centroids, rib_mask, sacrum_mask, reference) \
+    cut_rows = cut_by_field_of_view(component_map, reference, field_of_view)
+    landmarks = find_landmarks(component_map, centroids, rib_mask, sacrum_mask, reference, cut_rows) \
         if rib_mask is not None or sacrum_mask is not None else no_landmarks(len(components))
     if rib_note:
         landmarks.notes.insert(0, rib_note)
@@ -317,7 +318,7 @@ def make_labels_consistent(class_map: np.ndarray, reference: sitk.Image, probabi
     if halves:
         landmarks.notes.append(f"{halves // 2} component(s) held two vertebrae (twice their neighbours' volume, "
                                "centroid between them): cut in two at the centroid, not at the disc")
-    landmarks.cut_by_view = cut_by_field_of_view(component_map, reference, field_of_view)
+    landmarks.cut_by_view = cut_rows
     landmarks.mostly_out_of_view = mostly_out_of_view([component.volume_mm3 for component in components],
                                                       landmarks.cut_by_view)
     name_components(components, landmarks, model, size_model)
