@@ -64,11 +64,9 @@ def test_touching_pieces_at_one_level_are_joined_and_a_separate_piece_is_not():
     assert join_pieces([left, right, blocks[0]], reference)[1] == [1, 1, 1]
 
 
-def test_a_sliver_of_rib_beside_a_cut_vertebra_is_not_a_rib():
-    """Ribs of ~1,000 mm3 on three vertebrae, and a 150 mm3 sliver touching the fourth (cut by the field of view):
-    the sliver is a fragment (under MIN_RIB_FRACTION of the median rib), not a rib of the fourth vertebra."""
-    from vfscreen.inference.landmarks import MIN_RIB_FRACTION, MIN_RIB_MM3, find_landmarks
-
+def _four_vertebrae_three_ribs():
+    """(grid, component map, centroids, rib mask): four vertebrae 20 voxels apart (z 70, 50, 30, 10), a rib of
+    9 x 6 x 19 = 1,026 mm3 beside each of the first three."""
     reference = _grid((80, 12, 60))
     component_map = np.zeros((80, 12, 60), np.int32)
     centroids = []
@@ -79,7 +77,16 @@ def test_a_sliver_of_rib_beside_a_cut_vertebra_is_not_a_rib():
     rib_mask = np.zeros(component_map.shape, bool)
     for row in range(3):
         z = 70 - 20 * row
-        rib_mask[z - 4:z + 5, 3:9, 36:55] = True  # 9 x 6 x 19 = 1,026 mm3
+        rib_mask[z - 4:z + 5, 3:9, 36:55] = True
+    return reference, component_map, centroids, rib_mask
+
+
+def test_a_sliver_of_rib_beside_a_cut_vertebra_is_not_a_rib():
+    """Ribs of ~1,000 mm3 on three vertebrae, and a 150 mm3 sliver touching the fourth (cut by the field of view):
+    the sliver is a fragment (under MIN_RIB_FRACTION of the median rib), not a rib of the fourth vertebra."""
+    from vfscreen.inference.landmarks import MIN_RIB_FRACTION, MIN_RIB_MM3, find_landmarks
+
+    reference, component_map, centroids, rib_mask = _four_vertebrae_three_ribs()
     rib_mask[10:12, 4:8, 36:55] = True  # 2 x 4 x 19 = 152 mm3 beside the fourth vertebra (z 5-15)
     assert 152 >= MIN_RIB_MM3 and 152 < MIN_RIB_FRACTION * 1026
     evidence = find_landmarks(component_map, np.array(centroids), rib_mask, None, reference)
@@ -127,17 +134,7 @@ def test_a_small_rib_piece_on_a_cut_vertebra_is_not_its_rib():
     (a lumbar transverse process running out of a narrow field reads as rib-like) no rib, and a note says so."""
     from vfscreen.inference.landmarks import MIN_CUT_RIB_FRACTION, MIN_RIB_FRACTION, find_landmarks
 
-    reference = _grid((80, 12, 60))
-    component_map = np.zeros((80, 12, 60), np.int32)
-    centroids = []
-    for row in range(4):
-        z = 70 - 20 * row
-        component_map[z - 5:z + 5, 3:9, 25:35] = row + 1
-        centroids.append([30.0, 6.0, float(z)])
-    rib_mask = np.zeros(component_map.shape, bool)
-    for row in range(3):
-        z = 70 - 20 * row
-        rib_mask[z - 4:z + 5, 3:9, 36:55] = True  # 9 x 6 x 19 = 1,026 mm3
+    reference, component_map, centroids, rib_mask = _four_vertebrae_three_ribs()
     rib_mask[8:13, 4:8, 36:55] = True  # 5 x 4 x 19 = 380 mm3 beside the fourth vertebra (z 5-15)
     assert MIN_RIB_FRACTION * 1026 < 380 < MIN_CUT_RIB_FRACTION * 1026
     assert find_landmarks(component_map, np.array(centroids), rib_mask, None, reference).rib_bearing == [0, 1, 2, 3]

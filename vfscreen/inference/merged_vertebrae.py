@@ -32,7 +32,7 @@ import SimpleITK as sitk
 from scipy.spatial import cKDTree
 
 from vfscreen.core.vertebra_sizes import cranio_caudal_axis
-from vfscreen.inference.geometry import array_indices_to_world, touches_border, voxel_shadow_mm
+from vfscreen.inference.geometry import array_indices_to_world, voxel_shadow_mm
 
 MERGED_VOLUME_RATIO = 1.6  # a component at least this much larger than its neighbours' median volume ...
 MERGED_SPAN_PITCHES = 2.5  # ... whose neighbours' centroids are this many local pitches apart holds two vertebrae
@@ -117,19 +117,15 @@ def split_at_discs(voxel_lists: list[np.ndarray], reference: sitk.Image, image_s
 
 def _chain(voxel_lists, reference, image_shape, box_start):
     """(centroids head -> feet (N, 3), per row whether it is cut by the field of view's ends, the order)."""
-    offset = np.zeros(3, int) if box_start is None else np.asarray(box_start, int)
-    shape = tuple(reference.GetSize()[::-1]) if image_shape is None else tuple(image_shape)
     centroids = np.array([array_indices_to_world(reference, v.mean(axis=0, keepdims=True))[0] for v in voxel_lists])
     order = np.argsort(-centroids[:, 2], kind="stable")  # head -> feet (LPS +z superior)
-    axes = (cranio_caudal_axis(reference),)
-    cut = [touches_border(shape, tuple(slice(int(lo) + o, int(hi) + 1 + o) for lo, hi, o in
-                                       zip(voxel_lists[i].min(axis=0), voxel_lists[i].max(axis=0), offset)), axes)
-           for i in order]
-    return centroids[order], cut, order
+    touching_end = _end_slices(reference, image_shape, box_start)
+    return centroids[order], [touching_end(voxel_lists[i]) for i in order], order
 
 
 def _end_slices(reference, image_shape, box_start):
-    """f(zyx indices) -> whether they reach the image's first or last slice along the cranio-caudal axis."""
+    """f(zyx indices on ``reference``'s grid) -> whether they reach the image's first or last slice along the
+    cranio-caudal axis (the grid sits at ``box_start`` in an image of ``image_shape``; None: the grid is the image)."""
     axis = cranio_caudal_axis(reference)
     offset = 0 if box_start is None else int(box_start[axis])
     size = reference.GetSize()[::-1][axis] if image_shape is None else image_shape[axis]
